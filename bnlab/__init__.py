@@ -1,0 +1,1 @@
+"""bnlab: a lab bench for batch normalization and internal covariate shift."""
