@@ -1,0 +1,152 @@
+"""MLP and small CNN with a pluggable norm and named activation sites.
+
+Every hidden layer is a submodule named ``layer{i}`` (i from 1) and sows its
+activations into the ``sites`` collection, so ``apply(..., mutable=['sites'])``
+returns them without changing the model. Site names, as in configs, logs and plots:
+
+- ``layer{i}/prenorm``: the input of the norm (only where the norm normalizes);
+- ``layer{i}/pre``: the input of the nonlinearity (after BN when BN comes first);
+- ``layer{i}/post``: the layer's output, what the next layer sees.
+
+The output layer is ``head`` (logits, no site).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.traverse_util import flatten_dict
+
+from bnlab.norm import NoNorm
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "sigmoid": nn.sigmoid,
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "linear": lambda x: x,
+}
+SITES = ("prenorm", "pre", "post")
+NORM_POSITIONS = ("before", "after")
+
+
+def kernel_init(init_std: float | None) -> Callable:
+    """Gaussian N(0, init_std^2) weights, or LeCun normal when ``init_std`` is None."""
+    return nn.initializers.lecun_normal() if init_std is None else nn.initializers.normal(init_std)
+
+
+def _check(activation: str, norm_position: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if norm_position not in NORM_POSITIONS:
+        raise ValueError(f"norm_position must be one of {NORM_POSITIONS}, got {norm_position!r}")
+
+
+class Block(nn.Module):
+    """One hidden layer: a linear map (dense or conv), the norm and the nonlinearity."""
+
+    linear: Callable[..., nn.Module]
+    norm: Callable[..., nn.Module]
+    activation: str
+    norm_position: str = "before"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        norm = self.norm(name="norm")
+        h = self.linear(name="linear")(x)
+        if self.norm_position == "before":
+            if norm.normalizes:
+                self.sow("sites", "prenorm", h)
+            h = norm(h, use_running_average=not train)
+            self.sow("sites", "pre", h)
+            out = act(h)
+        else:
+            self.sow("sites", "pre", h)
+            h = act(h)
+            if norm.normalizes:
+                self.sow("sites", "prenorm", h)
+            out = norm(h, use_running_average=not train)
+        self.sow("sites", "post", out)
+        return out
+
+
+class MLP(nn.Module):
+    """Fully connected net; the default is Ioffe & Szegedy's Fig. 1 network."""
+
+    features: Sequence[int] = (100, 100, 100)
+    num_classes: int = 10
+    activation: str = "sigmoid"
+    norm: Callable[..., nn.Module] = NoNorm
+    norm_position: str = "before"
+    init_std: float | None = None
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        _check(self.activation, self.norm_position)
+        init = kernel_init(self.init_std)
+        x = x.reshape((x.shape[0], -1))
+        for i, width in enumerate(self.features, 1):
+            linear = partial(nn.Dense, width, use_bias=self.use_bias, kernel_init=init)
+            x = Block(linear, self.norm, self.activation, self.norm_position, name=f"layer{i}")(
+                x, train
+            )
+        return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
+
+
+class CNN(nn.Module):
+    """Small conv net for 28x28 / 32x32 (and 8x8) NHWC images.
+
+    Each conv layer is a 3x3 conv, the norm (per feature map, over N, H, W), the
+    nonlinearity and a 2x2 max-pool; then dense hidden layers and the head.
+    """
+
+    channels: Sequence[int] = (32, 64)
+    features: Sequence[int] = (128,)
+    num_classes: int = 10
+    activation: str = "relu"
+    norm: Callable[..., nn.Module] = NoNorm
+    norm_position: str = "before"
+    init_std: float | None = None
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        _check(self.activation, self.norm_position)
+        if x.ndim != 4:
+            raise ValueError(f"CNN needs NHWC images, got shape {x.shape}; set data.flatten=false")
+        init = kernel_init(self.init_std)
+        i = 0
+        for i, ch in enumerate(self.channels, 1):
+            conv = partial(
+                nn.Conv, ch, (3, 3), padding="SAME", use_bias=self.use_bias, kernel_init=init
+            )
+            x = Block(conv, self.norm, self.activation, self.norm_position, name=f"layer{i}")(
+                x, train
+            )
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        for j, width in enumerate(self.features, i + 1):
+            dense = partial(nn.Dense, width, use_bias=self.use_bias, kernel_init=init)
+            x = Block(dense, self.norm, self.activation, self.norm_position, name=f"layer{j}")(
+                x, train
+            )
+        return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
+
+
+def flatten_sites(sites: dict) -> dict[str, jax.Array]:
+    """``{'layer1': {'pre': (h,)}}`` from the ``sites`` collection -> ``{'layer1/pre': h}``."""
+    return {
+        "/".join(k): v[-1]
+        for k, v in flatten_dict(sites, is_leaf=lambda _, v: isinstance(v, tuple)).items()
+    }
+
+
+def layer_names(params: dict) -> list[str]:
+    """The hidden layers' names (``layer1``, ``layer2``, ...) in order."""
+    names = [k for k in params if k.startswith("layer")]
+    return sorted(names, key=lambda k: int(k[len("layer") :]))

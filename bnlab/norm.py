@@ -1,0 +1,234 @@
+"""Batch normalization as a pure function, and the Flax modules that wrap it.
+
+Conventions (the one place they are written down):
+
+- **Statistics** are taken over every axis but the feature axis/axes, so an NHWC
+  conv input is normalized per feature map over (N, H, W) (Goodfellow et al. 8.7.1).
+  The batch variance is the biased one, computed in two passes as
+  ``mean((x - mean)**2)`` so it can never go negative (flax#1491). Reductions run in
+  float32 (or wider) whatever the input dtype; the output is cast back.
+- **Running averages** follow Flax: ``ra = momentum * ra + (1 - momentum) * batch``
+  (default momentum 0.99) and the stored running variance is the *biased* batch
+  variance. PyTorch's ``BatchNorm`` uses ``momentum_torch = 1 - momentum`` and stores
+  the *unbiased* variance ``n / (n - 1) * var`` (n = elements per feature, N*H*W for
+  conv); :func:`torch_momentum` and :func:`unbiased_var` convert.
+- **Eval mode** (``use_running_average=True``) normalizes with the running averages.
+- **Study switches**: ``stats_grad=False`` stops the gradient through the batch mean
+  and variance (Ioffe & Szegedy 2015, Sec. 2 ablation); ``ghost_batch_size`` takes the
+  statistics over consecutive sub-batches of that size along axis 0 (Hoffer et al.
+  2017), and the running averages are updated with the mean of the ghost statistics;
+  ``axis_name`` averages the statistics across devices (sync BN), as in Flax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Axes = int | Sequence[int]
+
+
+def _feature_axes(axis: Axes, ndim: int) -> tuple[int, ...]:
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(sorted(a % ndim for a in axes))
+
+
+def _stat_dtype(dtype: Any) -> Any:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def batch_stats(
+    x: Array,
+    *,
+    axis: Axes = -1,
+    ghost_batch_size: int | None = None,
+    axis_name: str | None = None,
+    axis_index_groups: Any = None,
+) -> tuple[Array, Array]:
+    """Per-feature batch mean and biased variance of ``x``, in float32 or wider.
+
+    With ``ghost_batch_size`` the result has a leading ghost-group axis of length
+    ``N // ghost_batch_size``; otherwise it has the feature shape.
+    """
+    feat = _feature_axes(axis, x.ndim)
+    if 0 in feat:
+        raise ValueError("the feature axis must not be the batch axis 0")
+    xs = x.astype(_stat_dtype(x.dtype))
+    if ghost_batch_size is not None:
+        n = x.shape[0]
+        if ghost_batch_size < 1 or n % ghost_batch_size:
+            raise ValueError(
+                f"ghost_batch_size={ghost_batch_size} must divide the batch size {n}; "
+                "choose a divisor of the batch size"
+            )
+        xs = xs.reshape((n // ghost_batch_size, ghost_batch_size) + x.shape[1:])
+        feat = tuple(a + 1 for a in feat)
+        reduce = tuple(a for a in range(1, xs.ndim) if a not in feat)
+    else:
+        reduce = tuple(a for a in range(xs.ndim) if a not in feat)
+    count = 1
+    for a in reduce:
+        count *= xs.shape[a]
+    if count < 2 and axis_name is None:
+        raise ValueError(
+            f"batch norm in train mode needs at least 2 values per feature, got {count} "
+            f"(input shape {x.shape}); use a larger batch or use_running_average=True"
+        )
+    mean = jnp.mean(xs, axis=reduce, keepdims=True)
+    if axis_name is not None:
+        mean = lax.pmean(mean, axis_name, axis_index_groups=axis_index_groups)
+    var = jnp.mean(jnp.square(xs - mean), axis=reduce, keepdims=True)
+    if axis_name is not None:
+        var = lax.pmean(var, axis_name, axis_index_groups=axis_index_groups)
+    return jnp.squeeze(mean, reduce), jnp.squeeze(var, reduce)
+
+
+def _broadcast(v: Array, x_ndim: int, feat: tuple[int, ...]) -> Array:
+    """Reshape a feature-shaped array so it broadcasts against ``x``."""
+    shape = [1] * x_ndim
+    for a, s in zip(feat, v.shape[-len(feat) :], strict=True):
+        shape[a] = s
+    return v.reshape(v.shape[: v.ndim - len(feat)] + tuple(shape[v.ndim - len(feat) :]))
+
+
+def batch_norm(
+    x: Array,
+    scale: Array | None,
+    bias: Array | None,
+    running_mean: Array,
+    running_var: Array,
+    *,
+    use_running_average: bool,
+    axis: Axes = -1,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    stats_grad: bool = True,
+    ghost_batch_size: int | None = None,
+    axis_name: str | None = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+) -> tuple[Array, Array, Array]:
+    """Normalize ``x`` and return ``(y, new_running_mean, new_running_var)``.
+
+    In eval mode (``use_running_average=True``) the running averages are used and
+    returned unchanged. ``scale``/``bias`` of ``None`` mean no learned gamma/beta.
+    """
+    feat = _feature_axes(axis, x.ndim)
+    out_dtype = dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
+    xs = x.astype(_stat_dtype(out_dtype))
+    if use_running_average:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    else:
+        mean, var = batch_stats(
+            x,
+            axis=axis,
+            ghost_batch_size=ghost_batch_size,
+            axis_name=axis_name,
+            axis_index_groups=axis_index_groups,
+        )
+        if not stats_grad:
+            mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
+        if ghost_batch_size is not None:  # view x as (groups, ghost, ...); stats are (groups, C)
+            xs = xs.reshape((x.shape[0] // ghost_batch_size, ghost_batch_size) + x.shape[1:])
+            feat = tuple(a + 1 for a in feat)
+            batch_mean, batch_var = mean.mean(0), var.mean(0)
+        else:
+            batch_mean, batch_var = mean, var
+        new_mean = momentum * running_mean + (1.0 - momentum) * lax.stop_gradient(batch_mean)
+        new_var = momentum * running_var + (1.0 - momentum) * lax.stop_gradient(batch_var)
+    mul = lax.rsqrt(_broadcast(var, xs.ndim, feat) + epsilon)
+    if scale is not None:
+        mul = mul * _broadcast(scale.astype(xs.dtype), xs.ndim, feat)
+    y = (xs - _broadcast(mean, xs.ndim, feat)) * mul
+    if bias is not None:
+        y = y + _broadcast(bias.astype(xs.dtype), xs.ndim, feat)
+    return y.reshape(x.shape).astype(out_dtype), new_mean, new_var
+
+
+def torch_momentum(momentum: float) -> float:
+    """PyTorch's momentum for a Flax momentum (and back): ``1 - momentum``."""
+    return 1.0 - momentum
+
+
+def unbiased_var(var: Array, n: int) -> Array:
+    """PyTorch's stored running variance convention: ``n / (n - 1) * biased_var``."""
+    return var * (n / (n - 1))
+
+
+class BatchNorm(nn.Module):
+    """Drop-in for ``flax.linen.BatchNorm`` built on :func:`batch_norm`.
+
+    Running statistics live in the ``batch_stats`` collection as ``mean`` and
+    ``var`` and are not updated during ``init``, as in Flax.
+    """
+
+    use_running_average: bool | None = None
+    axis: Axes = -1
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Callable = nn.initializers.zeros
+    scale_init: Callable = nn.initializers.ones
+    axis_name: str | None = None
+    axis_index_groups: Any = None
+    stats_grad: bool = True
+    ghost_batch_size: int | None = None
+
+    normalizes = True  # models sow the pre-norm site only for norms that normalize
+
+    @nn.compact
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        use_ra = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        feat = _feature_axes(self.axis, x.ndim)
+        shape = tuple(x.shape[a] for a in feat)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, jnp.float32))
+        scale = (
+            self.param("scale", self.scale_init, shape, self.param_dtype)
+            if self.use_scale
+            else None
+        )
+        bias = (
+            self.param("bias", self.bias_init, shape, self.param_dtype) if self.use_bias else None
+        )
+        y, new_mean, new_var = batch_norm(
+            x,
+            scale,
+            bias,
+            ra_mean.value,
+            ra_var.value,
+            use_running_average=use_ra,
+            axis=self.axis,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            stats_grad=self.stats_grad,
+            ghost_batch_size=self.ghost_batch_size,
+            axis_name=None if self.is_initializing() else self.axis_name,
+            axis_index_groups=self.axis_index_groups,
+            dtype=self.dtype,
+        )
+        if not use_ra and not self.is_initializing():
+            ra_mean.value, ra_var.value = new_mean, new_var
+        return y
+
+
+class NoNorm(nn.Module):
+    """The "no normalization" choice: returns its input, takes BN's call signature."""
+
+    normalizes = False
+
+    @nn.compact
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        return x
