@@ -1,0 +1,469 @@
+"""Tests for bnlab.data: IDX builder round trip, sources, fail-fast offline, preprocessing, batching.
+
+No test touches the network: an autouse fixture refuses every non-loopback connection,
+and the download path is exercised against a local HTTP server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import hashlib
+import http.server
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnlab import data
+from bnlab.data import DataError
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Refuse DNS lookups and connections to anything but loopback."""
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in _LOOPBACK:
+            raise socket.gaierror(socket.EAI_NONAME, f"network disabled in tests ({host})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOOPBACK:
+            raise OSError(f"network disabled in tests ({address[0]})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+# --------------------------------------------------------------------------- IDX fixtures
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (magic 0x0000 08 ndim, big-endian dims)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def make_idx_dir(path: Path, seed: int = 0, n_train: int = 40, n_test: int = 12) -> dict:
+    """Tiny Fashion-MNIST-shaped IDX files in `path`; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train_x": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_y": rng.integers(0, 10, n_train).astype(np.uint8),
+        "test_x": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_y": rng.integers(0, 10, n_test).astype(np.uint8),
+    }
+    write_idx(path / "train-images-idx3-ubyte.gz", arrays["train_x"])
+    write_idx(path / "train-labels-idx1-ubyte.gz", arrays["train_y"])
+    write_idx(path / "t10k-images-idx3-ubyte.gz", arrays["test_x"])
+    write_idx(path / "t10k-labels-idx1-ubyte.gz", arrays["test_y"])
+    return arrays
+
+
+@pytest.fixture
+def no_local_dirs(monkeypatch, tmp_path):
+    """Pretend the standard system locations (Debian package) hold nothing."""
+    for name, spec in list(data.IDX_DATASETS.items()):
+        empty = (str(tmp_path / "nowhere" / name),)
+        monkeypatch.setitem(data.IDX_DATASETS, name, dataclasses.replace(spec, local_dirs=empty))
+
+
+def assert_same_as_written(ds: data.Dataset, written: dict) -> None:
+    """Images and labels come back exactly and in IDX-file order (scale=False)."""
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+        assert x.dtype == np.float32 and y.dtype == np.int32
+        np.testing.assert_array_equal(x, written[f"{split}_x"][..., None].astype(np.float32))
+        np.testing.assert_array_equal(y, written[f"{split}_y"])
+
+
+# --------------------------------------------------------------------------- IDX reader
+
+
+def test_read_idx_roundtrip_and_errors(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", a)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "a.gz"), a)
+    (tmp_path / "plain").write_bytes(gzip.decompress((tmp_path / "a.gz").read_bytes()))
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "plain"), a)
+
+    (tmp_path / "bad").write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(DataError, match="not an IDX file"):
+        data.read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes((tmp_path / "plain").read_bytes()[:-5])
+    with pytest.raises(DataError, match="truncated"):
+        data.read_idx(tmp_path / "short")
+
+
+def test_find_idx_files_accepts_unzipped_and_dotted_names(tmp_path):
+    for name in ("train-images.idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz"):
+        (tmp_path / name).write_bytes(b"")
+    found = data.find_idx_files(tmp_path)
+    assert set(found) == {"train_images", "train_labels", "test_images"}
+    assert found["train_images"].name == "train-images.idx3-ubyte"
+
+
+# --------------------------------------------------------------------------- IDX builder
+
+
+def test_idx_builder_roundtrip_from_dir(tmp_path):
+    written = make_idx_dir(tmp_path / "src")
+    data_dir = tmp_path / "tfds"
+    ds = data.load("fashion_mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir), scale=False)
+    assert "prepared from" in ds.source and str(tmp_path / "src") in ds.source
+    assert_same_as_written(ds, written)
+    assert ds.num_classes == 10 and ds.image_shape == (28, 28, 1)
+    assert ds.class_names[0] == "T-shirt/top"
+
+    # The TFDS records themselves hold the same examples (as a set, before reordering).
+    from bnlab import idx_builder
+
+    builder = idx_builder.IdxImages(
+        config="fashion_mnist", data_dir=str(data_dir), file_format="array_record"
+    )
+    assert idx_builder.IdxImages.name == data.BUILDER_NAME
+    records = builder.as_data_source(split="train")
+    got = {
+        (r["image"].tobytes(), int(r["label"])) for r in (records[i] for i in range(len(records)))
+    }
+    want = {
+        (x[..., None].tobytes(), int(y))
+        for x, y in zip(written["train_x"], written["train_y"], strict=True)
+    }
+    assert got == want
+
+    again = data.load(
+        "fashion_mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir), scale=False
+    )
+    assert "cache of" in again.source
+    assert_same_as_written(again, written)
+
+    # Changed files in data.dir are noticed and re-prepared.
+    rewritten = make_idx_dir(tmp_path / "src", seed=1, n_train=30)
+    fresh = data.load(
+        "fashion_mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir), scale=False
+    )
+    assert "prepared from" in fresh.source
+    assert_same_as_written(fresh, rewritten)
+
+
+def test_prepared_tfds_data_is_used_without_the_npz(tmp_path, no_local_dirs):
+    written = make_idx_dir(tmp_path / "src")
+    data_dir = tmp_path / "tfds"
+    data.load("mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir))
+    cache = data_dir / data.BUILDER_NAME / "mnist" / data.BUILDER_VERSION / data.CACHE_FILE
+    cache.unlink()
+    ds = data.load("mnist", data_dir=str(data_dir), download=False, scale=False)
+    assert "existing TFDS records" in ds.source
+    assert_same_as_written(ds, written)
+    assert cache.is_file()  # and the fast cache is back
+
+
+def test_dir_without_files_says_what_is_missing(tmp_path):
+    make_idx_dir(tmp_path / "src")
+    (tmp_path / "src" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz") as e:
+        data.load("fashion_mnist", dir=str(tmp_path / "src"), data_dir=str(tmp_path / "tfds"))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_dir_is_named(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        data.load("mnist", dir=str(tmp_path / "absent"), data_dir=str(tmp_path / "tfds"))
+
+
+def test_wrong_images_in_dir_are_rejected(tmp_path):
+    src = tmp_path / "src"
+    make_idx_dir(src)
+    write_idx(src / "train-images-idx3-ubyte.gz", np.zeros((40, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="expects uint8 28x28"):
+        data.load("fashion_mnist", dir=str(src), data_dir=str(tmp_path / "tfds"))
+
+
+# --------------------------------------------------------------------------- download path
+
+
+@pytest.fixture
+def idx_server(tmp_path):
+    """Serve tiny IDX files over HTTP on loopback; yields (base_url, written, checksums)."""
+    www = tmp_path / "www"
+    written = make_idx_dir(www, seed=3)
+    checksums = {}
+    for key, stem in data.IDX_FILES.items():
+        blob = (www / f"{stem}.gz").read_bytes()
+        checksums[key] = (len(blob), hashlib.sha256(blob).hexdigest())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(www))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", written, checksums
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_download_path_checks_checksums(tmp_path, monkeypatch, no_local_dirs, no_proxy, idx_server):
+    url, written, checksums = idx_server
+    spec = dataclasses.replace(data.IDX_DATASETS["mnist"], url=url, checksums=checksums)
+    monkeypatch.setitem(data.IDX_DATASETS, "mnist", spec)
+    ds = data.load("mnist", data_dir=str(tmp_path / "tfds"), scale=False)
+    assert f"prepared from a download of {url}" in ds.source
+    assert_same_as_written(ds, written)
+
+    bad = dict(checksums, train_labels=(checksums["train_labels"][0], "0" * 64))
+    monkeypatch.setitem(data.IDX_DATASETS, "mnist", dataclasses.replace(spec, checksums=bad))
+    with pytest.raises(DataError, match="downloading MNIST .* failed") as e:
+        data.load("mnist", data_dir=str(tmp_path / "other"))
+    assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- offline: fail fast
+
+
+def test_offline_fails_fast_with_one_line(tmp_path, monkeypatch, no_local_dirs, no_proxy):
+    def refuse(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    start = time.monotonic()
+    with pytest.raises(DataError) as e:
+        data.load("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+    assert time.monotonic() - start < 5
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in (
+        "Fashion-MNIST not found locally",
+        str(tmp_path / "tfds"),
+        str(tmp_path / "nowhere" / "fashion_mnist"),
+        "cannot download",
+        "fashion-mnist.s3-website.eu-central-1.amazonaws.com:80",
+        "apt-get install dataset-fashion-mnist",
+        "data.dir=",
+        "data=digits",
+    ):
+        assert part in msg, part
+
+
+def test_hanging_connection_is_cut_short(tmp_path, monkeypatch, no_local_dirs, no_proxy):
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(60)
+        raise OSError("gave up")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.monotonic()
+    try:
+        with pytest.raises(DataError, match="cannot download .* within 3 s"):
+            data.load("mnist", data_dir=str(tmp_path / "tfds"))
+        assert time.monotonic() - start < 5
+    finally:
+        release.set()
+
+
+def test_download_false_never_connects(tmp_path, monkeypatch, no_local_dirs):
+    def boom(*args, **kwargs):
+        raise AssertionError("must not connect when download=False")
+
+    monkeypatch.setattr(socket, "create_connection", boom)
+    with pytest.raises(DataError, match="data.download=false") as e:
+        data.load("mnist", data_dir=str(tmp_path / "tfds"), download=False)
+    assert "data=digits" in str(e.value) and "apt-get" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- real Fashion-MNIST
+
+_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    len(data.find_idx_files(_DEBIAN)) < 4,
+    reason=f"Debian package dataset-fashion-mnist not installed ({_DEBIAN} lacks the IDX files);"
+    " run .ci/install-debian.sh",
+)
+def test_fashion_mnist_from_debian_then_cache(tmp_path):
+    start = time.monotonic()
+    ds = data.load("fashion_mnist", data_dir=str(tmp_path))
+    first = time.monotonic() - start
+    assert str(_DEBIAN) in ds.source and "prepared from" in ds.source
+    assert ds.train_x.shape == (60000, 28, 28, 1) and ds.test_x.shape == (10000, 28, 28, 1)
+    assert ds.train_x.dtype == np.float32 and 0.0 <= ds.train_x.min() < ds.train_x.max() <= 1.0
+    np.testing.assert_array_equal(np.bincount(ds.train_y), np.full(10, 6000))
+    np.testing.assert_array_equal(np.bincount(ds.test_y), np.full(10, 1000))
+    assert ds.probe_x.shape == (1000, 28, 28, 1)
+
+    start = time.monotonic()
+    again = data.load("fashion_mnist", data_dir=str(tmp_path))
+    cached = time.monotonic() - start
+    assert "cache of" in again.source and str(_DEBIAN) in again.source
+    np.testing.assert_array_equal(again.train_x, ds.train_x)
+    np.testing.assert_array_equal(again.test_y, ds.test_y)
+    assert cached < 5, f"cached load took {cached:.1f} s (first load {first:.1f} s)"
+
+
+# --------------------------------------------------------------------------- digits, preprocessing
+
+
+def test_digits_loads_offline(monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("network"))
+    ds = data.load("digits", probe_size=10_000)
+    assert ds.train_x.shape == (1500, 8, 8, 1) and ds.test_x.shape == (297, 8, 8, 1)
+    assert ds.num_classes == 10 and ds.source.startswith("sklearn")
+    assert 0.0 == ds.train_x.min() and ds.train_x.max() == 1.0
+    assert ds.probe_x.shape == (297, 8, 8, 1)  # larger than the split: the whole split
+    np.testing.assert_array_equal(ds.probe_y, ds.test_y)
+
+
+def test_flatten_and_standardize():
+    ds = data.load("digits", standardize="per_pixel", flatten=True, probe_split="train")
+    assert ds.train_x.shape == (1500, 64) and ds.probe_x.shape == (1000, 64)
+    assert ds.image_shape == (8, 8, 1) and ds.mean.shape == (8, 8, 1)
+    np.testing.assert_allclose(ds.train_x.mean(0), 0.0, atol=1e-5)
+    varying = ds.std.reshape(-1) != 1.0
+    np.testing.assert_allclose(ds.train_x.std(0)[varying], 1.0, atol=1e-4)
+    assert np.isfinite(ds.test_x).all()
+    assert "per-pixel" in ds.normalization
+
+    raw = data.load("digits", scale=False, probe_size=0)
+    assert raw.train_x.max() == 16.0 and raw.probe_x.shape == (0, 8, 8, 1)
+
+
+def test_probe_batch_is_fixed_seeded_and_kept_in_split():
+    a = data.load("digits", probe_size=50, probe_seed=7)
+    b = data.load("digits", probe_size=50, probe_seed=7)
+    c = data.load("digits", probe_size=50, probe_seed=8)
+    np.testing.assert_array_equal(a.probe_x, b.probe_x)
+    assert not np.array_equal(a.probe_x, c.probe_x)
+    idx = np.sort(np.random.default_rng(7).choice(len(a.test_y), size=50, replace=False))
+    np.testing.assert_array_equal(a.probe_x, a.test_x[idx])
+    np.testing.assert_array_equal(a.probe_y, a.test_y[idx])
+    assert len(a.test_y) == 297  # not removed from the split
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "digits", "standardize": "zca"}, "data.standardize='zca'"),
+        ({"name": "digits", "probe_split": "val"}, "data.probe_split='val'"),
+        ({"name": "digits", "probe_size": -1}, "data.probe_size=-1"),
+        ({"name": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
+        ({"name": "cifar10", "dir": "/tmp"}, "data.dir is for IDX datasets"),
+    ],
+)
+def test_bad_config_gives_one_line(kwargs, match):
+    with pytest.raises(DataError, match=match) as e:
+        data.load(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_stock_tfds_without_tensorflow_says_which_extra(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("TensorFlow is installed; this checks the message shown without it")
+    with pytest.raises(DataError, match="tfds-full"):
+        data.load("cifar10", data_dir=str(tmp_path))
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def test_epoch_covers_every_index_once():
+    key = jax.random.key(0)
+    for epoch in range(2):
+        steps = range(epoch * 10, (epoch + 1) * 10)
+        idx = np.concatenate([np.asarray(data.batch_indices(key, s, 100, 10)) for s in steps])
+        np.testing.assert_array_equal(np.sort(idx), np.arange(100))
+        np.testing.assert_array_equal(idx, data.epoch_permutation(key, epoch, 100))
+    e0 = [np.asarray(data.batch_indices(key, s, 100, 10)) for s in range(10)]
+    e1 = [np.asarray(data.batch_indices(key, s, 100, 10)) for s in range(10, 20)]
+    assert not np.array_equal(np.concatenate(e0), np.concatenate(e1))
+
+
+def test_partial_last_batch_is_dropped():
+    key = jax.random.key(1)
+    idx = np.concatenate([np.asarray(data.batch_indices(key, s, 103, 10)) for s in range(10)])
+    assert len(np.unique(idx)) == 100
+    np.testing.assert_array_equal(idx, np.asarray(data.epoch_permutation(key, 0, 103))[:100])
+    np.testing.assert_array_equal(  # step 10 starts epoch 1
+        data.batch_indices(key, 10, 103, 10), data.epoch_permutation(key, 1, 103)[:10]
+    )
+
+
+def test_keys_decide_the_order():
+    k0, k1 = jax.random.key(0), jax.random.key(1)
+    same = data.batch_indices(k0, 3, 1000, 32), data.batch_indices(k0, 3, 1000, 32)
+    np.testing.assert_array_equal(*same)
+    assert not np.array_equal(data.batch_indices(k1, 3, 1000, 32), same[0])
+    raw_key = jax.random.PRNGKey(0)  # legacy uint32 keys work too
+    assert data.batch_indices(raw_key, 0, 50, 5).shape == (5,)
+
+
+def test_batch_indices_under_jit_and_scan():
+    key = jax.random.key(2)
+    jitted = jax.jit(data.batch_indices, static_argnums=(2, 3))
+    for step in (0, 7, 13, 25):
+        np.testing.assert_array_equal(
+            jitted(key, jnp.int32(step), 60, 8), data.batch_indices(key, step, 60, 8)
+        )
+
+    @jax.jit
+    def all_batches(key):
+        def body(carry, step):
+            return carry, data.batch_indices(key, step, 60, 8)
+
+        return jax.lax.scan(body, None, jnp.arange(14))[1]
+
+    got = np.asarray(all_batches(key))
+    assert got.shape == (14, 8) and got.dtype == np.int32
+    for step in range(14):
+        np.testing.assert_array_equal(got[step], data.batch_indices(key, step, 60, 8))
+    assert len(np.unique(got[:7])) == 56  # 60 // 8 = 7 steps per epoch, no repeats
+
+
+def test_batch_larger_than_data_is_an_error():
+    with pytest.raises(DataError, match="batch_size=11"):
+        data.batch_indices(jax.random.key(0), 0, 10, 11)
+
+
+# --------------------------------------------------------------------------- config files
+
+
+@pytest.mark.parametrize(
+    "group_file",
+    sorted((Path(__file__).parents[1] / "configs" / "data").glob("*.yaml")),
+    ids=lambda p: p.stem,
+)
+def test_data_configs_hold_exactly_the_load_keywords(group_file):
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(group_file))
+    assert set(cfg) == set(inspect.signature(data.load).parameters)
+    assert cfg["standardize"] in ("none", "per_pixel") and cfg["probe_split"] in ("train", "test")
