@@ -217,6 +217,7 @@ BUILDER_NAME = "idx_images"
 BUILDER_VERSION = "1.0.0"
 CACHE_FILE = "bnlab-arrays.npz"
 _CACHE_FORMAT = 1
+CONNECT_TIMEOUT_S = 3.0  # how long the pre-download connectivity check may take
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -531,9 +532,10 @@ def _prepare_idx(
     return _raw_from_arrays(spec, arrays, f"{version_dir} (prepared from {_origin_text(origin)})")
 
 
-def _unreachable(url: str, timeout: float = 3.0) -> str | None:
-    """None if a TCP connection to the URL's host (or its proxy) opens within `timeout` s,
+def _unreachable(url: str, timeout: float | None = None) -> str | None:
+    """None if a TCP connection to the URL's host (or its proxy) opens in time (CONNECT_TIMEOUT_S),
     else a short reason. Runs in a thread so a slow DNS lookup cannot hang us either."""
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
     proxy = urllib.request.getproxies().get(parts.scheme)
@@ -552,7 +554,7 @@ def _unreachable(url: str, timeout: float = 3.0) -> str | None:
     t = threading.Thread(target=attempt, daemon=True)
     t.start()
     t.join(timeout + 0.5)
-    return result[0] if result else f"no connection to {host}:{port} within {timeout:.0f} s"
+    return result[0] if result else f"no connection to {host}:{port} within {timeout:g} s"
 
 
 # ---- any other name: stock TFDS (needs TensorFlow, the `tfds-full` extra)
