@@ -1,0 +1,296 @@
+"""The loader: runs and sweeps back into pandas (bnlab.runs).
+
+Unit tests use run records written here through :class:`bnlab.record.RunRecord`
+(the schema's own writer); the sweep test at the end trains a real 2x2 multirun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bnlab.record import ACTIVATIONS, LAYERS, SCALARS, SUMMARY, RunRecord
+from bnlab.runs import (
+    RunProblemWarning,
+    find_runs,
+    last_hidden_layer,
+    load_run,
+    load_sweep,
+    steps_to_target,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_run(
+    path: Path,
+    *,
+    norm: str = "bn",
+    lr: float = 0.5,
+    steps: int = 200,
+    every: int = 50,
+    n_layers: int = 3,
+    status: str = "finished",
+    diverged_at: int | None = None,
+    overrides: list[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A run record in the schema of bnlab.record, with plausible synthetic values."""
+    rng = np.random.default_rng(seed)
+    rec = RunRecord(path)
+    last = diverged_at - 1 if diverged_at else steps
+    probe_steps = np.arange(0, last + 1, every)
+    probe_steps = probe_steps[probe_steps <= last]
+    t = probe_steps / max(steps, 1)
+    acts = {}
+    lay = {}
+    for i in range(1, n_layers + 1):
+        shift = 0.0 if norm != "none" else 2.0 * t * i
+        for site, (m, s) in {"pre": (shift, 1.0 + t), "post": (0.5, 0.2 + 0.1 * t)}.items():
+            stats = {"mean": m + 0 * t, "std": s + 0 * t}
+            for q, z in ((15, -1.04), (50, 0.0), (85, 1.04)):
+                stats[f"p{q}"] = m + z * s + 0.01 * rng.standard_normal(len(t))
+            stats.update({f"u0/{k}": v * 1.1 for k, v in list(stats.items())})
+            acts[f"layer{i}/{site}"] = stats
+        d = {"weight_norm": 1 + t, "grad_norm": 0.1 + 0 * t}
+        if norm in ("bn", "bn_nostatgrad", "bn_ghost"):
+            d.update(
+                gamma_mean=1 + 0.2 * t, gamma_std=0.1 * t, beta_mean=-0.1 * t, beta_std=0.05 * t
+            )
+        lay[f"layer{i}"] = d
+    rec.activations(probe_steps, acts)
+    rec.layers(probe_steps, lay)
+    train_steps = probe_steps[probe_steps > 0]
+    if len(train_steps):
+        rec.scalars(train_steps, "train_loss", 2.3 * np.exp(-3 * train_steps / steps))
+        rec.scalars(train_steps, "train_accuracy", 1 - 0.9 * np.exp(-3 * train_steps / steps))
+        rec.scalars(train_steps, "lr", np.full(len(train_steps), lr))
+    eval_steps = probe_steps[:: max(1, len(probe_steps) // 3)]
+    acc = 0.95 - 0.85 * np.exp(-3 * eval_steps / steps) - (0.1 if norm == "none" else 0)
+    rec.scalars(eval_steps, "test_accuracy", acc)
+    rec.scalars(eval_steps, "test_loss", 2.3 * np.exp(-2 * eval_steps / steps))
+    rec.write_tables()
+    rec.write_summary(
+        status=status, step=int(diverged_at or steps), steps=steps, diverged_at=diverged_at,
+        final=dict(rec.last), steps_per_sec=1000.0, wall_time_s=1.0, devices=1,
+        data_source="synthetic",
+    )  # fmt: skip
+    hyd = path / ".hydra"
+    hyd.mkdir(exist_ok=True)
+    config = {
+        "data": {"name": "digits"},
+        "norm": {"name": norm, "use_scale": norm == "bn"},
+        "optimizer": {"name": "sgd", "lr": lr},
+        "seed": seed,
+        "steps": steps,
+    }
+    (hyd / "config.yaml").write_text(yaml.safe_dump(config))
+    ovr = overrides if overrides is not None else [f"norm={norm}", f"optimizer.lr={lr}"]
+    (hyd / "overrides.yaml").write_text(yaml.safe_dump(ovr))
+    return path
+
+
+def fake_sweep(root: Path, norms=("none", "bn"), lrs=(0.1, 0.5), **kw) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    job = 0
+    for norm in norms:
+        for lr in lrs:
+            fake_run(root / str(job), norm=norm, lr=lr, **kw)
+            job += 1
+    return root
+
+
+# --------------------------------------------------------------------------- load_run
+
+
+def test_load_run_tables_and_config(tmp_path):
+    fake_run(tmp_path / "r", norm="bn", lr=0.5)
+    run = load_run(tmp_path / "r")
+    assert run.status == "finished" and run.problems == []
+    assert run.overrides == {"norm": "bn", "optimizer.lr": 0.5}
+    assert run.config["norm"]["name"] == "bn"
+    assert run.label == "bn"
+    assert list(run.scalars.columns) == ["step", "name", "value"]
+    assert list(run.activations.columns) == ["step", "layer", "site", "unit", "stat", "value"]
+    assert list(run.layers.columns) == ["step", "layer", "stat", "value"]
+    assert set(run.scalars["name"]) == {
+        "train_loss",
+        "train_accuracy",
+        "lr",
+        "test_loss",
+        "test_accuracy",
+    }
+    assert run.value("optimizer.lr") == 0.5 and run.value("data") == "digits"
+    assert last_hidden_layer(run.activations) == "layer3"
+
+
+def test_load_run_missing_pieces_are_reported(tmp_path):
+    fake_run(tmp_path / "r", status="running", steps=200)
+    (tmp_path / "r" / LAYERS).unlink()
+    run = load_run(tmp_path / "r")
+    assert len(run.layers) == 0 and list(run.layers.columns) == ["step", "layer", "stat", "value"]
+    text = " ".join(run.problems)
+    assert "running" in text and LAYERS in text
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        load_run(tmp_path)
+
+
+def test_load_run_hydra_only(tmp_path):
+    """A job that crashed before writing anything: only .hydra/ exists."""
+    (tmp_path / "j" / ".hydra").mkdir(parents=True)
+    (tmp_path / "j" / ".hydra" / "overrides.yaml").write_text("- norm=none\n")
+    run = load_run(tmp_path / "j")
+    assert run.status == "missing"
+    assert any(SUMMARY in p for p in run.problems)
+    assert run.scalars.empty and run.activations.empty
+
+
+# --------------------------------------------------------------------------- load_sweep
+
+
+def test_load_sweep_fake_2x2(tmp_path):
+    root = fake_sweep(tmp_path / "sweep")
+    sweep = load_sweep(root)
+    assert len(sweep) == 4 and sweep.problems == []
+    assert sweep.keys == ["norm", "optimizer.lr"] and sweep.varying == ["norm", "optimizer.lr"]
+    r = sweep.runs
+    assert list(r["run"]) == ["0", "1", "2", "3"]
+    assert list(r["norm"]) == ["none", "none", "bn", "bn"]
+    assert list(r["optimizer.lr"]) == [0.1, 0.5, 0.1, 0.5]
+    assert pd.api.types.is_float_dtype(r["optimizer.lr"])
+    assert list(r["label"]) == [
+        "norm=none, optimizer.lr=0.1",
+        "norm=none, optimizer.lr=0.5",
+        "norm=bn, optimizer.lr=0.1",
+        "norm=bn, optimizer.lr=0.5",
+    ]
+    assert (r["status"] == "finished").all()
+    assert r["final_test_accuracy"].notna().all()
+    for t in (sweep.scalars, sweep.activations, sweep.layers):
+        assert {"run", "norm", "optimizer.lr", "label"} <= set(t.columns)
+        assert t["run"].nunique() == 4
+    assert list(sweep.activations.columns[:4]) == ["run", "norm", "optimizer.lr", "label"]
+    # the layers table of norm=none has no gamma/beta, of bn it does
+    g = sweep.layers[sweep.layers["stat"] == "gamma_mean"]
+    assert set(g["norm"]) == {"bn"}
+
+
+def test_labels_norm_only_and_config_fill(tmp_path):
+    """Only norm differs -> the norm name; a run without the override gets it from its config."""
+    fake_run(tmp_path / "a", norm="none", overrides=["norm=none", "steps=200"])
+    fake_run(tmp_path / "b", norm="bn", overrides=["steps=200"])  # default norm, not overridden
+    sweep = load_sweep([tmp_path / "a", tmp_path / "b"])
+    assert sweep.varying == ["norm"]
+    assert list(sweep.runs["label"]) == ["none", "bn"]
+    assert list(sweep.runs["norm"]) == ["none", "bn"]
+    assert list(sweep.scalars.groupby("run", sort=False)["label"].first()) == ["none", "bn"]
+
+
+def test_identical_runs_get_distinct_labels(tmp_path):
+    fake_run(tmp_path / "x" / "a")
+    fake_run(tmp_path / "y" / "a")
+    sweep = load_sweep(str(tmp_path / "*" / "a"))
+    assert sweep.runs["label"].nunique() == 2
+    assert sweep.runs["run"].nunique() == 2
+
+
+def test_sweep_reports_half_written_runs(tmp_path):
+    root = fake_sweep(tmp_path / "s", norms=("bn",), lrs=(0.1, 0.5))
+    fake_run(root / "2", norm="bn", lr=1.0, status="running")  # killed
+    (root / "3" / ".hydra").mkdir(parents=True)  # crashed before any record
+    (root / "3" / ".hydra" / "overrides.yaml").write_text("- norm=bn\n- optimizer.lr=5.0\n")
+    fake_run(root / "4", norm="bn", lr=2.0)
+    (root / "4" / SCALARS).unlink()
+    with pytest.warns(RunProblemWarning, match="3 of 5 runs"):
+        sweep = load_sweep(root)
+    assert list(sweep.runs["run"]) == ["0", "1", "2", "3", "4"]  # kept, not dropped
+    assert list(sweep.runs["status"]) == ["finished", "finished", "running", "missing", "finished"]
+    text = "\n".join(sweep.problems)
+    assert "2: status 'running'" in text and "3: no summary.json" in text
+    assert f"4: no {SCALARS}" in text
+    assert set(sweep.activations["run"]) == {"0", "1", "2", "4"}
+    assert sweep.runs.loc[sweep.runs["run"] == "3", "problems"].item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_sweep(root, warn=False)
+
+
+def test_diverged_run_is_a_result(tmp_path):
+    fake_run(tmp_path / "d", lr=50.0, status="diverged", diverged_at=75)
+    sweep = load_sweep(tmp_path / "d")
+    r = sweep.runs.iloc[0]
+    assert r["status"] == "diverged" and r["diverged_at"] == 75 and sweep.problems == []
+    assert sweep.activations["step"].max() < 75
+
+
+def test_find_runs_natural_order_and_errors(tmp_path):
+    for i in (0, 1, 2, 10):
+        fake_run(tmp_path / "m" / str(i), steps=50)
+    assert [p.name for p in find_runs(tmp_path / "m")] == ["0", "1", "2", "10"]
+    with pytest.raises(FileNotFoundError):
+        find_runs(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError):
+        load_sweep(tmp_path / "m" / "0" / ".hydra")
+
+
+def test_steps_to_target():
+    sc = pd.DataFrame(
+        {
+            "run": ["a"] * 3 + ["b"] * 3,
+            "step": [0, 100, 200] * 2,
+            "name": ["test_accuracy"] * 6,
+            "value": [0.1, 0.8, 0.9, 0.1, 0.3, 0.5],
+        }
+    )
+    s = steps_to_target(sc, 0.8)
+    assert s["a"] == 100 and np.isnan(s["b"])
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def _trainer_available() -> bool:
+    return (ROOT / "bnlab" / "train.py").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _trainer_available(), reason="trainer (bnlab/train.py) not present")
+def test_load_sweep_real_2x2_multirun(tmp_path):
+    sweep_dir = tmp_path / "multirun"
+    cmd = [
+        sys.executable, "-m", "bnlab.train", "-m", "norm=none,bn", "optimizer.lr=0.1,0.5",
+        "data=digits", "steps=100", "chunk_steps=100", "probe.every=50", "eval_every=100",
+        "progress=false", "figure=false", f"hydra.sweep.dir={sweep_dir}",
+    ]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    sweep = load_sweep(sweep_dir)
+    assert len(sweep) == 4 and sweep.problems == [], sweep.problems
+    r = sweep.runs
+    assert sorted(zip(r["norm"], r["optimizer.lr"], strict=True)) == [
+        ("bn", 0.1), ("bn", 0.5), ("none", 0.1), ("none", 0.5),
+    ]  # fmt: skip
+    assert {"data", "steps"} <= set(sweep.keys)  # constant overrides are columns too
+    assert sweep.varying == ["norm", "optimizer.lr"]
+    assert set(r["status"]) <= {"finished", "diverged"}
+    assert r["final_test_accuracy"].notna().all()
+    for t in (sweep.scalars, sweep.activations, sweep.layers):
+        assert {"run", "norm", "optimizer.lr", "label"} <= set(t.columns)
+        assert t["run"].nunique() == 4
+    acts = sweep.activations
+    assert {"pre", "post"} <= set(acts["site"]) and (acts["unit"] == -1).any()
+    assert set(acts.loc[acts["norm"] == "bn", "site"]) >= {"prenorm", "pre", "post"}
+    summary = json.loads((sweep_dir / "0" / SUMMARY).read_text())
+    assert summary["steps"] == 100
+    assert (sweep_dir / "0" / ACTIVATIONS).exists()
