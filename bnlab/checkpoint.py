@@ -1,0 +1,40 @@
+"""Orbax checkpoints of the train state, for resume after an interrupt or a kill."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+from flax import serialization
+
+
+class Checkpoints:
+    """Keeps the latest two checkpoints of a train state under ``directory``."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 2):
+        logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs every save at INFO
+        self._mngr = ocp.CheckpointManager(
+            Path(directory).absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def save(self, state: Any, step: int) -> None:
+        """Save ``state`` as step ``step`` and wait until it is on disk."""
+        if self._mngr.latest_step() == step:
+            return
+        self._mngr.save(step, args=ocp.args.StandardSave(serialization.to_state_dict(state)))
+        self._mngr.wait_until_finished()
+
+    def restore(self, like: Any, step: int) -> Any:
+        """The state saved at ``step``, with the structure of ``like``."""
+        target = serialization.to_state_dict(like)
+        restored = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+        return serialization.from_state_dict(like, restored)
+
+    def close(self) -> None:
+        self._mngr.close()

@@ -1,0 +1,267 @@
+"""Train state and the compiled chunk: many SGD steps and probes in one XLA program.
+
+A chunk is ``chunk_steps`` steps: an outer ``lax.scan`` over probe intervals, each an
+inner ``lax.scan`` of ``probe.every`` training steps followed by one probe of the
+fixed probe batch. Batches are drawn on device from the epoch permutations the chunk
+spans, so the host only wakes between chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from bnlab import data as bdata
+from bnlab import probe
+from bnlab.models import CNN, MLP, flatten_sites, layer_names
+from bnlab.norm import BatchNorm, NoNorm
+
+Array = jax.Array
+NORMS = ("none", "bn", "bn_noaffine", "bn_nostatgrad", "bn_ghost")
+
+
+@struct.dataclass
+class TrainState:
+    step: Array  # int32 scalar: training steps done
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    key: Array  # uint32[2] PRNG key (raw, so checkpoints can hold it)
+
+
+def make_norm(cfg: Any) -> Callable[..., nn.Module]:
+    """The norm factory a model plugs into every hidden layer."""
+    if cfg.name == "none":
+        return NoNorm
+    return partial(
+        BatchNorm,
+        use_scale=cfg.use_scale,
+        use_bias=cfg.use_bias,
+        stats_grad=cfg.stats_grad,
+        momentum=cfg.momentum,
+        epsilon=cfg.epsilon,
+        ghost_batch_size=cfg.ghost_batch_size,
+    )
+
+
+def make_model(model_cfg: Any, norm_cfg: Any, num_classes: int) -> nn.Module:
+    common = dict(
+        features=tuple(model_cfg.features),
+        num_classes=num_classes,
+        activation=model_cfg.activation,
+        norm=make_norm(norm_cfg),
+        norm_position=model_cfg.norm_position,
+        init_std=model_cfg.init_std,
+        use_bias=model_cfg.use_bias,
+    )
+    if model_cfg.name == "mlp":
+        return MLP(**common)
+    if model_cfg.name == "cnn":
+        return CNN(channels=tuple(model_cfg.channels), **common)
+    raise ValueError(f"unknown model.name={model_cfg.name!r}; use model=mlp or model=cnn")
+
+
+def make_schedule(cfg: Any, steps: int) -> optax.Schedule:
+    if cfg.schedule == "constant":
+        sched = optax.constant_schedule(cfg.lr)
+    elif cfg.schedule == "cosine":
+        sched = optax.cosine_decay_schedule(cfg.lr, max(steps - cfg.warmup_steps, 1))
+    elif cfg.schedule == "step":
+        sched = optax.piecewise_constant_schedule(
+            cfg.lr, {int(b) - cfg.warmup_steps: cfg.decay_factor for b in cfg.boundaries}
+        )
+    else:
+        raise ValueError(
+            f"unknown optimizer.schedule={cfg.schedule!r}; use constant, cosine or step"
+        )
+    if cfg.warmup_steps:
+        warm = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+        sched = optax.join_schedules([warm, sched], [cfg.warmup_steps])
+    return sched
+
+
+def make_optimizer(cfg: Any, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    sched = make_schedule(cfg, steps)
+    if cfg.name in ("sgd", "momentum"):
+        tx = optax.sgd(sched, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+    elif cfg.name == "adam":
+        tx = optax.adam(sched, b1=cfg.b1, b2=cfg.b2)
+    else:
+        raise ValueError(f"unknown optimizer.name={cfg.name!r}; use sgd, momentum or adam")
+    if cfg.weight_decay:
+        tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx)
+    return tx, sched
+
+
+def init_state(
+    model: nn.Module, tx: optax.GradientTransformation, x0: Array, seed: int
+) -> TrainState:
+    """Initial state; the init key and the data key both derive from ``seed``."""
+
+    @jax.jit
+    def init(root: Array) -> TrainState:
+        variables = model.init(jax.random.fold_in(root, 0), x0, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            key=jax.random.fold_in(root, 1),
+        )
+
+    return init(jax.random.PRNGKey(seed))
+
+
+def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """Mean softmax cross-entropy and accuracy."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return loss.mean(), (jnp.argmax(logits, -1) == labels).mean()
+
+
+class Trainer:
+    """Builds the jitted chunk, probe and eval functions for one model and dataset."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tx: optax.GradientTransformation,
+        schedule: optax.Schedule,
+        ds: Any,
+        *,
+        batch_size: int,
+        chunk_steps: int,
+        probe_cfg: Any,
+        eval_batch: int = 1000,
+    ):
+        if chunk_steps % probe_cfg.every:
+            raise ValueError(
+                f"chunk_steps={chunk_steps} must be a multiple of probe.every={probe_cfg.every}"
+            )
+        if probe_cfg.bn_mode not in ("batch", "eval"):
+            raise ValueError(f"probe.bn_mode must be 'batch' or 'eval', got {probe_cfg.bn_mode!r}")
+        n = ds.train_x.shape[0]
+        if batch_size > n:
+            raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples")
+        self.model, self.tx, self.schedule = model, tx, schedule
+        self.batch_size, self.chunk_steps = batch_size, chunk_steps
+        self.every = probe_cfg.every
+        self.qs = tuple(float(q) for q in probe_cfg.percentiles)
+        self.units = tuple(int(u) for u in probe_cfg.units)
+        self.probe_eval = probe_cfg.bn_mode == "eval"
+        self.eval_batch = eval_batch
+        # device arrays are passed to the jitted functions, never closed over (no constants)
+        self.data = {
+            k: jnp.asarray(getattr(ds, k))
+            for k in ("train_x", "train_y", "test_x", "test_y", "probe_x")
+        }
+        self.n_train = n
+        self.steps_per_epoch = n // batch_size
+        # epochs a chunk can touch: enough permutations for any chunk start
+        self.n_perms = chunk_steps // self.steps_per_epoch + 2
+        self._chunk_jit = jax.jit(self._chunk, static_argnames="length", donate_argnums=0)
+        self._measure_jit = jax.jit(self._measure)
+        self._evaluate_jit = jax.jit(self._evaluate)
+
+    def chunk(self, state: TrainState, length: int) -> tuple[TrainState, dict]:
+        """Run ``length`` steps (a multiple of ``probe.every``) with a probe after every
+        ``probe.every``; returns the new state and the measurements, one row per probe."""
+        return self._chunk_jit(state, self.data, length=length)
+
+    def measure(self, state: TrainState) -> tuple[dict, dict]:
+        """Probe ``state`` (gradient norms read as zero: no step has been taken)."""
+        return self._measure_jit(state, self.zero_grads(state), self.data["probe_x"])
+
+    def evaluate(self, state: TrainState) -> tuple[Array, Array]:
+        """Test loss and accuracy with BN in eval mode."""
+        return self._evaluate_jit(state, self.data["test_x"], self.data["test_y"])
+
+    # -- one training step -------------------------------------------------
+    def _loss(self, params, batch_stats, x, y):
+        logits, upd = self.model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        loss, acc = cross_entropy(logits, y)
+        return loss, (upd.get("batch_stats", batch_stats), acc)
+
+    def _step(self, state: TrainState, x: Array, y: Array):
+        (loss, (bs, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state.params, state.batch_stats, x, y
+        )
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, batch_stats=bs, opt_state=opt_state)
+        return new, grads, loss, acc
+
+    # -- probes ---------------------------------------------------------------
+    def _measure(self, state: TrainState, grads: Any, probe_x: Array) -> tuple[dict, dict]:
+        """Activation statistics on the probe batch and per-layer parameter statistics."""
+        _, out = self.model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            probe_x,
+            train=not self.probe_eval,
+            mutable=["sites", "batch_stats"],
+        )
+        acts = probe.activation_stats(flatten_sites(out["sites"]), self.qs, self.units)
+        layers = probe.layer_stats(
+            state.params, grads, state.batch_stats, layer_names(state.params)
+        )
+        return acts, layers
+
+    def zero_grads(self, state: TrainState) -> Any:
+        return jax.tree.map(jnp.zeros_like, state.params)
+
+    # -- the compiled chunk -----------------------------------------------
+    def _chunk(self, state: TrainState, data: dict, length: int):
+        n = self.n_train
+        bs, spe = self.batch_size, self.steps_per_epoch
+        epoch0 = state.step // spe
+        perms = jax.vmap(lambda e: bdata.epoch_permutation(state.key, e, n))(
+            epoch0 + jnp.arange(self.n_perms)
+        )
+
+        def step(carry, _):
+            st, _ = carry
+            e = st.step // spe - epoch0
+            idx = jax.lax.dynamic_slice(perms[e], ((st.step % spe) * bs,), (bs,))
+            st, grads, loss, acc = self._step(st, data["train_x"][idx], data["train_y"][idx])
+            return (st, grads), (loss, acc)
+
+        def interval(carry, _):
+            carry, (loss, acc) = jax.lax.scan(step, carry, None, length=self.every)
+            st, grads = carry
+            acts, layers = self._measure(st, grads, data["probe_x"])
+            return carry, dict(loss=loss, acc=acc, step=st.step, acts=acts, layers=layers)
+
+        carry = (state, self.zero_grads(state))
+        (state, _), out = jax.lax.scan(interval, carry, None, length=length // self.every)
+        out["lr"] = jax.vmap(self.schedule)(out["step"])
+        return state, out
+
+    # -- evaluation -------------------------------------------------------
+    def _evaluate(self, state: TrainState, x: Array, y: Array) -> tuple[Array, Array]:
+        n = x.shape[0]
+        b = min(self.eval_batch, n)
+        pad = (-n) % b
+        x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+        y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+        mask = jnp.arange(n + pad) < n
+
+        def one(args):
+            xb, yb, mb = args
+            logits = self.model.apply(
+                {"params": state.params, "batch_stats": state.batch_stats}, xb, train=False
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb)
+            return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
+
+        shape = lambda a: a.reshape((-1, b) + a.shape[1:])  # noqa: E731
+        loss, correct = jax.lax.map(one, (shape(x), shape(y), shape(mask)))
+        return loss.sum() / n, correct.sum() / n

@@ -1,0 +1,160 @@
+"""The run record: what a run writes into its output directory (the one schema).
+
+A run directory (Hydra's output dir) holds:
+
+- ``.hydra/config.yaml``, ``.hydra/overrides.yaml``: the resolved config and the
+  command-line overrides (written by Hydra).
+- ``scalars.parquet``, one row per step x metric, columns
+  ``step`` (int64, training steps done), ``name`` (str), ``value`` (float64). Names:
+  ``train_loss`` and ``train_accuracy`` (means over the ``probe.every`` steps ending
+  at ``step``), ``test_loss`` and ``test_accuracy`` (whole test split, BN in eval
+  mode, every ``eval_every`` steps and at step 0), ``lr`` (learning rate at ``step``).
+- ``activations.parquet``, one row per step x layer x site x unit x statistic, columns
+  ``step`` (int64), ``layer`` (str, ``layer1``...), ``site`` (str: ``prenorm``,
+  ``pre``, ``post``; see :mod:`bnlab.models`), ``unit`` (int64: -1 = pooled over
+  every unit and example of the probe batch; j >= 0 = unit/feature map j alone),
+  ``stat`` (str: ``mean``, ``std``, ``p15``, ``p50``, ``p85``... per
+  ``probe.percentiles``), ``value`` (float64). Measured on the fixed probe batch at
+  step 0 and every ``probe.every`` steps.
+- ``layers.parquet``, one row per step x layer x statistic, columns ``step``,
+  ``layer``, ``stat``, ``value``: the parameter statistics of
+  :func:`bnlab.probe.layer_stats` (weight and gradient norms, gamma/beta, running
+  mean/var summaries) at the same steps as the activations.
+- ``summary.json``: ``status`` (``running``, ``finished``, ``diverged``,
+  ``interrupted``), ``step`` (steps done), ``steps`` (steps asked for),
+  ``diverged_at`` (first step whose training loss was non-finite, or null),
+  ``final`` (last value of every scalar), ``steps_per_sec``, ``wall_time_s``,
+  ``devices``, ``data_source``.
+- ``checkpoints/``: Orbax checkpoints of the train state (for resume).
+- ``figures/``: PNG figures made at the end of the run.
+
+Tables are rewritten whole and atomically (temp file, then rename) at each
+checkpoint and at the end, so a killed run leaves a consistent record up to its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SCALARS = "scalars.parquet"
+ACTIVATIONS = "activations.parquet"
+LAYERS = "layers.parquet"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+FIGURES = "figures"
+
+COLUMNS = {
+    SCALARS: ["step", "name", "value"],
+    ACTIVATIONS: ["step", "layer", "site", "unit", "stat", "value"],
+    LAYERS: ["step", "layer", "stat", "value"],
+}
+STATUSES = ("running", "finished", "diverged", "interrupted")
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class Table:
+    """Rows of one long-format table, accumulated in column blocks."""
+
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+        self.blocks: list[dict[str, np.ndarray]] = []
+
+    def add(self, **cols: Any) -> None:
+        n = max(np.size(v) for v in cols.values())
+        self.blocks.append({c: np.broadcast_to(np.asarray(cols[c]), (n,)) for c in self.columns})
+
+    def frame(self) -> pd.DataFrame:
+        if not self.blocks:
+            return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in self.columns})
+        df = pd.DataFrame({c: np.concatenate([b[c] for b in self.blocks]) for c in self.columns})
+        return df.astype({c: _dtype(c) for c in self.columns})
+
+    def load(self, df: pd.DataFrame) -> None:
+        self.blocks = [{c: df[c].to_numpy() for c in self.columns}] if len(df) else []
+
+
+def _dtype(column: str) -> str:
+    return {"step": "int64", "unit": "int64", "value": "float64"}.get(column, "str")
+
+
+class RunRecord:
+    """Writer of one run's record directory (see the module docstring)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tables = {name: Table(cols) for name, cols in COLUMNS.items()}
+        self.last: dict[str, float] = {}  # latest finite value of every scalar
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / CHECKPOINTS
+
+    def scalars(self, step: Iterable[int] | int, name: str, value: Any) -> None:
+        self.tables[SCALARS].add(step=step, name=name, value=value)
+        finite = np.asarray(value, np.float64).reshape(-1)
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            self.last[name] = float(finite[-1])
+
+    def activations(self, steps: np.ndarray, stats: dict[str, dict[str, np.ndarray]]) -> None:
+        """Add ``{'layer1/pre': {'p15': values over steps, 'u0/p15': ...}}`` rows."""
+        t = self.tables[ACTIVATIONS]
+        for site_name, per_stat in stats.items():
+            layer, site = site_name.split("/", 1)
+            for key, values in per_stat.items():
+                unit, stat = key.split("/") if "/" in key else ("u-1", key)
+                t.add(
+                    step=steps, layer=layer, site=site, unit=int(unit[1:]), stat=stat, value=values
+                )
+
+    def layers(self, steps: np.ndarray, stats: dict[str, dict[str, np.ndarray]]) -> None:
+        t = self.tables[LAYERS]
+        for layer, per_stat in stats.items():
+            for stat, values in per_stat.items():
+                t.add(step=steps, layer=layer, stat=stat, value=values)
+
+    def write_tables(self) -> None:
+        for name, table in self.tables.items():
+            df = table.frame()
+            _atomic_write(self.dir / name, lambda p, df=df: df.to_parquet(p, index=False))
+
+    def truncate(self, step: int) -> None:
+        """Keep only rows up to ``step`` (after a resume from a checkpoint at ``step``)."""
+        for name, table in self.tables.items():
+            path = self.dir / name
+            if path.exists():
+                df = pd.read_parquet(path)
+                table.load(df[df["step"] <= step].reset_index(drop=True))
+        scalars = self.tables[SCALARS].frame()
+        scalars = scalars[np.isfinite(scalars["value"])]
+        self.last = scalars.groupby("name", sort=False)["value"].last().to_dict()
+
+    def write_summary(self, **summary: Any) -> None:
+        _atomic_write(
+            self.dir / SUMMARY,
+            lambda p: p.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n"),
+        )
+
+    def read_summary(self) -> dict[str, Any] | None:
+        path = self.dir / SUMMARY
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serializable: {type(x)}")

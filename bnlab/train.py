@@ -1,0 +1,241 @@
+"""``python -m bnlab.train``: train one model and record how every layer moves.
+
+Hydra composes ``configs/train.yaml``; :func:`train_and_evaluate` does the work
+and writes the run record (see :mod:`bnlab.record`) into Hydra's output directory.
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()  # before the heavy imports: time-to-first-chunk counts them
+
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import hydra  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from bnlab import config, data, loop  # noqa: E402
+from bnlab.checkpoint import Checkpoints  # noqa: E402
+from bnlab.record import RunRecord  # noqa: E402
+
+log = logging.getLogger("bnlab")
+
+
+class UserError(Exception):
+    """A mistake in the config or the environment: reported in one line, exit 2."""
+
+
+def _say(msg: str) -> None:
+    print(f"bnlab: {msg}", file=sys.stderr, flush=True)
+
+
+def _on_sigterm(signum, frame):  # cluster schedulers stop jobs with SIGTERM
+    raise KeyboardInterrupt
+
+
+def _chunk_lengths(steps: int, chunk_steps: int, every: int) -> list[int]:
+    if steps % every:
+        raise UserError(f"steps={steps} must be a multiple of probe.every={every}")
+    if chunk_steps % every:
+        raise UserError(f"chunk_steps={chunk_steps} must be a multiple of probe.every={every}")
+    full, rest = divmod(steps, chunk_steps)
+    return [chunk_steps] * full + ([rest] if rest else [])
+
+
+def _progress(cfg: DictConfig, initial: int):
+    from tqdm.auto import tqdm
+
+    disable = not cfg.progress or not sys.stderr.isatty()
+    return tqdm(total=cfg.steps, initial=initial, unit="step", disable=disable, dynamic_ncols=True)
+
+
+def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
+    """Train per ``cfg``, writing the run record into ``workdir``; returns the summary."""
+    workdir = Path(workdir)
+    record = RunRecord(workdir)
+    previous = record.read_summary()
+    if cfg.resume and previous and previous["status"] in ("finished", "diverged"):
+        _say(f"run already {previous['status']} at step {previous['step']}; record: {workdir}")
+        return previous
+
+    try:
+        ds = data.load(**OmegaConf.to_container(cfg.data))
+    except data.DataError as e:
+        raise UserError(str(e)) from None
+    _say(
+        f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
+        f"probe batch {len(ds.probe_x)}; from {ds.source}"
+    )
+    try:
+        model = loop.make_model(cfg.model, cfg.norm, ds.num_classes)
+        tx, schedule = loop.make_optimizer(cfg.optimizer, cfg.steps)
+        trainer = loop.Trainer(
+            model, tx, schedule, ds,
+            batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps, probe_cfg=cfg.probe,
+        )  # fmt: skip
+        lengths = _chunk_lengths(cfg.steps, cfg.chunk_steps, cfg.probe.every)
+        state = loop.init_state(model, tx, trainer.data["train_x"][:2], cfg.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+    ckpts = Checkpoints(record.checkpoint_dir)
+    start = ckpts.latest_step() if cfg.resume else None
+    if start is not None:
+        state = ckpts.restore(state, start)
+        record.truncate(start)
+        _say(f"resumed from the checkpoint at step {start}")
+    else:
+        start = 0
+        _probe_rows(record, np.array([0]), *jax.device_get(trainer.measure(state)))
+        _eval_rows(record, trainer, state, 0)
+
+    summary: dict[str, Any] = dict(
+        status="running", step=start, steps=cfg.steps, diverged_at=None, final={},
+        steps_per_sec=None, wall_time_s=None, first_chunk_s=None,
+        devices=jax.device_count(), platform=jax.default_backend(), data_source=ds.source,
+    )  # fmt: skip
+    record.write_summary(**summary)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    t_start, t_steady, steady_steps = time.perf_counter(), None, 0
+    done_chunks = start // cfg.chunk_steps
+    step = start
+    bar = _progress(cfg, start)
+    try:
+        for i, length in enumerate(lengths[done_chunks:], done_chunks + 1):
+            t_chunk = time.perf_counter()
+            new_state, out = trainer.chunk(state, length)
+            out = jax.device_get(out)
+            if summary["first_chunk_s"] is None:
+                summary["first_chunk_s"] = round(time.perf_counter() - _T0, 3)
+            elif t_steady is None:
+                t_steady = t_chunk
+            if t_steady is not None:
+                steady_steps += length
+            losses = out["loss"].reshape(-1)
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                summary["diverged_at"] = step + int(bad[0]) + 1
+                _chunk_rows(record, out, keep=out["step"] < summary["diverged_at"])
+                step = summary["diverged_at"]
+                summary["status"] = "diverged"
+                break
+            state = new_state
+            _chunk_rows(record, out)
+            step += length
+            if step // cfg.eval_every > (step - length) // cfg.eval_every or i == len(lengths):
+                _eval_rows(record, trainer, state, step)
+            bar.update(length)
+            bar.set_postfix(_postfix(record), refresh=False)
+            if i % cfg.checkpoint_every == 0 or i == len(lengths):
+                record.write_tables()
+                ckpts.save(state, step)
+                record.write_summary(**{**summary, "step": step})
+        else:
+            summary["status"] = "finished"
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        ckpts.save(state, step)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        ckpts.close()
+    summary["step"] = step
+    summary["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+    if t_steady is not None:
+        summary["steps_per_sec"] = round(steady_steps / (time.perf_counter() - t_steady), 1)
+    elif summary["wall_time_s"]:
+        summary["steps_per_sec"] = round((step - start) / summary["wall_time_s"], 1)
+    summary["final"] = dict(record.last)
+    record.write_tables()
+    record.write_summary(**summary)
+    if cfg.figure and summary["status"] != "interrupted":
+        _figures(workdir)
+    return summary
+
+
+def _probe_rows(record: RunRecord, steps: np.ndarray, acts: dict, layers: dict) -> None:
+    shaped = lambda t: {
+        k: {s: np.reshape(v, steps.shape) for s, v in d.items()} for k, d in t.items()
+    }  # noqa: E731
+    record.activations(steps, shaped(acts))
+    record.layers(steps, shaped(layers))
+
+
+def _chunk_rows(record: RunRecord, out: dict, keep: np.ndarray | None = None) -> None:
+    """Rows of one chunk's measurements (intervals where ``keep`` is true)."""
+    keep = np.ones(out["step"].shape, bool) if keep is None else keep
+    steps = out["step"][keep].astype(np.int64)
+    sel = lambda t: {k: {s: v[keep] for s, v in d.items()} for k, d in t.items()}  # noqa: E731
+    record.activations(steps, sel(out["acts"]))
+    record.layers(steps, sel(out["layers"]))
+    record.scalars(steps, "train_loss", out["loss"].mean(axis=1)[keep])
+    record.scalars(steps, "train_accuracy", out["acc"].mean(axis=1)[keep])
+    record.scalars(steps, "lr", np.asarray(out["lr"])[keep])
+
+
+def _eval_rows(record: RunRecord, trainer: loop.Trainer, state, step: int) -> None:
+    loss, acc = jax.device_get(trainer.evaluate(state))
+    record.scalars(step, "test_loss", float(loss))
+    record.scalars(step, "test_accuracy", float(acc))
+
+
+def _postfix(record: RunRecord) -> dict[str, str]:
+    last = dict(record.last)
+    keys = (("loss", "train_loss"), ("acc", "train_accuracy"), ("test_acc", "test_accuracy"))
+    return {k: f"{last[n]:.4f}" for k, n in keys if n in last}
+
+
+def _figures(workdir: Path) -> None:
+    from bnlab import plot
+
+    try:
+        paths = plot.save_run_figures(workdir)
+    except Exception as e:  # a figure must never cost the run its record
+        _say(f"could not draw the run's figures ({type(e).__name__}: {e})")
+        return
+    for p in paths:
+        log.info("figure: %s", p)
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    workdir = HydraConfig.get().runtime.output_dir
+    logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing chatter
+    if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
+        jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    try:
+        summary = train_and_evaluate(cfg, workdir)
+    except UserError as e:
+        _say(f"error: {e}")
+        sys.exit(2)
+    final = summary.get("final", {})
+    acc = final.get("test_accuracy")
+    if summary["status"] == "diverged":
+        _say(f"diverged at step {summary['diverged_at']} (non-finite loss); record: {workdir}")
+    elif summary["status"] == "interrupted":
+        _say(f"interrupted at step {summary['step']}; resume with hydra.run.dir={workdir}")
+        sys.exit(130)
+    else:
+        rate = summary.get("steps_per_sec")
+        _say(
+            f"{summary['status']} {summary['step']} steps"
+            + (f" ({rate:.0f} steps/s)" if rate else "")
+            + (f", test accuracy {acc:.4f}" if acc is not None else "")
+            + f"; record: {workdir}"
+        )
+    return acc
+
+
+config.register()
+
+if __name__ == "__main__":
+    main()
