@@ -161,21 +161,22 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def _map_stats(tree: dict, fn) -> dict:
+    """Apply ``fn`` to every value array of a ``{name: {stat: values}}`` tree."""
+    return {k: {s: fn(v) for s, v in d.items()} for k, d in tree.items()}
+
+
 def _probe_rows(record: RunRecord, steps: np.ndarray, acts: dict, layers: dict) -> None:
-    shaped = lambda t: {
-        k: {s: np.reshape(v, steps.shape) for s, v in d.items()} for k, d in t.items()
-    }  # noqa: E731
-    record.activations(steps, shaped(acts))
-    record.layers(steps, shaped(layers))
+    record.activations(steps, _map_stats(acts, lambda v: np.reshape(v, steps.shape)))
+    record.layers(steps, _map_stats(layers, lambda v: np.reshape(v, steps.shape)))
 
 
 def _chunk_rows(record: RunRecord, out: dict, keep: np.ndarray | None = None) -> None:
-    """Rows of one chunk's measurements (intervals where ``keep`` is true)."""
+    """Rows of one chunk's measurements (probe intervals where ``keep`` is true)."""
     keep = np.ones(out["step"].shape, bool) if keep is None else keep
     steps = out["step"][keep].astype(np.int64)
-    sel = lambda t: {k: {s: v[keep] for s, v in d.items()} for k, d in t.items()}  # noqa: E731
-    record.activations(steps, sel(out["acts"]))
-    record.layers(steps, sel(out["layers"]))
+    record.activations(steps, _map_stats(out["acts"], lambda v: v[keep]))
+    record.layers(steps, _map_stats(out["layers"], lambda v: v[keep]))
     record.scalars(steps, "train_loss", out["loss"].mean(axis=1)[keep])
     record.scalars(steps, "train_accuracy", out["acc"].mean(axis=1)[keep])
     record.scalars(steps, "lr", np.asarray(out["lr"])[keep])
