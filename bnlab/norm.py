@@ -6,12 +6,18 @@ Conventions (the one place they are written down):
   conv input is normalized per feature map over (N, H, W) (Goodfellow et al. 8.7.1).
   The batch variance is the biased one, computed in two passes as
   ``mean((x - mean)**2)`` so it can never go negative (flax#1491). Reductions run in
-  float32 (or wider) whatever the input dtype; the output is cast back.
+  float32 (or wider) whatever the input dtype (in ``dtype`` when given, promoted to at
+  least float32, as in Flax); the output is cast back.
 - **Running averages** follow Flax: ``ra = momentum * ra + (1 - momentum) * batch``
   (default momentum 0.99) and the stored running variance is the *biased* batch
   variance. PyTorch's ``BatchNorm`` uses ``momentum_torch = 1 - momentum`` and stores
   the *unbiased* variance ``n / (n - 1) * var`` (n = elements per feature, N*H*W for
-  conv); :func:`torch_momentum` and :func:`unbiased_var` convert.
+  conv); :func:`torch_momentum` and :func:`unbiased_var` convert. Both libraries start
+  the running variance at 1, so the conversion must cover the start too: begin from
+  ``biased_var(1, n)`` (PyTorch's initial 1 in Flax's convention) and then
+  ``unbiased_var(running_var, n)`` equals PyTorch's ``running_var`` after every step;
+  in eval mode PyTorch normalizes with that unbiased value, so pass it as
+  ``running_var`` to reproduce PyTorch's eval output.
 - **Eval mode** (``use_running_average=True``) normalizes with the running averages.
 - **Study switches**: ``stats_grad=False`` stops the gradient through the batch mean
   and variance (Ioffe & Szegedy 2015, Sec. 2 ablation); ``ghost_batch_size`` takes the
@@ -120,14 +126,15 @@ def batch_norm(
     returned unchanged. ``scale``/``bias`` of ``None`` mean no learned gamma/beta.
     """
     feat = _feature_axes(axis, x.ndim)
-    out_dtype = dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
-    xs = x.astype(_stat_dtype(out_dtype))
+    params = tuple(p for p in (scale, bias) if p is not None)
+    out_dtype = dtype or jnp.result_type(x, *params)
     if use_running_average:
         mean, var = running_mean, running_var
         new_mean, new_var = running_mean, running_var
     else:
+        # as flax: the statistics are taken in ``dtype`` when given (else x's), >= float32
         mean, var = batch_stats(
-            x,
+            x if dtype is None else x.astype(_stat_dtype(dtype)),
             axis=axis,
             ghost_batch_size=ghost_batch_size,
             axis_name=axis_name,
@@ -135,20 +142,23 @@ def batch_norm(
         )
         if not stats_grad:
             mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
-        if ghost_batch_size is not None:  # view x as (groups, ghost, ...); stats are (groups, C)
-            xs = xs.reshape((x.shape[0] // ghost_batch_size, ghost_batch_size) + x.shape[1:])
-            feat = tuple(a + 1 for a in feat)
+        if ghost_batch_size is not None:  # stats are (groups, C); running stats get their mean
             batch_mean, batch_var = mean.mean(0), var.mean(0)
         else:
             batch_mean, batch_var = mean, var
         new_mean = momentum * running_mean + (1.0 - momentum) * lax.stop_gradient(batch_mean)
         new_var = momentum * running_var + (1.0 - momentum) * lax.stop_gradient(batch_var)
+    # x in >= float32; every op below then promotes its operands' dtypes as flax does
+    xs = x.astype(_stat_dtype(x.dtype))
+    if not use_running_average and ghost_batch_size is not None:
+        xs = xs.reshape((x.shape[0] // ghost_batch_size, ghost_batch_size) + x.shape[1:])
+        feat = tuple(a + 1 for a in feat)  # view x as (groups, ghost, ...)
     mul = lax.rsqrt(_broadcast(var, xs.ndim, feat) + epsilon)
     if scale is not None:
-        mul = mul * _broadcast(scale.astype(xs.dtype), xs.ndim, feat)
+        mul = mul * _broadcast(scale, xs.ndim, feat)
     y = (xs - _broadcast(mean, xs.ndim, feat)) * mul
     if bias is not None:
-        y = y + _broadcast(bias.astype(xs.dtype), xs.ndim, feat)
+        y = y + _broadcast(bias, xs.ndim, feat)
     return y.reshape(x.shape).astype(out_dtype), new_mean, new_var
 
 
@@ -160,6 +170,15 @@ def torch_momentum(momentum: float) -> float:
 def unbiased_var(var: Array, n: int) -> Array:
     """PyTorch's stored running variance convention: ``n / (n - 1) * biased_var``."""
     return var * (n / (n - 1))
+
+
+def biased_var(var: Array, n: int) -> Array:
+    """Inverse of :func:`unbiased_var`: ``(n - 1) / n * unbiased_var`` (Flax's convention).
+
+    ``biased_var(1.0, n)`` is where to start bnlab's running variance to track a
+    PyTorch ``BatchNorm`` (whose running variance starts at 1) step by step.
+    """
+    return var * ((n - 1) / n)
 
 
 class BatchNorm(nn.Module):
