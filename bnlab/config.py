@@ -84,6 +84,7 @@ class TrainConfig:
     batch_size: int = MISSING
     chunk_steps: int = MISSING
     eval_every: int = MISSING
+    diverge_loss: float = MISSING
     checkpoint_every: int = MISSING
     resume: bool = MISSING
     progress: bool = MISSING

@@ -22,7 +22,8 @@ A run directory (Hydra's output dir) holds:
   mean/var summaries) at the same steps as the activations.
 - ``summary.json``: ``status`` (``running``, ``finished``, ``diverged``,
   ``interrupted``), ``step`` (steps done), ``steps`` (steps asked for),
-  ``diverged_at`` (first step whose training loss was non-finite, or null),
+  ``diverged_at`` (first step whose training loss was non-finite or above
+  ``diverge_loss``, or null),
   ``final`` (last value of every scalar), ``steps_per_sec``, ``wall_time_s``,
   ``devices``, ``data_source``.
 - ``checkpoints/``: Orbax checkpoints of the train state (for resume).
@@ -73,7 +74,13 @@ class Table:
         self.blocks: list[dict[str, np.ndarray]] = []
 
     def add(self, **cols: Any) -> None:
-        n = max(np.size(v) for v in cols.values())
+        """Add rows; scalar columns are repeated along the array-valued ones."""
+        lengths = {np.size(v) for v in cols.values() if np.ndim(v) > 0}
+        n = lengths.pop() if lengths else 1
+        if lengths:
+            raise ValueError(f"columns of different lengths: {sorted(lengths | {n})}")
+        if n == 0:
+            return
         self.blocks.append({c: np.broadcast_to(np.asarray(cols[c]), (n,)) for c in self.columns})
 
     def frame(self) -> pd.DataFrame:

@@ -120,7 +120,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
             if t_steady is not None:
                 steady_steps += length
             losses = out["loss"].reshape(-1)
-            bad = np.flatnonzero(~np.isfinite(losses))
+            bad = np.flatnonzero(~(np.abs(losses) <= cfg.diverge_loss))  # NaN counts too
             if bad.size:
                 summary["diverged_at"] = step + int(bad[0]) + 1
                 _chunk_rows(record, out, keep=out["step"] < summary["diverged_at"])
@@ -221,7 +221,10 @@ def main(cfg: DictConfig) -> float | None:
     final = summary.get("final", {})
     acc = final.get("test_accuracy")
     if summary["status"] == "diverged":
-        _say(f"diverged at step {summary['diverged_at']} (non-finite loss); record: {workdir}")
+        _say(
+            f"diverged at step {summary['diverged_at']} (loss non-finite or above "
+            f"diverge_loss={cfg.diverge_loss:g}); record: {workdir}"
+        )
     elif summary["status"] == "interrupted":
         _say(f"interrupted at step {summary['step']}; resume with hydra.run.dir={workdir}")
         sys.exit(130)

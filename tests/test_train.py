@@ -1,0 +1,152 @@
+"""The training loop end to end: records, divergence, resume, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from trainer import COMPILE_CACHE, QUICK, ROOT, cli, compose, tables
+
+from bnlab import record
+from bnlab.train import train_and_evaluate
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache():
+    jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def test_fashion_mnist_short_run_writes_record(tmp_path):
+    """A real run on Fashion-MNIST: every record file, documented columns, learning, BN sites."""
+    cfg = compose(
+        [
+            "data=fashion_mnist", "steps=400", "chunk_steps=200", "eval_every=200",
+            "progress=false", "figure=false",
+        ]
+    )  # fmt: skip
+    summary = train_and_evaluate(cfg, tmp_path)
+    assert summary["status"] == "finished" and summary["step"] == 400
+    on_disk = json.loads((tmp_path / record.SUMMARY).read_text())
+    assert on_disk["status"] == "finished" and on_disk["steps_per_sec"] > 0
+    t = tables(tmp_path)
+    for name, cols in record.COLUMNS.items():
+        assert list(t[name].columns) == cols, name
+    sc = t["scalars.parquet"]
+    assert set(sc["name"]) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"}
+    acc = sc[sc["name"] == "test_accuracy"].set_index("step")["value"]
+    assert list(acc.index) == [0, 200, 400]
+    assert acc[400] > 0.6 > 0.2 > acc[0] - 0.1  # well above chance (0.1) after 400 steps
+    acts = t["activations.parquet"]
+    assert sorted(acts["step"].unique()) == list(range(0, 401, 50))
+    assert set(acts["site"]) == {"prenorm", "pre", "post"}
+    assert set(acts["stat"]) == {"mean", "std", "p15", "p50", "p85"}
+    assert set(acts["unit"]) == {-1, 0}
+    # BN's output on the probe batch (its own statistics): each feature has mean beta_j
+    # and std ~|gamma_j|, so pooled over features mean = mean(beta) and
+    # var = mean(gamma^2) + var(beta)
+    layers = t["layers.parquet"].pivot_table(
+        index=["step", "layer"], columns="stat", values="value"
+    )
+    pooled = acts[(acts["site"] == "pre") & (acts["unit"] == -1)].pivot_table(
+        index=["step", "layer"], columns="stat", values="value"
+    )
+    joined = pooled.join(layers)
+    np.testing.assert_allclose(joined["mean"], joined["beta_mean"], atol=2e-4)
+    expected_std = np.sqrt(
+        joined["gamma_mean"] ** 2 + joined["gamma_std"] ** 2 + joined["beta_std"] ** 2
+    )
+    np.testing.assert_allclose(joined["std"], expected_std, rtol=2e-3)
+    assert (layers.loc[400, "gamma_std"] > 0).all()  # gamma was learned
+
+
+def test_none_and_bn_differ(tmp_path):
+    runs = {}
+    for norm in ("none", "bn"):
+        cfg = compose([*QUICK, f"norm={norm}", "steps=100", "chunk_steps=100", "eval_every=100"])
+        assert train_and_evaluate(cfg, tmp_path / norm)["status"] == "finished"
+        runs[norm] = tables(tmp_path / norm)["activations.parquet"]
+    assert "prenorm" not in set(runs["none"]["site"])
+    common = runs["none"].merge(runs["bn"], on=["step", "layer", "site", "unit", "stat"])
+    assert len(common) > 0 and not np.allclose(common["value_x"], common["value_y"])
+
+
+def test_same_seed_same_tables(tmp_path):
+    overrides = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100", "seed=3"]
+    for name in ("a", "b"):
+        train_and_evaluate(compose(overrides), tmp_path / name)
+    a, b = tables(tmp_path / "a"), tables(tmp_path / "b")
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    """SIGKILL a real run after a checkpoint, resume it: the tables equal an uninterrupted run."""
+    args = [*QUICK, "steps=3000", "chunk_steps=100", "eval_every=200", "checkpoint_every=1"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnlab.train", *args, f"hydra.run.dir={killed}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpts = killed / record.CHECKPOINTS
+        if ckpts.exists() and any(p.name.isdigit() and int(p.name) >= 300 for p in ckpts.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    summary = json.loads((killed / record.SUMMARY).read_text())
+    assert summary["status"] == "running" and summary["step"] < 3000
+
+    resumed = cli([*args, f"hydra.run.dir={killed}"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from the checkpoint at step" in resumed.stderr
+    full = cli([*args, f"hydra.run.dir={tmp_path / 'full'}"])
+    assert full.returncode == 0, full.stderr
+    a, b = tables(killed), tables(tmp_path / "full")
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+    assert json.loads((killed / record.SUMMARY).read_text())["status"] == "finished"
+
+
+def test_divergence_is_a_result(tmp_path):
+    run = tmp_path / "run"
+    res = cli([*QUICK, "optimizer.lr=1e6", "steps=300", "chunk_steps=100", f"hydra.run.dir={run}"])
+    assert res.returncode == 0, res.stderr
+    assert "diverged at step" in res.stderr and "Traceback" not in res.stderr
+    summary = json.loads((run / record.SUMMARY).read_text())
+    assert summary["status"] == "diverged"
+    assert isinstance(summary["diverged_at"], int) and 1 <= summary["diverged_at"] <= 300
+    t = tables(run)
+    assert (t["scalars.parquet"]["step"] < summary["diverged_at"]).all()
+    assert np.isfinite(t["activations.parquet"]["value"]).all()
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("optimzer.lr=0.1", "optimzer"), ("optimizer.lr=abc", "optimizer.lr")],
+    ids=["misspelled", "wrong-type"],
+)
+def test_bad_override_fails_cleanly(tmp_path, override, needle):
+    run = tmp_path / "run"
+    res = cli([*QUICK, override, f"hydra.run.dir={run}"], timeout=120)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    assert needle in res.stderr.strip().splitlines()[0]
+    assert not (run / record.SUMMARY).exists()
+
+
+def test_bad_value_fails_in_one_line(tmp_path):
+    res = cli([*QUICK, "probe.bn_mode=typo", f"hydra.run.dir={tmp_path}"], timeout=120)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("bnlab: error: probe.bn_mode")
