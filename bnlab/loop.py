@@ -36,8 +36,8 @@ class TrainState:
     key: Array  # uint32[2] PRNG key (raw, so checkpoints can hold it)
 
 
-def make_norm(cfg: Any) -> Callable[..., nn.Module]:
-    """The norm factory a model plugs into every hidden layer."""
+def make_norm(cfg: Any, axis_name: str | None = None) -> Callable[..., nn.Module]:
+    """The norm factory a model plugs into every hidden layer (``axis_name``: sync BN)."""
     if cfg.name == "none":
         return NoNorm
     return partial(
@@ -48,15 +48,18 @@ def make_norm(cfg: Any) -> Callable[..., nn.Module]:
         momentum=cfg.momentum,
         epsilon=cfg.epsilon,
         ghost_batch_size=cfg.ghost_batch_size,
+        axis_name=axis_name,
     )
 
 
-def make_model(model_cfg: Any, norm_cfg: Any, num_classes: int) -> nn.Module:
+def make_model(
+    model_cfg: Any, norm_cfg: Any, num_classes: int, axis_name: str | None = None
+) -> nn.Module:
     common = dict(
         features=tuple(model_cfg.features),
         num_classes=num_classes,
         activation=model_cfg.activation,
-        norm=make_norm(norm_cfg),
+        norm=make_norm(norm_cfg, axis_name),
         norm_position=model_cfg.norm_position,
         init_std=model_cfg.init_std,
         use_bias=model_cfg.use_bias,
@@ -127,7 +130,14 @@ def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
 
 
 class Trainer:
-    """Builds the jitted chunk, probe and eval functions for one model and dataset."""
+    """Builds the jitted chunk, probe and eval functions for one model and dataset.
+
+    The single-device engine. :mod:`bnlab.parallel` reuses it across devices: with
+    ``axis_name`` set, the step functions run inside ``shard_map`` over that mesh axis,
+    each device takes its ``batch_size // shards`` slice of the global batch, and the
+    loss, accuracy and running-statistics update are averaged across devices (so are
+    the gradients: they are taken of the averaged loss).
+    """
 
     def __init__(
         self,
@@ -140,6 +150,9 @@ class Trainer:
         chunk_steps: int,
         probe_cfg: Any,
         eval_batch: int = 1000,
+        probes: bool = True,
+        axis_name: str | None = None,
+        shards: int = 1,
     ):
         if chunk_steps % probe_cfg.every:
             raise ValueError(
@@ -150,25 +163,42 @@ class Trainer:
         n = ds.train_x.shape[0]
         if batch_size > n:
             raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples")
+        if batch_size % shards:
+            raise ValueError(
+                f"batch_size={batch_size} must be divisible by the {shards} devices "
+                "the batch is split over (parallel.data)"
+            )
         self.model, self.tx, self.schedule = model, tx, schedule
+        self.axis_name, self.shards = axis_name, shards
+        self.local_batch = batch_size // shards  # examples per device
         self.batch_size, self.chunk_steps = batch_size, chunk_steps
         self.every = probe_cfg.every
         self.qs = tuple(float(q) for q in probe_cfg.percentiles)
         self.units = tuple(int(u) for u in probe_cfg.units)
         self.probe_eval = probe_cfg.bn_mode == "eval"
+        self.probes = probes  # False: train only (the benchmarks' no-probe baseline)
         self.eval_batch = eval_batch
         # device arrays are passed to the jitted functions, never closed over (no constants)
         self.data = {
             k: jnp.asarray(getattr(ds, k))
             for k in ("train_x", "train_y", "test_x", "test_y", "probe_x")
         }
+        self.data = self.place(self.data)
         self.n_train = n
         self.steps_per_epoch = n // batch_size
         # epochs a chunk can touch: enough permutations for any chunk start
         self.n_perms = chunk_steps // self.steps_per_epoch + 2
+        self._compile()
+
+    def _compile(self) -> None:
+        """jit the chunk, probe and eval functions (:mod:`bnlab.parallel` shards them)."""
         self._chunk_jit = jax.jit(self._chunk, static_argnames="length", donate_argnums=0)
         self._measure_jit = jax.jit(self._measure)
         self._evaluate_jit = jax.jit(self._evaluate)
+
+    def place(self, tree: Any) -> Any:
+        """Put a state (or data) where the compiled functions expect it: as it is here."""
+        return tree
 
     def chunk(self, state: TrainState, length: int) -> tuple[TrainState, dict]:
         """Run ``length`` steps (a multiple of ``probe.every``) with a probe after every
@@ -189,7 +219,13 @@ class Trainer:
             {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
         )
         loss, acc = cross_entropy(logits, y)
-        return loss, (upd.get("batch_stats", batch_stats), acc)
+        new_stats = upd.get("batch_stats", batch_stats)
+        if self.axis_name is not None:
+            # the global batch's loss (its gradient is the device average), and one
+            # running-statistics update on every device (flax#877): a no-op with sync
+            # BN, the average of the per-device updates without
+            loss, acc, new_stats = jax.lax.pmean((loss, acc, new_stats), self.axis_name)
+        return loss, (new_stats, acc)
 
     def _step(self, state: TrainState, x: Array, y: Array):
         (loss, (bs, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
@@ -230,14 +266,17 @@ class Trainer:
         def step(carry, _):
             st, _ = carry
             e = st.step // spe - epoch0
-            idx = jax.lax.dynamic_slice(perms[e], ((st.step % spe) * bs,), (bs,))
+            start = (st.step % spe) * bs
+            if self.axis_name is not None:  # this device's slice of the global batch
+                start = start + jax.lax.axis_index(self.axis_name) * self.local_batch
+            idx = jax.lax.dynamic_slice(perms[e], (start,), (self.local_batch,))
             st, grads, loss, acc = self._step(st, data["train_x"][idx], data["train_y"][idx])
             return (st, grads), (loss, acc)
 
         def interval(carry, _):
             carry, (loss, acc) = jax.lax.scan(step, carry, None, length=self.every)
             st, grads = carry
-            acts, layers = self._measure(st, grads, data["probe_x"])
+            acts, layers = self._measure(st, grads, data["probe_x"]) if self.probes else ({}, {})
             return carry, dict(loss=loss, acc=acc, step=st.step, acts=acts, layers=layers)
 
         carry = (state, self.zero_grads(state))

@@ -1,0 +1,187 @@
+"""Training throughput of the Ioffe & Szegedy Fig. 1 setup, against a plain JAX loop.
+
+    uv run python benchmarks/train_speed.py [--steps 50000]
+
+Measures, in one process on the same data (Fashion-MNIST, batch 60, 784-100-100-100-10
+sigmoid MLP with BN, SGD lr 0.5):
+
+1. bnlab's compiled chunks with probes every 50 steps on the 1,000-example probe batch;
+2. the same chunks without probes;
+3. a plain ``jax.jit`` train step with ``flax.linen.BatchNorm`` called from a Python
+   loop, batches indexed on the host (what a first script looks like);
+
+then the time from typing ``python -m bnlab.train`` to the end of its first chunk,
+with a cold and a warm JAX compilation cache (the data cache prepared). Steady-state
+rates exclude compilation. Prints a Markdown table for ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bnlab import data, loop
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOP_PER_STEP = 26.4e6  # forward + weight grads + input grads (not of the input layer)
+
+
+def fig1_parts(ds):
+    model_cfg = NS(
+        name="mlp", features=[100, 100, 100], channels=[], activation="sigmoid",
+        norm_position="before", init_std=0.1, use_bias=True,
+    )  # fmt: skip
+    norm_cfg = NS(
+        name="bn", use_scale=True, use_bias=True, stats_grad=True,
+        momentum=0.99, epsilon=1e-5, ghost_batch_size=None,
+    )  # fmt: skip
+    opt_cfg = NS(
+        name="sgd", lr=0.5, momentum=0.0, nesterov=False, b1=0.9, b2=0.999,
+        weight_decay=0.0, schedule="constant", warmup_steps=0, decay_factor=0.1, boundaries=[],
+    )  # fmt: skip
+    model = loop.make_model(model_cfg, norm_cfg, ds.num_classes)
+    tx, sched = loop.make_optimizer(opt_cfg, 50_000)
+    return model, tx, sched
+
+
+def bnlab_rate(ds, steps: int, probes: bool, chunk: int = 1000) -> float:
+    model, tx, sched = fig1_parts(ds)
+    probe_cfg = NS(every=50, percentiles=[15, 50, 85], units=[0], bn_mode="batch")
+    tr = loop.Trainer(
+        model, tx, sched, ds, batch_size=60, chunk_steps=chunk, probe_cfg=probe_cfg, probes=probes
+    )
+    state = loop.init_state(model, tx, tr.data["train_x"][:2], 0)
+    state, out = tr.chunk(state, chunk)  # compile
+    jax.block_until_ready(out)
+    t = time.perf_counter()
+    for _ in range(steps // chunk):
+        state, out = tr.chunk(state, chunk)
+        out = jax.device_get(out)  # the trainer reads every chunk's results back
+    return (steps // chunk) * chunk / (time.perf_counter() - t)
+
+
+class PlainMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = x.reshape((x.shape[0], -1))
+        for _ in range(3):
+            x = nn.Dense(100, kernel_init=nn.initializers.normal(0.1))(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.99)(x)
+            x = nn.sigmoid(x)
+        return nn.Dense(10)(x)
+
+
+def plain_rate(ds, steps: int) -> float:
+    model, tx = PlainMLP(), optax.sgd(0.5)
+    variables = model.init(jax.random.PRNGKey(0), ds.train_x[:2], train=False)
+    params, bstats = variables["params"], variables["batch_stats"]
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, bstats, opt_state, x, y):
+        def loss_fn(p):
+            logits, upd = model.apply(
+                {"params": p, "batch_stats": bstats}, x, train=True, mutable=["batch_stats"]
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+
+        (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), upd["batch_stats"], opt_state, loss
+
+    rng = np.random.default_rng(0)
+    n, bs = len(ds.train_y), 60
+    perm = rng.permutation(n)
+
+    def run(k):
+        nonlocal params, bstats, opt_state, perm
+        loss = None
+        for i in range(k):
+            pos = i % (n // bs)
+            if pos == 0:
+                perm = rng.permutation(n)
+            idx = perm[pos * bs : (pos + 1) * bs]
+            params, bstats, opt_state, loss = train_step(
+                params, bstats, opt_state, ds.train_x[idx], ds.train_y[idx]
+            )
+        jax.block_until_ready(loss)
+
+    run(100)  # compile and warm up
+    t = time.perf_counter()
+    run(steps)
+    return steps / (time.perf_counter() - t)
+
+
+def matmul_rate() -> float:
+    """FLOP/s of a large float32 matmul: the arithmetic ceiling of this CPU."""
+    a = jnp.ones((2048, 2048), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    t = time.perf_counter()
+    for _ in range(10):
+        r = f(a)
+    jax.block_until_ready(r)
+    return 10 * 2 * 2048**3 / (time.perf_counter() - t)
+
+
+def first_chunk(cache_dir: str, out_dir: str) -> tuple[float, float]:
+    """(wall seconds of ``python -m bnlab.train`` for one chunk, its first_chunk_s)."""
+    t = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable, "-m", "bnlab.train", "steps=1000", "progress=false",
+            "figure=false", f"compile_cache={cache_dir}", f"hydra.run.dir={out_dir}",
+        ],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - t
+    return wall, json.loads((Path(out_dir) / "summary.json").read_text())["first_chunk_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=50_000)
+    args = ap.parse_args()
+    ds = data.load("fashion_mnist")
+    ceiling = matmul_rate()
+    floor_rate = ceiling / FLOP_PER_STEP
+    rates = {
+        "bnlab, probes every 50": bnlab_rate(ds, args.steps, probes=True),
+        "bnlab, no probes": bnlab_rate(ds, args.steps, probes=False),
+        "plain jit step + Python loop (flax BatchNorm)": plain_rate(ds, min(args.steps, 20_000)),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = first_chunk(f"{tmp}/cache", f"{tmp}/a")
+        warm = first_chunk(f"{tmp}/cache", f"{tmp}/b")
+    load = os.getloadavg()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__}, load average {load[0]:.2f} at the end; {args.steps} steps")  # fmt: skip
+    print(f"large-matmul rate {ceiling / 1e9:.1f} GFLOP/s -> arithmetic floor "
+          f"{floor_rate:.0f} steps/s at {FLOP_PER_STEP / 1e6:.1f} MFLOP/step\n")  # fmt: skip
+    print("| loop | steps/s | of floor |\n|---|---|---|")
+    for name, r in rates.items():
+        print(f"| {name} | {r:.0f} | {r / floor_rate:.0%} |")
+    with_p, without = rates["bnlab, probes every 50"], rates["bnlab, no probes"]
+    plain = rates["plain jit step + Python loop (flax BatchNorm)"]
+    print(f"\nprobe overhead: {1 - with_p / without:.1%}; bnlab with probes / plain loop: "
+          f"{with_p / plain:.2f}x")  # fmt: skip
+    print(f"command to end of first chunk: cold compile cache {cold[0]:.1f} s "
+          f"(first_chunk_s {cold[1]:.1f}), warm {warm[0]:.1f} s (first_chunk_s {warm[1]:.1f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
