@@ -1,9 +1,9 @@
 """Per-layer statistics of activations and parameters (pure functions, jit-able).
 
 Percentiles are exact and equal to ``np.percentile`` (linear interpolation), but
-found without sorting: a three-pass radix select over an order-preserving 32-bit
-key of each float32 value (a 2,048-bin histogram per pass). On CPU this costs a few
-histogram passes instead of a full sort, which would dominate a training step.
+found without sorting: a two-pass radix select over an order-preserving 32-bit key
+of each float32 value (a 65,536-bin histogram per pass). On CPU this costs a few
+passes over the values instead of a full sort, which would dominate a training step.
 """
 
 from __future__ import annotations
@@ -30,69 +30,64 @@ def _from_key(u: Array) -> Array:
     return lax.bitcast_convert_type(i, jnp.float32)
 
 
-_DIGITS = (11, 11, 10)  # bits per radix pass, high to low; sums to 32
+_BITS = 16  # two radix passes of 16 bits
+_BLOCK = 256  # cumulative counts are searched per block of 256 bins, then inside one
+
+
+def _find_bin(hist: Array, rank: Array) -> tuple[Array, Array]:
+    """Per row of ``hist`` (T, 2**16): the first bin whose cumulative count exceeds
+    ``rank``, and the rank inside that bin. Two small cumulative sums instead of one
+    over 65,536 bins (slow on CPU)."""
+    t = jnp.arange(hist.shape[0])
+    blocks = hist.reshape(hist.shape[0], _BLOCK, -1)
+    sums = blocks.sum(-1)
+    csum = jnp.cumsum(sums, axis=1)
+    blk = jnp.sum(csum <= rank[:, None], axis=1)
+    rank = rank - (csum[t, blk] - sums[t, blk])
+    inner = jnp.cumsum(blocks[t, blk], axis=1)
+    j = jnp.sum(inner <= rank[:, None], axis=1)
+    rank = rank - (inner[t, j] - blocks[t, blk, j])
+    return blk * blocks.shape[-1] + j, rank
 
 
 def order_statistics(x: Array, ranks: Array) -> Array:
     """The ``ranks``-th smallest values (0-based) of ``x`` (flattened), exactly.
 
-    Radix select: per pass, one histogram over the elements whose higher digits
-    match a target's prefix (one scatter for all targets), then a cumulative count
-    picks each target's next digit.
+    Radix select in two passes over 16-bit digits of the order-preserving key: a
+    histogram of the high digits picks each target's bin, then one histogram of the
+    low digits of the elements in those bins (one scatter for all targets).
     """
     u = _ordered_key(x.ravel())
     ranks = jnp.asarray(ranks, jnp.int32)
-    n_t = ranks.shape[0]
-    prefix = jnp.zeros(n_t, jnp.uint32)
-    rank = ranks
-    done = 0
-    for width in _DIGITS:
-        bins = 1 << width
-        shift = 32 - done - width
-        digit = ((u >> shift) & (bins - 1)).astype(jnp.int32)
-        if done == 0:
-            hist = jnp.zeros(bins, jnp.int32).at[digit].add(1)
-            hists = jnp.broadcast_to(hist, (n_t, bins))
-        else:
-            high = u >> (32 - done)
-            match = high[None, :] == prefix[:, None]  # (T, n)
-            owner = jnp.argmax(match, axis=0)  # first target whose prefix matches
-            hit = jnp.any(match, axis=0).astype(jnp.int32)
-            flat = jnp.zeros(n_t * bins, jnp.int32).at[owner * bins + digit].add(hit)
-            first = jnp.argmax(prefix[None, :] == prefix[:, None], axis=1)  # dedupe prefixes
-            hists = flat.reshape(n_t, bins)[first]
-        cum = jnp.cumsum(hists, axis=1)
-        d = jnp.sum(cum <= rank[:, None], axis=1)  # first bin whose count passes the rank
-        rank = rank - (jnp.take_along_axis(cum, d[:, None], 1)[:, 0] - hists[jnp.arange(n_t), d])
-        prefix = (prefix << width) | d.astype(jnp.uint32)
-        done += width
-    return _from_key(prefix)
+    n_t, bins = ranks.shape[0], 1 << _BITS
+    hi = (u >> _BITS).astype(jnp.int32)
+    lo = (u & (bins - 1)).astype(jnp.int32)
+    h1 = jnp.zeros(bins, jnp.int32).at[hi].add(1)
+    b, r = _find_bin(jnp.broadcast_to(h1, (n_t, bins)), ranks)
+    match = hi[None, :] == b[:, None]  # (T, n)
+    owner = jnp.argmax(match, axis=0)  # the first target whose bin holds the element
+    hit = jnp.any(match, axis=0).astype(jnp.int32)
+    flat = jnp.zeros(n_t * bins, jnp.int32).at[owner * bins + lo].add(hit)
+    first = jnp.argmax(b[None, :] == b[:, None], axis=1)  # targets sharing a bin share its row
+    b2, _ = _find_bin(flat.reshape(n_t, bins)[first], r)
+    return _from_key((b.astype(jnp.uint32) << _BITS) | b2.astype(jnp.uint32))
 
 
 def percentiles(x: Array, qs: Sequence[float]) -> Array:
     """``np.percentile(x, qs)`` (linear interpolation) over all elements, sort-free."""
-    n = x.size
+    v = x.ravel().astype(jnp.float32)
+    n = v.size
     pos = [q / 100.0 * (n - 1) for q in qs]  # static: exact in float64
     k = [int(p) for p in pos]
     frac = jnp.asarray([p - i for p, i in zip(pos, k, strict=True)], jnp.float32)
-    vals = order_statistics(x, jnp.asarray(k + [min(i + 1, n - 1) for i in k]))
-    a, b = vals[: len(qs)], vals[len(qs) :]
+    a = order_statistics(v, jnp.asarray(k))
+    # the next order statistic: a itself if it is repeated past rank k, else the
+    # smallest value above it (one compare pass instead of a second radix target)
+    upto = jnp.sum(v[None, :] <= a[:, None], axis=1)
+    above = jnp.min(jnp.where(v[None, :] > a[:, None], v[None, :], jnp.inf), axis=1)
+    b = jnp.where(upto >= jnp.asarray(k) + 2, a, jnp.where(jnp.isinf(above), a, above))
     # NumPy's lerp: exact at both ends, monotone in frac
     return jnp.where(frac >= 0.5, b - (b - a) * (1 - frac), a + (b - a) * frac)
-
-
-def _batched_percentiles(arrays: Sequence[Array], qs: Sequence[float]) -> list[Array]:
-    """Percentiles of each array; arrays of one size share one vmapped computation."""
-    out: list[Array | None] = [None] * len(arrays)
-    by_size: dict[int, list[int]] = {}
-    for i, a in enumerate(arrays):
-        by_size.setdefault(a.size, []).append(i)
-    for idx in by_size.values():
-        stacked = jnp.stack([arrays[i].reshape(-1) for i in idx])
-        res = jax.vmap(lambda v: percentiles(v, qs))(stacked)
-        for row, i in enumerate(idx):
-            out[i] = res[row]
-    return out  # type: ignore[return-value]
 
 
 def activation_stats(
@@ -110,7 +105,7 @@ def activation_stats(
         h = h.astype(jnp.float32)
         groups.append((name, "", h))
         groups.extend((name, f"u{j}/", h[..., j]) for j in units if j < h.shape[-1])
-    pcts = _batched_percentiles([g[2] for g in groups], qs)
+    pcts = [percentiles(g[2], qs) for g in groups]  # per site: vmapped scatters are slow on CPU
     out: dict[str, dict[str, Array]] = {name: {} for name in sites}
     for (name, prefix, h), p in zip(groups, pcts, strict=True):
         out[name][f"{prefix}mean"] = jnp.mean(h)
