@@ -47,6 +47,7 @@ class NormConfig:
     momentum: float = MISSING
     epsilon: float = MISSING
     ghost_batch_size: int | None = MISSING
+    sync: bool = MISSING
 
 
 @dataclass
@@ -73,12 +74,18 @@ class ProbeConfig:
 
 
 @dataclass
+class ParallelConfig:
+    data: int = MISSING
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     norm: NormConfig = field(default_factory=NormConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     seed: int = MISSING
     steps: int = MISSING
     batch_size: int = MISSING

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from bnlab import config, data, loop  # noqa: E402
+from bnlab import config, data, loop, parallel  # noqa: E402
 from bnlab.checkpoint import Checkpoints  # noqa: E402
 from bnlab.record import RunRecord  # noqa: E402
 
@@ -75,21 +75,22 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
         f"probe batch {len(ds.probe_x)}; from {ds.source}"
     )
     try:
-        model = loop.make_model(cfg.model, cfg.norm, ds.num_classes)
+        devices = parallel.device_count(cfg.parallel.data)
         tx, schedule = loop.make_optimizer(cfg.optimizer, cfg.steps)
-        trainer = loop.Trainer(
-            model, tx, schedule, ds,
+        trainer = parallel.make_trainer(
+            cfg.model, cfg.norm, ds, tx, schedule, devices=devices,
             batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps, probe_cfg=cfg.probe,
         )  # fmt: skip
+        model = trainer.model
         lengths = _chunk_lengths(cfg.steps, cfg.chunk_steps, cfg.probe.every)
-        state = loop.init_state(model, tx, trainer.data["train_x"][:2], cfg.seed)
+        state = trainer.place(loop.init_state(model, tx, trainer.data["train_x"][:2], cfg.seed))
     except ValueError as e:
         raise UserError(str(e)) from None
 
     ckpts = Checkpoints(record.checkpoint_dir)
     start = ckpts.latest_step() if cfg.resume else None
     if start is not None:
-        state = ckpts.restore(state, start)
+        state = trainer.place(ckpts.restore(state, start))
         record.truncate(start)
         _say(f"resumed from the checkpoint at step {start}")
     else:
@@ -100,7 +101,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = dict(
         status="running", step=start, steps=cfg.steps, diverged_at=None, final={},
         steps_per_sec=None, wall_time_s=None, first_chunk_s=None,
-        devices=jax.device_count(), platform=jax.default_backend(), data_source=ds.source,
+        devices=devices, platform=jax.default_backend(), data_source=ds.source,
     )  # fmt: skip
     record.write_summary(**summary)
     signal.signal(signal.SIGTERM, _on_sigterm)
