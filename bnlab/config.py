@@ -48,6 +48,9 @@ class NormConfig:
     epsilon: float = MISSING
     ghost_batch_size: int | None = MISSING
     sync: bool = MISSING
+    center_only: bool = MISSING
+    noise_mean: float = MISSING
+    noise_std: float = MISSING
 
 
 @dataclass
@@ -71,6 +74,8 @@ class ProbeConfig:
     percentiles: list[float] = MISSING
     units: list[int] = MISSING
     bn_mode: str = MISSING
+    ics_every: int = MISSING
+    landscape_steps: list[float] = MISSING
 
 
 @dataclass

@@ -4,6 +4,17 @@ A chunk is ``chunk_steps`` steps: an outer ``lax.scan`` over probe intervals, ea
 inner ``lax.scan`` of ``probe.every`` training steps followed by one probe of the
 fixed probe batch. Batches are drawn on device from the epoch permutations the chunk
 spans, so the host only wakes between chunks.
+
+With ``probe.ics_every > 0`` the probe of every interval that ends on a multiple of
+it also measures gradient-ICS and the landscape along the gradient
+(:func:`bnlab.probe.gradient_ics`, :func:`bnlab.probe.landscape`) on that interval's
+last training batch, at the state after the interval, under ``lax.cond`` (nothing is
+added to the program when it is 0).
+
+Noisy BN draws the noise of step t from ``noise_key(state.key, t)``: a function of
+the run's seed and the step, so runs are reproducible and resume exactly. Train-mode
+probes (``probe.bn_mode=batch``) see noise too (their own stream), since what the
+next layer sees is the question; evaluation and eval-mode probes do not.
 """
 
 from __future__ import annotations
@@ -24,7 +35,13 @@ from bnlab.models import CNN, MLP, flatten_sites, layer_names
 from bnlab.norm import BatchNorm, NoNorm
 
 Array = jax.Array
-NORMS = ("none", "bn", "bn_noaffine", "bn_nostatgrad", "bn_ghost")
+NORMS = ("none", "bn", "bn_noaffine", "bn_nostatgrad", "bn_ghost", "bn_noisy")
+NOISE_STREAM, PROBE_NOISE_STREAM = 0x6E6F6973, 0x70726F62  # fold_in tags of the noise keys
+
+
+def noise_key(key: Array, step: Array | int, stream: int = NOISE_STREAM) -> Array:
+    """The noisy-BN key of training step ``step`` (the step taken from ``step``)."""
+    return jax.random.fold_in(jax.random.fold_in(key, stream), step)
 
 
 @struct.dataclass
@@ -49,6 +66,9 @@ def make_norm(cfg: Any, axis_name: str | None = None) -> Callable[..., nn.Module
         epsilon=cfg.epsilon,
         ghost_batch_size=cfg.ghost_batch_size,
         axis_name=axis_name,
+        center_only=getattr(cfg, "center_only", False),
+        noise_mean=getattr(cfg, "noise_mean", 0.0),
+        noise_std=getattr(cfg, "noise_std", 0.0),
     )
 
 
@@ -177,6 +197,16 @@ class Trainer:
         self.units = tuple(int(u) for u in probe_cfg.units)
         self.probe_eval = probe_cfg.bn_mode == "eval"
         self.probes = probes  # False: train only (the benchmarks' no-probe baseline)
+        self.ics_every = int(getattr(probe_cfg, "ics_every", 0) or 0) if probes else 0
+        if self.ics_every and self.ics_every % self.every:
+            raise ValueError(
+                f"probe.ics_every={self.ics_every} must be a multiple of probe.every={self.every}"
+            )
+        self.landscape_steps = tuple(float(c) for c in getattr(probe_cfg, "landscape_steps", ()))
+        norm = getattr(model, "norm", None)
+        self.noisy = bool(getattr(norm, "keywords", {}).get("noise_mean")) or bool(
+            getattr(norm, "keywords", {}).get("noise_std")
+        )
         self.eval_batch = eval_batch
         # device arrays are passed to the jitted functions, never closed over (no constants)
         self.data = {
@@ -214,10 +244,15 @@ class Trainer:
         return self._evaluate_jit(state, self.data["test_x"], self.data["test_y"])
 
     # -- one training step -------------------------------------------------
-    def _loss(self, params, batch_stats, x, y):
+    def train_rngs(self, state: TrainState, stream: int = NOISE_STREAM) -> dict | None:
+        """``rngs`` for a train-mode apply at ``state`` (noisy BN's key), else None."""
+        return {"noise": noise_key(state.key, state.step, stream)} if self.noisy else None
+
+    def _loss(self, params, batch_stats, x, y, rngs=None):
         logits, upd = self.model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-        )
+            {"params": params, "batch_stats": batch_stats}, x, train=True,
+            mutable=["batch_stats"], rngs=rngs,
+        )  # fmt: skip
         loss, acc = cross_entropy(logits, y)
         new_stats = upd.get("batch_stats", batch_stats)
         if self.axis_name is not None:
@@ -229,7 +264,7 @@ class Trainer:
 
     def _step(self, state: TrainState, x: Array, y: Array):
         (loss, (bs, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state.params, state.batch_stats, x, y
+            state.params, state.batch_stats, x, y, self.train_rngs(state)
         )
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -244,12 +279,29 @@ class Trainer:
             probe_x,
             train=not self.probe_eval,
             mutable=["sites", "batch_stats"],
+            rngs=None if self.probe_eval else self.train_rngs(state, PROBE_NOISE_STREAM),
         )
         acts = probe.activation_stats(flatten_sites(out["sites"]), self.qs, self.units)
         layers = probe.layer_stats(
             state.params, grads, state.batch_stats, layer_names(state.params)
         )
         return acts, layers
+
+    def _ics(self, state: TrainState, x: Array, y: Array) -> dict:
+        """Gradient-ICS per layer and the landscape measures (layer ``all``) on one batch:
+        the step the optimizer would take from ``state`` on it (same noise throughout)."""
+        rngs = self.train_rngs(state)
+
+        def loss_fn(params, batch):
+            return self._loss(params, state.batch_stats, batch[0], batch[1], rngs)[0]
+
+        grads = jax.grad(loss_fn)(state.params, (x, y))
+        updates, _ = self.tx.update(grads, state.opt_state, state.params)
+        layers = [*layer_names(state.params), "head"]
+        out = probe.gradient_ics(loss_fn, state.params, (x, y), updates, layers)
+        lr = self.schedule(state.step)
+        out["all"] = probe.landscape(loss_fn, state.params, (x, y), lr, self.landscape_steps)
+        return out
 
     def zero_grads(self, state: TrainState) -> Any:
         return jax.tree.map(jnp.zeros_like, state.params)
@@ -264,23 +316,37 @@ class Trainer:
         )
 
         def step(carry, _):
-            st, _ = carry
+            st = carry[0]
             e = st.step // spe - epoch0
             start = (st.step % spe) * bs
             if self.axis_name is not None:  # this device's slice of the global batch
                 start = start + jax.lax.axis_index(self.axis_name) * self.local_batch
             idx = jax.lax.dynamic_slice(perms[e], (start,), (self.local_batch,))
             st, grads, loss, acc = self._step(st, data["train_x"][idx], data["train_y"][idx])
-            return (st, grads), (loss, acc)
+            # with ICS probes on, the batch indices ride along (the interval's last batch)
+            return (st, grads, idx) if self.ics_every else (st, grads), (loss, acc)
 
         def interval(carry, _):
             carry, (loss, acc) = jax.lax.scan(step, carry, None, length=self.every)
-            st, grads = carry
+            st, grads = carry[:2]
             acts, layers = self._measure(st, grads, data["probe_x"]) if self.probes else ({}, {})
-            return carry, dict(loss=loss, acc=acc, step=st.step, acts=acts, layers=layers)
+            res = dict(loss=loss, acc=acc, step=st.step, acts=acts, layers=layers)
+            if self.ics_every:
+                x, y = data["train_x"][carry[2]], data["train_y"][carry[2]]
+                due = st.step % self.ics_every == 0
+                shapes = jax.eval_shape(self._ics, st, x, y)
+                res["ics"] = jax.lax.cond(
+                    due, lambda: self._ics(st, x, y),
+                    lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+                )  # fmt: skip
+                res["ics_due"] = due
+            return carry, res
 
         carry = (state, self.zero_grads(state))
-        (state, _), out = jax.lax.scan(interval, carry, None, length=length // self.every)
+        if self.ics_every:
+            carry += (jnp.zeros((self.local_batch,), jnp.int32),)
+        carry, out = jax.lax.scan(interval, carry, None, length=length // self.every)
+        state = carry[0]
         out["lr"] = jax.vmap(self.schedule)(out["step"])
         return state, out
 

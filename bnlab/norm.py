@@ -23,7 +23,23 @@ Conventions (the one place they are written down):
   and variance (Ioffe & Szegedy 2015, Sec. 2 ablation); ``ghost_batch_size`` takes the
   statistics over consecutive sub-batches of that size along axis 0 (Hoffer et al.
   2017), and the running averages are updated with the mean of the ghost statistics;
-  ``axis_name`` averages the statistics across devices (sync BN), as in Flax.
+  ``axis_name`` averages the statistics across devices (sync BN), as in Flax;
+  ``center_only=True`` subtracts the batch mean but does not divide by the batch std
+  (the "mean-only" normalization of Ioffe & Szegedy 2015, Sec. 2).
+- **Noisy BN** (Santurkar et al. 2018): :func:`inject_noise` multiplies and shifts each
+  activation of each example, after BN, by i.i.d. Gaussian noise whose distribution
+  parameters are drawn afresh from the key (every step: the trainer derives the key
+  from the run's key and the step). Per feature, from magnitudes ``noise_mean`` (m)
+  and ``noise_std`` (s)::
+
+      scale ~ N(mu_s, sd_s^2), mu_s ~ U(1 - m, 1 + m), sd_s ~ U(0, s)
+      shift ~ N(mu_a, sd_a^2), mu_a ~ U(-m, m),        sd_a ~ U(0, s)
+      y_noisy = y * scale + shift
+
+  so the noise has non-zero mean and non-unit variance and its distribution moves
+  every step; m = s = 0 is plain BN. The :class:`BatchNorm` module draws the key from
+  the ``noise`` rng stream (``apply(..., rngs={'noise': key})``) in train mode only;
+  in eval mode (running averages) there is no noise.
 """
 
 from __future__ import annotations
@@ -119,11 +135,13 @@ def batch_norm(
     axis_name: str | None = None,
     axis_index_groups: Any = None,
     dtype: Any = None,
+    center_only: bool = False,
 ) -> tuple[Array, Array, Array]:
     """Normalize ``x`` and return ``(y, new_running_mean, new_running_var)``.
 
     In eval mode (``use_running_average=True``) the running averages are used and
     returned unchanged. ``scale``/``bias`` of ``None`` mean no learned gamma/beta.
+    ``center_only``: subtract the mean only (the variance is still tracked).
     """
     feat = _feature_axes(axis, x.ndim)
     params = tuple(p for p in (scale, bias) if p is not None)
@@ -153,13 +171,42 @@ def batch_norm(
     if not use_running_average and ghost_batch_size is not None:
         xs = xs.reshape((x.shape[0] // ghost_batch_size, ghost_batch_size) + x.shape[1:])
         feat = tuple(a + 1 for a in feat)  # view x as (groups, ghost, ...)
-    mul = lax.rsqrt(_broadcast(var, xs.ndim, feat) + epsilon)
+    if center_only:
+        mul = jnp.ones((), xs.dtype)
+    else:
+        mul = lax.rsqrt(_broadcast(var, xs.ndim, feat) + epsilon)
     if scale is not None:
         mul = mul * _broadcast(scale, xs.ndim, feat)
     y = (xs - _broadcast(mean, xs.ndim, feat)) * mul
     if bias is not None:
         y = y + _broadcast(bias, xs.ndim, feat)
     return y.reshape(x.shape).astype(out_dtype), new_mean, new_var
+
+
+def noise_params(key: Array, shape: tuple[int, ...], noise_mean: float, noise_std: float):
+    """One step's noise distribution per feature: ``(mu_s, sd_s, mu_a, sd_a)``, each of
+    ``shape`` (see the module docstring): scale noise N(mu_s, sd_s^2), shift N(mu_a, sd_a^2)."""
+    k = jax.random.split(key, 4)
+    u = lambda kk, lo, hi: jax.random.uniform(kk, shape, jnp.float32, lo, hi)  # noqa: E731
+    m, s = float(noise_mean), float(noise_std)
+    return u(k[0], 1.0 - m, 1.0 + m), u(k[1], 0.0, s), u(k[2], -m, m), u(k[3], 0.0, s)
+
+
+def inject_noise(
+    y: Array, key: Array, *, axis: Axes = -1, noise_mean: float, noise_std: float
+) -> Array:
+    """Noisy BN's perturbation of a BN output ``y``: ``y * scale + shift`` with i.i.d.
+    per-example, per-activation noise from this key's distribution (:func:`noise_params`)."""
+    feat = _feature_axes(axis, y.ndim)
+    shape = tuple(y.shape[a] for a in feat)
+    k_params, k_scale, k_shift = jax.random.split(key, 3)
+    mu_s, sd_s, mu_a, sd_a = (
+        _broadcast(p, y.ndim, feat) for p in noise_params(k_params, shape, noise_mean, noise_std)
+    )
+    ys = y.astype(_stat_dtype(y.dtype))
+    scale = mu_s + sd_s * jax.random.normal(k_scale, y.shape, ys.dtype)
+    shift = mu_a + sd_a * jax.random.normal(k_shift, y.shape, ys.dtype)
+    return (ys * scale + shift).astype(y.dtype)
 
 
 def torch_momentum(momentum: float) -> float:
@@ -202,6 +249,9 @@ class BatchNorm(nn.Module):
     axis_index_groups: Any = None
     stats_grad: bool = True
     ghost_batch_size: int | None = None
+    center_only: bool = False
+    noise_mean: float = 0.0  # noisy BN magnitudes (0, 0: no noise; see inject_noise)
+    noise_std: float = 0.0
 
     normalizes = True  # models sow the pre-norm site only for norms that normalize
 
@@ -237,10 +287,25 @@ class BatchNorm(nn.Module):
             axis_name=None if self.is_initializing() else self.axis_name,
             axis_index_groups=self.axis_index_groups,
             dtype=self.dtype,
+            center_only=self.center_only,
         )
         if not use_ra and not self.is_initializing():
             ra_mean.value, ra_var.value = new_mean, new_var
+            if self.noisy:
+                if not self.has_rng("noise"):
+                    raise ValueError(
+                        "noisy BN (norm.noise_mean/noise_std > 0) needs a per-step key in "
+                        "train mode: apply(..., rngs={'noise': key})"
+                    )
+                y = inject_noise(
+                    y, self.make_rng("noise"), axis=self.axis,
+                    noise_mean=self.noise_mean, noise_std=self.noise_std,
+                )  # fmt: skip
         return y
+
+    @property
+    def noisy(self) -> bool:
+        return bool(self.noise_mean or self.noise_std)
 
 
 class NoNorm(nn.Module):

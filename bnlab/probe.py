@@ -151,3 +151,92 @@ def layer_stats(
                 d[f"running_{key}_std"] = jnp.std(bs[key])
         out[layer] = d
     return out
+
+
+# --------------------------------------------------------------------------- ICS and landscape
+# Santurkar, Tsipras, Ilyas & Madry 2018, "How Does Batch Normalization Help Optimization?".
+# ``loss_fn(params, batch) -> scalar`` is the training loss on one batch (BN in train
+# mode, with the same noise for every call where there is noise); ``layers`` are the
+# top-level parameter subtrees in network order (``layer1`` .. ``head``).
+
+
+def layer_weight(tree: Mapping) -> Array:
+    """A layer's weight matrix in its parameter subtree: ``kernel`` or ``linear/kernel``."""
+    if "kernel" in tree:
+        return tree["kernel"]
+    if "linear" in tree and "kernel" in tree["linear"]:
+        return tree["linear"]["kernel"]
+    raise ValueError(f"no kernel in a layer's parameters (keys {sorted(tree)})")
+
+
+def _norm(tree) -> Array:
+    return jnp.sqrt(_sq(tree))
+
+
+def gradient_ics(
+    loss_fn, params: Mapping, batch, update: Mapping, layers: Sequence[str]
+) -> dict[str, dict[str, Array]]:
+    """Gradient-based internal covariate shift of every layer (Santurkar et al. 2018).
+
+    For layer i: ``G`` is the gradient of the loss w.r.t. its weight matrix at
+    ``params``; ``G'`` the same gradient on the same batch after layers ``1..i-1``
+    (``layers[:i]``) have taken ``update`` (``params + update`` for them; the optimizer's
+    lr-scaled update of this step), layer i and later unchanged. Returns
+    ``{layer: {'grad_diff_l2': ||G - G'||_2, 'grad_cos': cos(G, G')}}``; both are exactly
+    0 and 1 for the first layer. All gradients come from one ``lax.map`` over the L
+    shifted parameter sets (row 0: none moved), so G and G' are computed alike.
+    """
+    layers = list(layers)
+    n = len(layers)
+    moved = jnp.tril(jnp.ones((n, n), bool), k=-1)  # moved[i, j]: layer j updated for row i
+
+    def grads_at(mask: Array):
+        p = dict(params)
+        for j, name in enumerate(layers):
+            p[name] = jax.tree.map(
+                lambda a, u, m=mask[j]: jnp.where(m, a + u, a), params[name], update[name]
+            )
+        g = jax.grad(loss_fn)(p, batch)
+        return [layer_weight(g[name]).astype(jnp.float32) for name in layers]
+
+    stacked = lax.map(grads_at, moved)  # per layer: (n, *kernel shape)
+    out: dict[str, dict[str, Array]] = {}
+    for i, name in enumerate(layers):
+        g, g2 = stacked[i][0], stacked[i][i]
+        diff = jnp.sqrt(jnp.sum(jnp.square(g - g2)))
+        denom = jnp.sqrt(jnp.sum(jnp.square(g))) * jnp.sqrt(jnp.sum(jnp.square(g2)))
+        cos = jnp.sum(g * g2) / jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)
+        out[name] = {"grad_diff_l2": diff, "grad_cos": cos}
+    return out
+
+
+def landscape(
+    loss_fn, params: Mapping, batch, lr: Array | float, multiples: Sequence[float]
+) -> dict[str, Array]:
+    """The loss landscape along the gradient (Santurkar et al. 2018, Fig. 4).
+
+    With ``g`` the gradient at ``params`` and ``d = -lr * g`` the lr-scaled gradient
+    step, the loss and gradient are evaluated at ``params + c * d`` for every ``c`` in
+    ``multiples``. Returns ``loss_range`` (max - min of the loss over those points and
+    ``params`` itself), ``grad_predictiveness`` (max over c of ``||grad(c) - g||_2``)
+    and ``beta_smoothness`` (max over c of ``||grad(c) - g||_2 / ||c * d||_2``, the
+    "effective" beta-smoothness). Gradients are of every parameter.
+    """
+    cs = jnp.asarray([0.0, *[float(c) for c in multiples]], jnp.float32)
+    vg = jax.value_and_grad(loss_fn)
+    g0 = jax.grad(loss_fn)(params, batch)
+    step = jax.tree.map(lambda g: -lr * g, g0)
+
+    def at(c: Array):
+        p = jax.tree.map(lambda a, s: a + c.astype(a.dtype) * s, params, step)
+        loss, g = vg(p, batch)
+        return loss.astype(jnp.float32), _norm(jax.tree.map(jnp.subtract, g, g0))
+
+    losses, dg = lax.map(at, cs)
+    dist = jnp.abs(cs[1:]) * _norm(step)
+    ratio = dg[1:] / jnp.maximum(dist, jnp.finfo(jnp.float32).tiny)
+    return {
+        "loss_range": jnp.max(losses) - jnp.min(losses),
+        "grad_predictiveness": jnp.max(dg[1:]),
+        "beta_smoothness": jnp.max(ratio),
+    }

@@ -20,6 +20,17 @@ A run directory (Hydra's output dir) holds:
   ``layer``, ``stat``, ``value``: the parameter statistics of
   :func:`bnlab.probe.layer_stats` (weight and gradient norms, gamma/beta, running
   mean/var summaries) at the same steps as the activations.
+- ``ics.parquet``, one row per step x layer x statistic, columns ``step``, ``layer``,
+  ``stat``, ``value``: the gradient-ICS and landscape probes of Santurkar et al. 2018
+  (:func:`bnlab.probe.gradient_ics`, :func:`bnlab.probe.landscape`), every
+  ``probe.ics_every`` steps (empty when it is 0), measured on the last training batch
+  before ``step`` at the parameters after ``step`` steps. Per layer (``layer1``...,
+  ``head``): ``grad_diff_l2`` (``||G - G'||_2``) and ``grad_cos`` (``cos(G, G')``), G
+  the loss gradient w.r.t. the layer's weight matrix and G' the same after the
+  earlier layers take the step's update. For ``layer`` = ``all``: ``loss_range``,
+  ``grad_predictiveness`` and ``beta_smoothness`` along the gradient at
+  ``probe.landscape_steps`` multiples of the lr-scaled gradient step. May hold
+  non-finite values (a loss that overflows along the path is a result).
 - ``summary.json``: ``status`` (``running``, ``finished``, ``diverged``,
   ``interrupted``), ``step`` (steps done), ``steps`` (steps asked for),
   ``diverged_at`` (first step whose training loss was non-finite or above
@@ -48,6 +59,7 @@ import pandas as pd
 SCALARS = "scalars.parquet"
 ACTIVATIONS = "activations.parquet"
 LAYERS = "layers.parquet"
+ICS = "ics.parquet"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
@@ -56,6 +68,7 @@ COLUMNS = {
     SCALARS: ["step", "name", "value"],
     ACTIVATIONS: ["step", "layer", "site", "unit", "stat", "value"],
     LAYERS: ["step", "layer", "stat", "value"],
+    ICS: ["step", "layer", "stat", "value"],
 }
 STATUSES = ("running", "finished", "diverged", "interrupted")
 
@@ -130,6 +143,13 @@ class RunRecord:
 
     def layers(self, steps: np.ndarray, stats: dict[str, dict[str, np.ndarray]]) -> None:
         t = self.tables[LAYERS]
+        for layer, per_stat in stats.items():
+            for stat, values in per_stat.items():
+                t.add(step=steps, layer=layer, stat=stat, value=values)
+
+    def ics(self, steps: np.ndarray, stats: dict[str, dict[str, np.ndarray]]) -> None:
+        """Add ``{'layer1': {'grad_cos': values over steps}, 'all': {...}}`` rows."""
+        t = self.tables[ICS]
         for layer, per_stat in stats.items():
             for stat, values in per_stat.items():
                 t.add(step=steps, layer=layer, stat=stat, value=values)

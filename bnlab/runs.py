@@ -4,6 +4,7 @@ One run::
 
     run = load_run("outputs/2025-01-01/12-00-00")
     run.config["norm"]["name"], run.summary["status"], run.scalars, run.activations, run.layers
+    run.ics            # gradient-ICS and landscape probes (empty unless probe.ics_every > 0)
 
 A whole Hydra multirun (or a glob, or a list of run directories)::
 
@@ -40,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from bnlab.record import ACTIVATIONS, COLUMNS, LAYERS, SCALARS, SUMMARY
+from bnlab.record import ACTIVATIONS, COLUMNS, ICS, LAYERS, SCALARS, SUMMARY
 
 __all__ = [
     "Run",
@@ -53,7 +54,8 @@ __all__ = [
     "last_hidden_layer",
 ]
 
-TABLES = {"scalars": SCALARS, "activations": ACTIVATIONS, "layers": LAYERS}
+TABLES = {"scalars": SCALARS, "activations": ACTIVATIONS, "layers": LAYERS, "ics": ICS}
+OPTIONAL = {ICS}  # tables older records lack (or that are empty by default): no problem if absent
 # Keys always present in a sweep's ``runs`` table (from the config where not overridden).
 STANDARD_KEYS = ("norm", "optimizer.lr", "seed", "data")
 
@@ -73,6 +75,7 @@ class Run:
     scalars: pd.DataFrame
     activations: pd.DataFrame
     layers: pd.DataFrame
+    ics: pd.DataFrame = field(default_factory=lambda: _empty(ICS))
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -111,6 +114,7 @@ class Sweep:
     layers: pd.DataFrame
     keys: list[str]  # override columns, in the order first seen
     varying: list[str]  # the keys whose values differ between runs
+    ics: pd.DataFrame = field(default_factory=lambda: _empty(ICS))
     problems: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -202,7 +206,7 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    """Load one run directory: config, overrides, summary and the three tables.
+    """Load one run directory: config, overrides, summary and the tables (``ics`` optional).
 
     Missing pieces do not raise: a missing table loads as an empty DataFrame with
     the schema's columns, a missing summary as ``{}`` (status ``missing``), and each
@@ -254,7 +258,7 @@ def load_run(path: str | os.PathLike) -> Run:
     for attr, fname in TABLES.items():
         f = path / fname
         if not f.exists():
-            if summary:  # without a summary the run is already reported as missing
+            if summary and fname not in OPTIONAL:  # no summary: already reported as missing
                 problems.append(f"no {fname}")
             tables[attr] = _empty(fname)
             continue
@@ -366,7 +370,7 @@ def load_sweep(
     Returns a :class:`Sweep`: ``runs`` (one row per run: ``run``, ``path``, the
     override columns, ``label``, ``status``, ``step``, ``steps``, ``diverged_at``,
     ``final_<scalar>`` for every final scalar, ``steps_per_sec``, ``wall_time_s``,
-    ``problems``) and the ``scalars``, ``activations`` and ``layers`` tables of all
+    ``problems``) and the ``scalars``, ``activations``, ``layers`` and ``ics`` tables of all
     runs concatenated with ``run``, the override columns and ``label`` in front.
     Runs with problems are kept, listed in ``Sweep.problems`` and (``warn=True``)
     announced with a :class:`RunProblemWarning`.

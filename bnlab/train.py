@@ -181,6 +181,9 @@ def _chunk_rows(record: RunRecord, out: dict, keep: np.ndarray | None = None) ->
     record.scalars(steps, "train_loss", out["loss"].mean(axis=1)[keep])
     record.scalars(steps, "train_accuracy", out["acc"].mean(axis=1)[keep])
     record.scalars(steps, "lr", np.asarray(out["lr"])[keep])
+    if "ics" in out:  # gradient-ICS / landscape probes, where they were due
+        due = keep & np.asarray(out["ics_due"], bool)
+        record.ics(out["step"][due].astype(np.int64), _map_stats(out["ics"], lambda v: v[due]))
 
 
 def _eval_rows(record: RunRecord, trainer: loop.Trainer, state, step: int) -> None:
