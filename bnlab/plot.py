@@ -34,7 +34,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.transforms import offset_copy
 
 from bnlab.record import FIGURES
 from bnlab.runs import (
@@ -119,6 +120,13 @@ def _legend_below(fig: Figure, handles: list, labels: list[str], **kw) -> None:
     )  # fmt: skip
 
 
+def _suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width."""
+    width = max(20, int(fig.get_figwidth() * 72 / (0.6 * 11)))
+    lines = [w for part in text.split("\n") for w in (textwrap.wrap(part, width) or [""])]
+    fig.suptitle("\n".join(lines), fontsize=11)
+
+
 def _percentile_stats(stats) -> list[str]:
     found = [(float(m.group(1)), s) for s in stats if (m := _PCT.match(str(s)))]
     return [s for _, s in sorted(found)]
@@ -130,8 +138,32 @@ def _require(df: pd.DataFrame, what: str) -> None:
 
 
 def _step_axis(ax: Axes) -> None:
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(_step_label))
     ax.grid(alpha=0.3)
+    if not ax.lines:
+        ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", color="grey")
+
+
+def _step_label(v: float, _pos=None) -> str:
+    """Whole steps only; thousands as ``10k`` so that long runs' ticks stay short."""
+    if abs(v - round(v)) > 1e-6:
+        return ""
+    v = round(v)
+    return f"{v / 1000:g}k" if abs(v) >= 1000 and v % 100 == 0 else f"{v:,}"
+
+
+def _log_minor_label(v: float, _pos=None) -> str:
+    """Label the 2s and 5s between decades of a log axis, plainly (0.2, 0.5, 2, 5)."""
+    if v <= 0:
+        return ""
+    mantissa = v / 10 ** math.floor(math.log10(v) + 1e-9)
+    return f"{v:g}" if round(mantissa, 6) in (2.0, 5.0) else ""
+
+
+def _marker(n: int) -> dict:
+    """Dots on the line where there are few points (a run that stopped early)."""
+    return {"marker": "o", "markersize": 3} if n <= 30 else {}
 
 
 # --------------------------------------------------------------------------- figures
@@ -168,7 +200,8 @@ def drift_bands(
     n = len(groups)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig, axes = _figure(nrows, ncols, sharex=True, sharey=True)
+    size = (6.4, 3.8) if n == 1 else PANEL
+    fig, axes = _figure(nrows, ncols, sharex=True, sharey=True, size=size)
     for ax in axes.flat[n:]:
         fig.delaxes(ax)
     mid = pcts[len(pcts) // 2]
@@ -188,6 +221,7 @@ def drift_bands(
                 linewidth=1.8 if bold else 0.9,
                 linestyle="-" if bold else "--",
                 label=s,
+                **_marker(len(steps)),
             )
         ax.set_title(_wrap(label) if label is not None else f"{layer}/{site}", fontsize=10)
         _step_axis(ax)
@@ -201,9 +235,10 @@ def drift_bands(
         if col:
             col[-1].set_xlabel(STEP_LABEL)
             col[-1].xaxis.set_tick_params(labelbottom=True)
-    axes.flat[0].legend(title="percentile", fontsize=8, title_fontsize=8, loc="best")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    _legend_below(fig, handles, names, title="percentile")
     what = "pooled over units" if unit < 0 else f"unit {unit}"
-    fig.suptitle(title or f"{layer}/{site}: percentiles on the probe batch ({what})", fontsize=11)
+    _suptitle(fig, title or f"{layer}/{site}: percentiles on the probe batch ({what})")
     return fig
 
 
@@ -235,7 +270,10 @@ def layer_moments(
             ax = axes[i, j]
             for label, g in groups:
                 rows = g[(g["layer"] == layer) & (g["stat"] == stat)].sort_values("step")
-                ax.plot(rows["step"], rows["value"], color=colors[label], label=label, lw=1.2)
+                ax.plot(
+                    rows["step"], rows["value"], color=colors[label], label=label, lw=1.2,
+                    **_marker(len(rows)),
+                )  # fmt: skip
             if i == 0:
                 ax.set_title(f"{layer}/{site}", fontsize=10)
             else:
@@ -245,7 +283,7 @@ def layer_moments(
             _step_axis(ax)
     handles = [Line2D([], [], color=colors[lab]) for lab, _ in groups if lab is not None]
     _legend_below(fig, handles, [lab for lab, _ in groups if lab is not None])
-    fig.suptitle(title or f"mean and std of each layer's {site} site on the probe batch")
+    _suptitle(fig, title or f"mean and std of each layer's {site} site on the probe batch")
     return fig
 
 
@@ -272,16 +310,14 @@ def learning_curves(
             if not len(rows):
                 continue
             positive &= bool((rows["value"] > 0).all())
-            marker = "o" if len(rows) <= 30 else None
             ax.plot(
                 rows["step"], rows["value"], color=colors[label], label=label, lw=1.3,
-                marker=marker, markersize=3,
+                **_marker(len(rows)),
             )  # fmt: skip
         if "loss" in metric and positive and ax.lines:
             ax.set_yscale("log")
-            plain = FuncFormatter(lambda v, _: f"{v:g}")
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_log_minor_label))
         ax.set_title(metric, fontsize=10)
         ax.set_ylabel(_LONG_NAMES.get(metric, metric))
         ax.set_xlabel(STEP_LABEL)
@@ -289,7 +325,7 @@ def learning_curves(
     handles = [Line2D([], [], color=colors[lab]) for lab, _ in groups if lab is not None]
     _legend_below(fig, handles, [lab for lab, _ in groups if lab is not None])
     if title:
-        fig.suptitle(title)
+        _suptitle(fig, title)
     return fig
 
 
@@ -309,7 +345,7 @@ def sweep_summary(
     did not diverge (several seeds average); diverged runs are marked with an X at
     their last finite value. With ``target`` (and ``scalars``) a second panel
     shows the first step at which test accuracy reached ``target``; runs that never
-    did are marked at the top edge. Axes: 1, or 2 with ``target``; lines: one per
+    did are marked (^) along the top. Axes: 1, or 2 with ``target``; lines: one per
     ``hue`` value in each.
     """
     _require(runs, "runs")
@@ -337,27 +373,35 @@ def sweep_summary(
     xs = np.sort(runs["_x"].unique())
     logx = xs.min() > 0 and xs.max() / xs.min() >= 10
     for ax, (col, tgt) in zip(axes[0], panels, strict=True):
-        for h in hues:
+        for k, h in enumerate(hues):
+            # dodge the variants sideways by a few points so equal values stay visible
+            dx = (k - (len(hues) - 1) / 2) * 4.0
+            # (set after adding, so that autoscaling sees the plain data coordinates)
+            data_t = offset_copy(ax.transData, fig=fig, x=dx, units="points")
+            top_t = offset_copy(ax.get_xaxis_transform(), fig=fig, x=dx, units="points")
             g = runs[runs[hue].astype(str) == h]
             ok = g[~g["_div"]]
             if col == "_reach":
                 ok = g[g["_reach"].notna()]
             line = ok.groupby("_x")[col].mean().sort_index()
-            ax.plot(line.index, line.to_numpy(), color=colors[h], marker="o", label=h, lw=1.5)
+            (ln,) = ax.plot(
+                line.index, line.to_numpy(), color=colors[h], marker="o", label=h, lw=1.5
+            )  # fmt: skip
+            ln.set_transform(data_t)
             if col != "_reach":
                 d = g[g["_div"]]
                 if len(d):
-                    ax.scatter(
+                    sc = ax.scatter(
                         d["_x"], d[col].fillna(0.0), marker="X", s=70, color=colors[h],
                         edgecolor="black", linewidth=0.6, zorder=3,
                     )  # fmt: skip
+                    sc.set_offset_transform(data_t)
             else:
                 never = g[g["_reach"].isna()]
                 if len(never):
-                    ax.scatter(
-                        never["_x"], np.ones(len(never)), marker="^", s=50, facecolor="none",
-                        edgecolor=colors[h], transform=ax.get_xaxis_transform(), clip_on=False,
-                        zorder=3,
+                    sc = ax.scatter(
+                        never["_x"], np.full(len(never), 0.96), marker="^", s=50,
+                        facecolor="none", edgecolor=colors[h], transform=top_t, zorder=3,
                     )  # fmt: skip
         if logx:
             ax.set_xscale("log")
@@ -384,7 +428,7 @@ def sweep_summary(
         handles.append(Line2D([], [], ls="", marker="^", mfc="none", color="grey", ms=7))
         labels.append("never reached target")
     _legend_below(fig, handles, labels, title=hue)
-    fig.suptitle(title or f"sweep over {x}: {len(runs)} runs")
+    _suptitle(fig, title or f"sweep over {x}: {len(runs)} runs")
     return fig
 
 
@@ -415,7 +459,7 @@ def gamma_beta(
                 if f"{p}_mean" not in wide:
                     continue
                 m = wide[f"{p}_mean"]
-                ax.plot(wide.index, m, color=colors[label], label=label, lw=1.2)
+                ax.plot(wide.index, m, color=colors[label], label=label, lw=1.2, **_marker(len(m)))
                 if f"{p}_std" in wide:
                     s = wide[f"{p}_std"]
                     ax.fill_between(wide.index, m - s, m + s, color=colors[label], alpha=0.15, lw=0)
@@ -428,7 +472,7 @@ def gamma_beta(
             _step_axis(ax)
     present = [lab for lab, _ in groups if lab is not None]
     _legend_below(fig, [Line2D([], [], color=colors[lab]) for lab in present], present)
-    fig.suptitle(title or "learned BN scale (gamma) and shift (beta)")
+    _suptitle(fig, title or "learned BN scale (gamma) and shift (beta)")
     return fig
 
 
@@ -474,17 +518,20 @@ def save_run_figures(run_dir: str | Path) -> list[Path]:
     layer = last_hidden_layer(acts)
     pre = acts[(acts["site"] == "pre") & (acts["unit"] == -1)] if len(acts) else acts
     if layer and len(pre[pre["layer"] == layer]):
-        fig = drift_bands(pre, layer, "pre", title=f"{layer}/pre percentiles: {title}")
+        what = f"{layer}/pre percentiles on the probe batch (pooled over units)"
+        fig = drift_bands(pre, layer, "pre", title=f"{what}\n{title}")
         paths.append(_save(fig, out / f"drift_{layer}_pre.png"))
     if len(run.scalars) and run.scalars["name"].isin(["test_accuracy", "train_loss"]).any():
         fig = learning_curves(run.scalars.assign(label=label), title=title)
         paths.append(_save(fig, out / "learning_curves.png"))
     if len(pre) and pre["stat"].isin(["mean", "std"]).any():
-        fig = layer_moments(pre, "pre", title=f"pre-activation mean and std: {title}")
+        what = "mean and std of each layer's pre site on the probe batch"
+        fig = layer_moments(pre, "pre", title=f"{what}\n{title}")
         paths.append(_save(fig, out / "layer_moments_pre.png"))
     lay = run.layers
     if len(lay) and lay["stat"].isin(["gamma_mean", "beta_mean"]).any():
-        fig = gamma_beta(lay.assign(label=label), title=f"gamma and beta: {title}")
+        what = "learned BN scale (gamma) and shift (beta)"
+        fig = gamma_beta(lay.assign(label=label), title=f"{what}\n{title}")
         paths.append(_save(fig, out / "gamma_beta.png"))
     return paths
 

@@ -1,0 +1,116 @@
+"""The notebooks run top to bottom on a small configuration, and are stored without outputs.
+
+Like papermill: a cell with the test's parameters goes right after the cell tagged
+``parameters``; the notebook then runs in a ``python3`` kernel of this interpreter,
+training real (tiny) runs on scikit-learn's digits through ``python -m bnlab.train``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
+
+SMALL = {"DATA": "digits", "PROBE_EVERY": 50, "CHUNK_STEPS": 100, "EVAL_EVERY": 100}
+PARAMS = {
+    "activation_drift.ipynb": {**SMALL, "STEPS": 200},
+    "lr_sweep.ipynb": {**SMALL, "STEPS": 100, "LRS": [0.5, 50.0], "TARGET": 0.3},
+}
+
+
+def _parameters_index(nb) -> int:
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell must be tagged 'parameters'"
+    return tagged[0]
+
+
+def inject(nb, params: dict):
+    """Insert a cell assigning ``params`` after the parameters cell (papermill's way)."""
+    src = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    cell = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
+    i = _parameters_index(nb)
+    nb.cells.insert(i + 1, cell)
+    return nb
+
+
+def execute(path: Path, params: dict, timeout: int = 600):
+    from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+    from nbclient import NotebookClient
+
+    nb = inject(nbformat.read(path, as_version=4), params)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name=NATIVE_KERNEL_NAME,  # "python3": ipykernel's, on this interpreter
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    # make sure the kernel is this interpreter (the venv), not some python3 on PATH
+    client.kernel_manager_class = _manager_for(sys.executable)
+    client.execute()
+    return nb
+
+
+def _manager_for(python: str):
+    from jupyter_client.manager import KernelManager
+
+    class _Here(KernelManager):
+        def format_kernel_cmd(self, extra_arguments=None):
+            cmd = super().format_kernel_cmd(extra_arguments)
+            return [python, *cmd[1:]] if cmd and "python" in Path(cmd[0]).name else cmd
+
+    return _Here
+
+
+def _images(nb) -> int:
+    return sum(
+        "image/png" in out.get("data", {})
+        for c in nb.cells
+        if c.cell_type == "code"
+        for out in c.get("outputs", [])
+    )
+
+
+def _errors(nb) -> list[str]:
+    return [
+        f"{out.get('ename')}: {out.get('evalue')}"
+        for c in nb.cells
+        if c.cell_type == "code"
+        for out in c.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+
+
+def test_notebooks_present():
+    assert {p.name for p in ALL} == set(PARAMS)
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    _parameters_index(nb)
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert c.outputs == [] and c.execution_count is None, f"{path.name} has outputs"
+    text = path.read_text()
+    assert "PLACEHOLDER" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_notebook_runs(path, tmp_path):
+    params = {**PARAMS[path.name], "OUT": str(tmp_path / "out")}
+    nb = execute(path, params)
+    assert not _errors(nb)
+    figures = {"activation_drift.ipynb": 5, "lr_sweep.ipynb": 2}[path.name]
+    assert _images(nb) == figures, "the notebook should show each of its figures"
+    # the runs it trained are where OUT says
+    runs = sorted((tmp_path / "out").glob("*/*/summary.json"))
+    expected = 2 if path.name == "activation_drift.ipynb" else 3 * len(PARAMS[path.name]["LRS"])
+    assert len(runs) == expected
