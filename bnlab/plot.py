@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -92,9 +94,35 @@ def _groups(df: pd.DataFrame, by: str | None) -> list[tuple[str | None, pd.DataF
     return [(None, df)]
 
 
-def _colors(labels: Sequence[str | None]) -> dict[str | None, str]:
-    cycle = [f"C{i}" for i in range(10)]
-    return {lab: cycle[i % 10] for i, lab in enumerate(labels)}
+_FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr", "PuRd")
+
+
+def _colors(labels: Sequence[str | None], families: Sequence[str] | None = None) -> dict:
+    """A colour per label: C0, C1... for up to 10 runs; for more, one colour family per
+    ``families`` value (the norm variant), shades within it in order of appearance."""
+    labels = list(labels)
+    if families is not None and len(labels) > 10:
+        fams = list(dict.fromkeys(families))
+        if len(fams) <= len(_FAMILIES):
+            out = {}
+            for f_i, fam in enumerate(fams):
+                members = [lab for lab, f in zip(labels, families, strict=True) if f == fam]
+                cmap = matplotlib.colormaps[_FAMILIES[f_i]]
+                shades = np.linspace(0.45, 0.95, len(members)) if len(members) > 1 else [0.75]
+                out.update({lab: cmap(float(t)) for lab, t in zip(members, shades, strict=True)})
+            return out
+    if len(labels) <= 10:
+        return {lab: f"C{i}" for i, lab in enumerate(labels)}
+    cmap = matplotlib.colormaps["viridis"]
+    shades = np.linspace(0, 0.95, len(labels))
+    return {lab: cmap(float(t)) for lab, t in zip(labels, shades, strict=True)}
+
+
+def _run_colors(groups: list[tuple[str | None, pd.DataFrame]], family: str = "norm") -> dict:
+    labels = [lab for lab, _ in groups]
+    if all(family in g.columns and len(g) for _, g in groups):
+        return _colors(labels, [str(g[family].iloc[0]) for _, g in groups])
+    return _colors(labels)
 
 
 def _wrap(text: str, width: int = 42) -> str:
@@ -177,15 +205,18 @@ def drift_bands(
     by: str | None = "label",
     unit: int = -1,
     ncols: int = 4,
+    sharey: bool | str = "auto",
     title: str | None = None,
 ) -> Figure:
     """Percentiles (``p15``/``p50``/``p85``...) of ``layer/site`` over training, a panel per run.
 
     The shape of Ioffe & Szegedy 2015, Fig. 1 b/c: the outer percentiles as thin
-    lines with the band between them shaded, the median bold; panels share both
-    axes. ``layer`` defaults to the last hidden layer; ``unit=-1`` is the value
-    pooled over every unit and example of the probe batch, ``unit=j`` unit j alone.
-    Axes: one per run; lines: one per percentile in each.
+    lines with the band between them shaded, the median bold; panels share the step
+    axis and the value axis (``sharey='auto'``: unless one run's range is over 10x
+    the median run's, e.g. a blown-up run, which would flatten every other panel;
+    the title then says so). ``layer`` defaults to the last hidden layer;
+    ``unit=-1`` is the value pooled over every unit and example of the probe batch,
+    ``unit=j`` unit j alone. Axes: one per run; lines: one per percentile in each.
     """
     layer = layer or last_hidden_layer(activations)
     df = activations[
@@ -201,7 +232,10 @@ def drift_bands(
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     size = (6.4, 3.8) if n == 1 else PANEL
-    fig, axes = _figure(nrows, ncols, sharex=True, sharey=True, size=size)
+    if sharey == "auto":
+        spans = np.array([np.ptp(g["value"].to_numpy()) for _, g in groups])
+        sharey = not (n > 1 and spans.max() > 10 * max(float(np.median(spans)), 1e-12))
+    fig, axes = _figure(nrows, ncols, sharex=True, sharey=bool(sharey), size=size)
     for ax in axes.flat[n:]:
         fig.delaxes(ax)
     mid = pcts[len(pcts) // 2]
@@ -238,7 +272,10 @@ def drift_bands(
     handles, names = axes.flat[0].get_legend_handles_labels()
     _legend_below(fig, handles, names, title="percentile")
     what = "pooled over units" if unit < 0 else f"unit {unit}"
-    _suptitle(fig, title or f"{layer}/{site}: percentiles on the probe batch ({what})")
+    text = title or f"{layer}/{site}: percentiles on the probe batch ({what})"
+    if not sharey and n > 1:
+        text += " [value axes not shared: ranges differ by over 10x]"
+    _suptitle(fig, text)
     return fig
 
 
@@ -263,7 +300,7 @@ def layer_moments(
     _require(df, f"mean/std of */{site} (unit {unit})")
     layers = layer_order(df["layer"].unique())
     groups = _groups(df, by)
-    colors = _colors([lab for lab, _ in groups])
+    colors = _run_colors(groups)
     fig, axes = _figure(2, len(layers), sharex=True, sharey="row")
     for j, layer in enumerate(layers):
         for i, stat in enumerate(("mean", "std")):
@@ -301,7 +338,7 @@ def learning_curves(
     df = scalars[scalars["name"].isin(metrics)]
     _require(df, f"scalars {list(metrics)}")
     groups = _groups(df, by)
-    colors = _colors([lab for lab, _ in groups])
+    colors = _run_colors(groups)
     fig, axes = _figure(1, len(metrics), sharex=True, size=(4.6, 3.4))
     for ax, metric in zip(axes[0], metrics, strict=True):
         positive = True
@@ -448,7 +485,7 @@ def gamma_beta(
     _require(df, "gamma/beta (no run with a learned BN scale/shift)")
     names = layer_order(df["layer"].unique())
     groups = _groups(df, by)
-    colors = _colors([lab for lab, _ in groups])
+    colors = _run_colors(groups)
     fig, axes = _figure(2, len(names), sharex=True, sharey="row")
     for j, layer in enumerate(names):
         for i, p in enumerate(("gamma", "beta")):
@@ -631,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(args.path) == 1 and Path(args.path[0]).is_dir():
                 root = Path(args.path[0])
             else:
-                root = Path(*Path(runs[0]).resolve().parts[:-1])
+                parents = [str(Path(r).resolve().parent) for r in runs]
+                root = Path(os.path.commonpath(parents))
             out = root / FIGURES
         else:
             out = Path(args.out)

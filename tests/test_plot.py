@@ -194,3 +194,22 @@ def test_real_run_figures_loaded(tmp_path):
     assert run.label == "bn_noaffine"
     paths = plot.save_run_figures(run.path)
     assert "gamma_beta.png" not in {p.name for p in paths}
+
+
+def test_drift_bands_unshared_when_one_run_blows_up(sweep):
+    acts = sweep.activations.copy()
+    first = acts["run"] == acts["run"].iloc[0]
+    acts.loc[first, "value"] *= 100.0
+    fig = plot.drift_bands(acts, "layer3", "pre")
+    assert len({ax.get_ylim() for ax in fig.axes}) > 1
+    assert "not shared" in fig._suptitle.get_text()
+    fig = plot.drift_bands(acts, "layer3", "pre", sharey=True)
+    assert len({ax.get_ylim() for ax in fig.axes}) == 1
+
+
+def test_many_runs_get_distinct_colours_by_norm(tmp_path):
+    root = fake_sweep(tmp_path / "big", norms=("none", "bn", "bn_noaffine"), lrs=(0.1, 0.5, 1, 2))
+    big = load_sweep(root)
+    fig = plot.learning_curves(big.scalars)
+    colours = [tuple(ln.get_color()) for ln in fig.axes[0].lines]
+    assert len(colours) == 12 and len(set(colours)) == 12
