@@ -294,3 +294,16 @@ def test_load_sweep_real_2x2_multirun(tmp_path):
     summary = json.loads((sweep_dir / "0" / SUMMARY).read_text())
     assert summary["steps"] == 100
     assert (sweep_dir / "0" / ACTIVATIONS).exists()
+
+
+def test_ics_table_is_optional(tmp_path):
+    """ics.parquet (gradient-ICS probes) loads when there, and its absence is no problem."""
+    from bnlab.record import ICS
+
+    fake_run(tmp_path / "a")
+    fake_run(tmp_path / "b", norm="none")
+    (tmp_path / "b" / ICS).unlink(missing_ok=True)
+    sweep = load_sweep([tmp_path / "a", tmp_path / "b"])
+    assert sweep.problems == []
+    assert list(sweep.ics.columns[-4:]) == ["step", "layer", "stat", "value"]
+    assert list(load_run(tmp_path / "b").ics.columns) == ["step", "layer", "stat", "value"]
