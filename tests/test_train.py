@@ -37,8 +37,8 @@ def test_fashion_mnist_short_run_writes_record(tmp_path):
     on_disk = json.loads((tmp_path / record.SUMMARY).read_text())
     assert on_disk["status"] == "finished" and on_disk["steps_per_sec"] > 0
     t = tables(tmp_path)
-    for name, cols in record.COLUMNS.items():
-        assert list(t[name].columns) == cols, name
+    for name in (record.SCALARS, record.ACTIVATIONS, record.LAYERS):
+        assert list(t[name].columns) == record.COLUMNS[name], name
     sc = t["scalars.parquet"]
     assert set(sc["name"]) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"}
     acc = sc[sc["name"] == "test_accuracy"].set_index("step")["value"]

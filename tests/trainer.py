@@ -38,7 +38,11 @@ def cli(args: list[str], *, timeout: float = 600, **kw) -> subprocess.CompletedP
 
 
 def tables(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every record table the run wrote (optional ones only where present)."""
+    from bnlab import record
+
     return {
         name: pd.read_parquet(run_dir / name)
-        for name in ("scalars.parquet", "activations.parquet", "layers.parquet")
+        for name in record.COLUMNS
+        if (run_dir / name).exists()
     }
