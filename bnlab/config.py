@@ -84,6 +84,12 @@ class ParallelConfig:
 
 
 @dataclass
+class SweepConfig:
+    lr: list[float] = MISSING
+    seeds: int = MISSING
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -102,6 +108,7 @@ class TrainConfig:
     progress: bool = MISSING
     figure: bool = MISSING
     compile_cache: str | None = MISSING
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register() -> None:

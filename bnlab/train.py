@@ -218,6 +218,10 @@ def main(cfg: DictConfig) -> float | None:
         jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     try:
+        if cfg.sweep.lr or cfg.sweep.seeds:  # vectorized sweep: all members in one program
+            from bnlab import sweep
+
+            return sweep.main(cfg, workdir, list(HydraConfig.get().overrides.task))
         summary = train_and_evaluate(cfg, workdir)
     except UserError as e:
         _say(f"error: {e}")
