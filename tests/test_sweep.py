@@ -1,0 +1,217 @@
+"""Sweeps: vectorized members equal single runs; multirun launchers; the end-of-sweep summary."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from trainer import COMPILE_CACHE, CONFIGS, QUICK, cli, compose, tables
+
+from bnlab import record, sweep, sweep_summary
+from bnlab.runs import load_sweep
+from bnlab.train import UserError, train_and_evaluate
+
+BASE = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100"]
+LRS = (0.05, 0.5, 1e6)  # 1e6 diverges within two steps
+TOL = dict(rtol=1e-5, atol=1e-5)  # float32: batched matmuls add in another order
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache():
+    jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """``single(lr, seed)``: the run directory of that single run (trained once)."""
+    root = tmp_path_factory.mktemp("single")
+    done: dict[tuple[float, int], Path] = {}
+
+    def get(lr: float, seed: int) -> Path:
+        if (lr, seed) not in done:
+            run = root / f"lr{lr:g}_seed{seed}"
+            train_and_evaluate(compose([*BASE, f"optimizer.lr={lr}", f"seed={seed}"]), run)
+            done[(lr, seed)] = run
+        return done[(lr, seed)]
+
+    return get
+
+
+def assert_same_run(member: Path, single_run: Path) -> None:
+    a, b = tables(member), tables(single_run)
+    assert a.keys() == b.keys()
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], **TOL, obj=f"{member.name}/{name}")
+    sa = json.loads((member / record.SUMMARY).read_text())
+    sb = json.loads((single_run / record.SUMMARY).read_text())
+    for key in ("status", "step", "steps", "diverged_at"):
+        assert sa[key] == sb[key], key
+    assert sa["final"].keys() == sb["final"].keys()
+
+
+def test_grid_members_equal_single_runs(tmp_path, single):
+    """3 lrs x 2 seeds in one program: every member's tables equal its single run's,
+    the diverging lr is recorded per member without poisoning the others."""
+    cfg = compose([*BASE, "sweep.lr=[0.05,0.5,1e6]", "sweep.seeds=2"])
+    summaries = sweep.train_sweep(cfg, tmp_path, overrides=["data=digits", "sweep.seeds=2"])
+    grid = list(itertools.product(LRS, (0, 1)))
+    assert [s["status"] for s in summaries] == ["finished"] * 4 + ["diverged"] * 2
+    for i, (lr, seed) in enumerate(grid):
+        assert_same_run(tmp_path / str(i), single(lr, seed))
+        overrides = OmegaConf.load(tmp_path / str(i) / ".hydra" / "overrides.yaml")
+        assert list(overrides) == ["data=digits", f"optimizer.lr={lr!r}", f"seed={seed}"]
+
+    sw = load_sweep(tmp_path)  # read exactly like a multirun
+    assert len(sw) == 6 and not sw.problems
+    assert set(sw.varying) == {"optimizer.lr", "seed"}
+    runs = sw.runs.set_index("run")
+    assert list(runs["optimizer.lr"]) == [lr for lr, _ in grid]
+    assert list(runs["seed"]) == [s for _, s in grid]
+    assert (runs.loc[["4", "5"], "diverged_at"] == 2).all()
+
+
+@pytest.mark.parametrize("axis", ["lr", "seeds"])
+def test_one_axis_sweep_equals_single_runs_and_resumes(tmp_path, single, axis):
+    """Only lrs (batch shared) or only seeds (batch per member): the members equal the
+    single runs, also after a resume from the members' checkpoints."""
+    over, grid = {
+        "lr": ("sweep.lr=[0.05,0.5]", [(0.05, 0), (0.5, 0)]),
+        "seeds": ("sweep.seeds=2", [(0.5, 0), (0.5, 1)]),
+    }[axis]
+    cfg = compose([*BASE, over, "checkpoint_every=1"])
+    sweep.train_sweep(cfg, tmp_path)
+    for i, (lr, seed) in enumerate(grid):
+        assert_same_run(tmp_path / str(i), single(lr, seed))
+    full = {i: tables(tmp_path / str(i)) for i in range(2)}
+
+    # as if killed after the checkpoint at step 100: the last checkpoint is gone
+    for i in range(2):
+        shutil.rmtree(tmp_path / str(i) / record.CHECKPOINTS / "200")
+        s = json.loads((tmp_path / str(i) / record.SUMMARY).read_text())
+        (tmp_path / str(i) / record.SUMMARY).write_text(json.dumps({**s, "status": "running"}))
+    sweep.train_sweep(cfg, tmp_path)
+    for i in range(2):
+        again = tables(tmp_path / str(i))
+        for name in full[i]:
+            pd.testing.assert_frame_equal(again[name], full[i][name])
+
+
+def test_cli_vectorized_sweep(tmp_path):
+    """`python -m bnlab.train sweep.lr=[...]`: exit 0 with a diverged member, member dirs
+    that read as multirun jobs, the summary table and plot; a re-run finds it done."""
+    run = tmp_path / "run"
+    args = [*BASE, "sweep.lr=[0.5,1e6]", f"hydra.run.dir={run}"]
+    res = cli(args)
+    assert res.returncode == 0, res.stderr
+    assert "member 1 (lr 1e+06, seed 0) diverged at step 2" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (run / ".hydra").exists() and (run / sweep.HIDDEN_HYDRA / "config.yaml").exists()
+    cfg = OmegaConf.load(run / "0" / ".hydra" / "config.yaml")
+    assert cfg.optimizer.lr == 0.5 and list(cfg.sweep.lr) == [] and cfg.sweep.seeds == 0
+    overrides = list(OmegaConf.load(run / "1" / ".hydra" / "overrides.yaml"))
+    assert "optimizer.lr=1000000.0" in overrides and not any("sweep" in o for o in overrides)
+    summary = pd.read_csv(run / sweep_summary.SUMMARY_CSV)
+    assert list(summary["status"]) == ["finished", "diverged"]
+    assert list(summary["optimizer.lr"]) == [0.5, 1e6]
+    assert (run / "figures" / sweep_summary.SWEEP_PNG).stat().st_size > 0
+    again = cli(args, timeout=120)
+    assert again.returncode == 0 and "sweep already done" in again.stderr
+
+
+def test_joblib_sweep_runs_two_jobs_in_parallel(tmp_path, single):
+    """A 2-job multirun on the joblib launcher: both jobs recorded (one diverged, the
+    sweep goes on), equal to the in-process runs; the summary lands in the sweep dir."""
+    sweep_dir = tmp_path / "multirun"
+    res = cli(
+        [
+            "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *BASE,
+            "optimizer.lr=0.5,1e6", f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Joblib.Parallel(n_jobs=2" in res.stderr + res.stdout
+    for job, lr in ((0, 0.5), (1, 1e6)):
+        assert_same_run(sweep_dir / str(job), single(lr, 0))
+        hydra_cfg = OmegaConf.load(sweep_dir / str(job) / ".hydra" / "hydra.yaml")
+        assert "--xla_cpu_multi_thread_eigen=false" in hydra_cfg.hydra.job.env_set.XLA_FLAGS
+    summary = pd.read_csv(sweep_dir / sweep_summary.SUMMARY_CSV)
+    assert list(summary["status"]) == ["finished", "diverged"]
+    assert (sweep_dir / "figures" / sweep_summary.SWEEP_PNG).exists()
+
+
+def _hydra_compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from bnlab import config
+
+    config.register()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("ray_cluster", "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"),
+    ],
+)
+def test_launcher_configs_compose(launcher, target):
+    cfg = _hydra_compose([f"hydra/launcher={launcher}", "optimizer.lr=0.1"])
+    assert cfg.hydra.launcher._target_ == target
+    assert cfg.optimizer.lr == 0.1  # the job config is untouched
+    env = cfg.hydra.job.env_set
+    if launcher != "slurm":  # (slurm: in the job script, `setup`)
+        assert env.XLA_PYTHON_CLIENT_PREALLOCATE == "false"
+    if launcher == "parallel":
+        assert cfg.hydra.launcher.n_jobs == -1
+        assert env.XLA_FLAGS.strip().endswith("--xla_cpu_multi_thread_eigen=false")
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.cpus_per_task >= 1
+    if launcher == "ray_cluster":
+        assert cfg.hydra.launcher.ray.remote.num_cpus == 1
+    if launcher != "ray_cluster":  # the Ray plugin is the optional extra `ray`
+        from hydra.utils import instantiate
+
+        assert type(instantiate(cfg.hydra.launcher)).__name__ == target.rsplit(".", 1)[1]
+
+
+def test_lr_sweep_preset_composes():
+    cfg = _hydra_compose(["experiment=lr_sweep"])
+    assert list(cfg.sweep.lr) == [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
+    assert cfg.hydra.sweeper.params.norm == "none,bn,bn_noaffine"
+    assert cfg.model.features == [100, 100, 100] and cfg.batch_size == 60
+    assert cfg.chunk_steps % cfg.probe.every == 0 and cfg.steps % cfg.probe.every == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("sweep.lr=[0.1,0.1]", "repeated"),
+        ("sweep.lr=[0.1,-1]", "must be > 0"),
+        ("sweep.seeds=-1", ">= 0"),
+        ("probe.ics_every=50", "ics_every"),
+    ],
+)
+def test_bad_sweep_is_a_user_error(tmp_path, override, needle):
+    extra = [] if override.startswith("sweep") else ["sweep.seeds=2"]
+    with pytest.raises(UserError, match=needle):
+        sweep.train_sweep(compose([*BASE, override, *extra]), tmp_path)
+
+
+def test_summary_callback_never_fails_the_sweep(tmp_path, caplog):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}})
+    (tmp_path / "empty").mkdir()
+    with caplog.at_level(logging.WARNING, logger="bnlab"):
+        sweep_summary.SweepSummary().on_multirun_end(config=config)
+    assert "no sweep summary" in caplog.text
