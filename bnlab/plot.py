@@ -11,7 +11,10 @@ adds); a table without it is one run.
 - :func:`learning_curves`: test accuracy and train loss, runs overlaid;
 - :func:`sweep_summary`: final test accuracy (and steps to a target) versus a swept
   value, one line per norm variant, diverged runs marked;
-- :func:`gamma_beta`: the learned BN scale/shift per layer over training.
+- :func:`gamma_beta`: the learned BN scale/shift per layer over training;
+- :func:`layer_curves`: any per-layer statistics of a long (step, layer, stat, value)
+  table over training, a panel per statistic x layer, runs overlaid (the gradient-ICS
+  and landscape probes of ``ics.parquet``, weight/bias norms of ``layers.parquet``).
 
 :func:`save_run_figures` (called by the trainer at the end of every run) and
 :func:`save_sweep_figures` write them as PNG; ``python -m bnlab.plot PATH`` does
@@ -57,6 +60,7 @@ __all__ = [
     "learning_curves",
     "sweep_summary",
     "gamma_beta",
+    "layer_curves",
     "save_run_figures",
     "save_sweep_figures",
     "main",
@@ -510,6 +514,75 @@ def gamma_beta(
     present = [lab for lab, _ in groups if lab is not None]
     _legend_below(fig, [Line2D([], [], color=colors[lab]) for lab in present], present)
     _suptitle(fig, title or "learned BN scale (gamma) and shift (beta)")
+    return fig
+
+
+STAT_NAMES = {
+    "grad_diff_l2": "||G - G'||  (gradient change)",
+    "grad_cos": "cos(G, G')",
+    "loss_range": "loss range along the gradient",
+    "grad_predictiveness": "max ||grad change|| along the gradient",
+    "beta_smoothness": "effective beta-smoothness",
+    "weight_norm": "||W|| (weight norm)",
+    "grad_norm": "||dL/dW|| (gradient norm)",
+}
+
+
+def layer_curves(
+    table: pd.DataFrame,
+    stats: Sequence[str],
+    *,
+    layers: Sequence[str] | None = None,
+    by: str | None = "label",
+    logy: Sequence[str] = (),
+    smooth: int = 1,
+    sharex: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """Per-layer statistics over training: a row per statistic, a column per layer.
+
+    ``table`` is long (``step``, ``layer``, ``stat``, ``value``), e.g. a run's or a
+    sweep's ``ics`` or ``layers``. Runs are overlaid, one colour each; ``smooth`` > 1
+    draws a centred rolling median of that many points (raw points faint behind it);
+    statistics in ``logy`` get a log axis (their values <= 0 are left out, as are
+    non-finite values everywhere). Axes: len(stats) x layers; lines: one per run.
+    """
+    df = table[table["stat"].isin(list(stats))]
+    v = df["value"].astype(float)
+    df = df[np.isfinite(v) & ~(df["stat"].isin(list(logy)) & (v <= 0))]
+    _require(df, f"statistics {list(stats)}")
+    names = list(layers) if layers is not None else layer_order(df["layer"].unique())
+    groups = _groups(df, by)
+    colors = _run_colors(groups)
+    fig, axes = _figure(len(stats), len(names), sharex=sharex, sharey="row")
+    for i, stat in enumerate(stats):
+        for j, layer in enumerate(names):
+            ax = axes[i, j]
+            for label, g in groups:
+                rows = g[(g["layer"] == layer) & (g["stat"] == stat)].sort_values("step")
+                if not len(rows):
+                    continue
+                v = rows["value"].astype(float)
+                if smooth > 1:
+                    ax.plot(rows["step"], v, color=colors[label], lw=0.5, alpha=0.25)
+                    v = v.rolling(smooth, center=True, min_periods=1).median()
+                ax.plot(
+                    rows["step"], v, color=colors[label], label=label, lw=1.3,
+                    **_marker(len(rows)),
+                )  # fmt: skip
+            if stat in logy and ax.lines:
+                ax.set_yscale("log")
+            if i == 0:
+                ax.set_title(layer, fontsize=10)
+            if i == len(stats) - 1:
+                ax.set_xlabel(STEP_LABEL)
+            if j == 0:
+                ax.set_ylabel(_wrap(STAT_NAMES.get(stat, stat), 26), fontsize=9)
+            _step_axis(ax)
+    present = [lab for lab, _ in groups if lab is not None]
+    _legend_below(fig, [Line2D([], [], color=colors[lab]) for lab in present], present)
+    if title:
+        _suptitle(fig, title)
     return fig
 
 
