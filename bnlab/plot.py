@@ -523,7 +523,9 @@ STAT_NAMES = {
     "loss_range": "loss range along the gradient",
     "grad_predictiveness": "max ||grad change|| along the gradient",
     "beta_smoothness": "effective beta-smoothness",
+    "grad_l2": "||g|| (gradient norm)",
     "weight_norm": "||W|| (weight norm)",
+    "bias_rms": "rms of the linear bias b",
     "grad_norm": "||dL/dW|| (gradient norm)",
 }
 

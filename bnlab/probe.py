@@ -220,7 +220,9 @@ def landscape(
     ``multiples``. Returns ``loss_range`` (max - min of the loss over those points and
     ``params`` itself), ``grad_predictiveness`` (max over c of ``||grad(c) - g||_2``)
     and ``beta_smoothness`` (max over c of ``||grad(c) - g||_2 / ||c * d||_2``, the
-    "effective" beta-smoothness). Gradients are of every parameter.
+    "effective" beta-smoothness), and ``grad_l2`` (``||g||_2``: the path's length is
+    ``max(c) * lr * ||g||``, so nets with larger gradients travel further). Gradients
+    are of every parameter.
     """
     cs = jnp.asarray([0.0, *[float(c) for c in multiples]], jnp.float32)
     vg = jax.value_and_grad(loss_fn)
@@ -239,4 +241,5 @@ def landscape(
         "loss_range": jnp.max(losses) - jnp.min(losses),
         "grad_predictiveness": jnp.max(dg[1:]),
         "beta_smoothness": jnp.max(ratio),
+        "grad_l2": _norm(g0),
     }

@@ -29,7 +29,8 @@ A run directory (Hydra's output dir) holds:
   the loss gradient w.r.t. the layer's weight matrix and G' the same after the
   earlier layers take the step's update. For ``layer`` = ``all``: ``loss_range``,
   ``grad_predictiveness`` and ``beta_smoothness`` along the gradient at
-  ``probe.landscape_steps`` multiples of the lr-scaled gradient step. May hold
+  ``probe.landscape_steps`` multiples of the lr-scaled gradient step, and ``grad_l2``
+  (the norm of the whole gradient there). May hold
   non-finite values (a loss that overflows along the path is a result).
 - ``summary.json``: ``status`` (``running``, ``finished``, ``diverged``,
   ``interrupted``), ``step`` (steps done), ``steps`` (steps asked for),

@@ -55,7 +55,9 @@ def test_gradient_ics_zero_for_one_layer_model_and_first_layer():
         np.testing.assert_allclose(out[first]["grad_cos"], 1.0, rtol=1e-6)
         if features:  # later layers do see the shift
             assert out["head"]["grad_diff_l2"] > 0 and out["layer2"]["grad_diff_l2"] > 0
-        assert set(out["all"]) == {"loss_range", "grad_predictiveness", "beta_smoothness"}
+        assert set(out["all"]) == {
+            "loss_range", "grad_predictiveness", "beta_smoothness", "grad_l2"
+        }  # fmt: skip
 
 
 def test_gradient_ics_two_layer_linear_closed_form():
@@ -120,6 +122,7 @@ def test_landscape_equals_python_loop():
     np.testing.assert_allclose(got["loss_range"], max(losses) - min(losses), rtol=1e-4)
     np.testing.assert_allclose(got["grad_predictiveness"], max(dgs), rtol=1e-4)
     np.testing.assert_allclose(got["beta_smoothness"], max(ratios), rtol=1e-4)
+    np.testing.assert_allclose(got["grad_l2"], np.linalg.norm(flat(g0)), rtol=1e-5)
     assert got["loss_range"] > 0
 
 
