@@ -119,7 +119,8 @@ class SweepTrainer:
     def init(self, seeds: list[int]) -> loop.TrainState:
         """Stacked initial states: each seed's single-run init, repeated over the lrs."""
         tr = self.tr
-        per_seed = [loop.init_state(tr.model, tr.tx, tr.data["train_x"][:2], s) for s in seeds]
+        x0 = tr.data["train_x"][:2]
+        per_seed = [loop.init_state(tr.model, tr.tx, x0, s) for s in seeds]
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_seed)
         return jax.tree.map(lambda a: jnp.repeat(a[None], self.L, axis=0), stacked)
 
@@ -206,9 +207,12 @@ class SweepTrainer:
         return new, ok, grads, loss, acc
 
     def _measure(self, states, grads, probe_x):
-        return self.over_members(self.tr._measure, ("member", "member", None))(
-            states, grads, probe_x
-        )
+        """The probe of every member, one after another (``lax.map``, not ``vmap``: the
+        percentiles' histogram scatters are slow batched on CPU)."""
+        lead = (self.L, self.S)
+        flat = lambda t: jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), t)  # noqa: E731
+        out = jax.lax.map(lambda sg: self.tr._measure(*sg, probe_x), (flat(states), flat(grads)))
+        return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), out)
 
     def _evaluate(self, states, x, y):
         return self.over_members(self.tr._evaluate, ("member", None, None))(states, x, y)
