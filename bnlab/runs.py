@@ -384,7 +384,8 @@ def load_sweep(
     keys: list[str] = []
     for m in members:
         keys += [k for k in m.overrides if k not in keys]
-    values = [{k: m.value(k) for k in keys} for m in members]
+    # a key one run overrides may be a list in another's config (model.channels: []): text
+    values = [{k: _plain(m.value(k)) for k in keys} for m in members]
     varying = [k for k in keys if len({repr(v[k]) for v in values}) > 1]
     labels = _labels(values, varying, members)
 
