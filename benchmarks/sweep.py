@@ -19,9 +19,11 @@ per-run figures off:
 
 Per way: wall time (process start to exit: imports, data, compilation, training,
 records, the sweep summary), that time over the single run's, model-steps/s (runs x
-steps / wall) and the runs' own steady rate (the records' ``steps_per_sec``, which
-leaves out the first, compiling chunk; mean over runs). The load average is read
-before and after each way: the numbers mean little on a busy machine. Prints a
+steps / wall), the runs' own steady rate (the records' ``steps_per_sec``, which
+leaves out the first, compiling chunk; mean over runs), and the CPU time of the
+process and its workers with model-steps per CPU second (the efficiency of each way,
+less sensitive than wall time to other work on the machine). The load average is
+read before and after each way: wall times mean little on a busy machine. Prints a
 Markdown table for ``benchmarks/RESULTS.md``.
 """
 
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,9 +79,12 @@ def summaries(out: Path) -> list[dict]:
 def measure(way: str, out: Path, steps: int, workers: int) -> dict:
     cmd = [sys.executable, "-m", "bnlab.train", *command(way, out, steps, workers)]
     load0 = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run and its workers, reaped
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     load1 = os.getloadavg()[0]
     if res.returncode != 0:
         raise RuntimeError(f"{way} failed ({res.returncode}):\n{res.stderr[-3000:]}")
@@ -87,7 +93,8 @@ def measure(way: str, out: Path, steps: int, workers: int) -> dict:
     rates = [s["steps_per_sec"] for s in runs if s.get("steps_per_sec")]
     return dict(
         way=way, runs=len(runs), diverged=sum(s["status"] == "diverged" for s in runs),
-        wall_s=wall, model_steps=model_steps, model_steps_per_s=model_steps / wall,
+        wall_s=wall, cpu_s=cpu, model_steps=model_steps, model_steps_per_s=model_steps / wall,
+        model_steps_per_cpu_s=model_steps / cpu if cpu else float("nan"),
         run_steps_per_s=sum(rates) / len(rates) if rates else float("nan"),
         load=(load0, load1), command=" ".join(cmd[3:]),
     )  # fmt: skip
@@ -135,15 +142,16 @@ def main(argv=None) -> int:
     print(f"\n{time.strftime('%Y-%m-%d')}, {machine()}; {args.steps} steps per run, ", end="")
     print(f"{len(LRS)} learning rates {_lr_list(LRS)}, {args.workers} workers\n")
     print(
-        "| way | runs (diverged) | wall time | x one run | model-steps/s | run steps/s | load avg |"
+        "| way | runs (diverged) | wall time | x one run | model-steps/s | run steps/s "
+        "| CPU time | model-steps per CPU s | load avg |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ratio = f"{r['wall_s'] / one:.2f}" if one else "-"
         print(
             f"| {r['way']} | {r['runs']} ({r['diverged']}) | {r['wall_s']:.1f} s | {ratio} | "
-            f"{r['model_steps_per_s']:.0f} | {r['run_steps_per_s']:.0f} | "
-            f"{r['load'][0]:.1f} -> {r['load'][1]:.1f} |"
+            f"{r['model_steps_per_s']:.0f} | {r['run_steps_per_s']:.0f} | {r['cpu_s']:.0f} s | "
+            f"{r['model_steps_per_cpu_s']:.0f} | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |"
         )
     print()
     for r in results:
