@@ -14,7 +14,10 @@ added to the program when it is 0).
 Noisy BN draws the noise of step t from ``noise_key(state.key, t)``: a function of
 the run's seed and the step, so runs are reproducible and resume exactly. Train-mode
 probes (``probe.bn_mode=batch``) see noise too (their own stream), since what the
-next layer sees is the question; evaluation and eval-mode probes do not.
+next layer sees is the question; evaluation and eval-mode probes do not. Under
+``parallel.data > 1`` every device draws with the same key, so the devices' slices of
+the batch get the same noise pattern (one distribution per step, as it should be, but
+not independent across devices).
 """
 
 from __future__ import annotations
@@ -315,13 +318,16 @@ class Trainer:
             epoch0 + jnp.arange(self.n_perms)
         )
 
-        def step(carry, _):
-            st = carry[0]
+        def indices(st):
             e = st.step // spe - epoch0
             start = (st.step % spe) * bs
             if self.axis_name is not None:  # this device's slice of the global batch
                 start = start + jax.lax.axis_index(self.axis_name) * self.local_batch
-            idx = jax.lax.dynamic_slice(perms[e], (start,), (self.local_batch,))
+            return jax.lax.dynamic_slice(perms[e], (start,), (self.local_batch,))
+
+        def step(carry, _):
+            st = carry[0]
+            idx = indices(st)
             st, grads, loss, acc = self._step(st, data["train_x"][idx], data["train_y"][idx])
             # with ICS probes on, the batch indices ride along (the interval's last batch)
             return (st, grads, idx) if self.ics_every else (st, grads), (loss, acc)
@@ -343,8 +349,8 @@ class Trainer:
             return carry, res
 
         carry = (state, self.zero_grads(state))
-        if self.ics_every:
-            carry += (jnp.zeros((self.local_batch,), jnp.int32),)
+        if self.ics_every:  # any batch's indices (per device where sharded): overwritten
+            carry += (indices(state),)
         carry, out = jax.lax.scan(interval, carry, None, length=length // self.every)
         state = carry[0]
         out["lr"] = jax.vmap(self.schedule)(out["step"])

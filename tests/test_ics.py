@@ -221,3 +221,45 @@ def test_center_only_subtracts_the_mean_and_keeps_the_scale():
         x, None, None, jnp.zeros(5), jnp.ones(5), use_running_average=False, center_only=True
     )
     np.testing.assert_allclose(y, x - x.mean(0), rtol=1e-5, atol=1e-5)
+
+
+PARALLEL_SCRIPT = """
+import jax, numpy as np
+from types import SimpleNamespace as NS
+from bnlab import data, loop, parallel
+import test_ics as t
+ds = data.load("digits", probe_size=100)
+tx, sched = loop.make_optimizer(t.OPT, 100)
+probe_cfg = NS(every=10, percentiles=[50], units=[], bn_mode="batch", ics_every=10,
+               landscape_steps=[0.5, 2.0])
+outs = []
+for devices in (1, 2):
+    nrm = t.norm_cfg("bn", sync=True)
+    tr = parallel.make_trainer(NS(features=[8, 8], **t.MLP_CFG), nrm, ds, tx, sched,
+                               devices=devices, batch_size=30, chunk_steps=20, probe_cfg=probe_cfg)
+    st = tr.place(loop.init_state(tr.model, tx, tr.data["train_x"][:2], 0))
+    outs.append(jax.device_get(tr.chunk(st, 20)[1]["ics"]))
+errs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b) / (np.abs(b) + 1e-6))), *outs)
+print("MAXREL", max(jax.tree.leaves(errs)))
+"""
+
+
+def test_ics_on_two_devices_equals_one():
+    """Under parallel.data=2 (shard_map) the probes see the global batch: same numbers."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = {
+        **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
+    }  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", PARALLEL_SCRIPT], cwd=here.parent, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    maxrel = float(res.stdout.split("MAXREL")[-1])
+    assert maxrel < 1e-4, maxrel
