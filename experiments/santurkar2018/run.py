@@ -39,8 +39,9 @@ def settings(smoke: bool) -> dict[str, list[str]]:
         return {
             "mlp": [*common_, *quick, "steps=200", "probe.ics_every=100"],
             "cnn": [
-                *common_, *quick, "model=cnn", "model.channels=[4,8]", "model.features=[16]",
-                "steps=100", "probe.ics_every=50",
+                *common_, *quick[:1], "model=cnn", "model.channels=[4,8]", "model.features=[16]",
+                "steps=50", "chunk_steps=50", "eval_every=50", "probe.every=25",
+                "probe.ics_every=25", "data.probe_size=100",
             ],
         }  # fmt: skip
     return {
