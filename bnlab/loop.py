@@ -34,7 +34,7 @@ from flax import struct
 
 from bnlab import data as bdata
 from bnlab import probe
-from bnlab.models import CNN, MLP, flatten_sites, layer_names
+from bnlab.models import CNN, MLP, activation_sources, flatten_sites, layer_names
 from bnlab.norm import BatchNorm, NoNorm
 
 Array = jax.Array
@@ -284,7 +284,9 @@ class Trainer:
             mutable=["sites", "batch_stats"],
             rngs=None if self.probe_eval else self.train_rngs(state, PROBE_NOISE_STREAM),
         )
-        acts = probe.activation_stats(flatten_sites(out["sites"]), self.qs, self.units)
+        sites = flatten_sites(out["sites"])
+        derived = activation_sources(sites, self.model.activation, self.model.norm_position)
+        acts = probe.activation_stats(sites, self.qs, self.units, derived)
         layers = probe.layer_stats(
             state.params, grads, state.batch_stats, layer_names(state.params)
         )

@@ -13,7 +13,7 @@ The output layer is ``head`` (logits, no site).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 import flax.linen as nn
@@ -29,6 +29,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "linear": lambda x: x,
 }
+# non-decreasing as XLA computes them in float32 (tests/test_probe.py checks); tanh is
+# not: its approximation steps back by an ulp near +-1
+MONOTONE = frozenset({"sigmoid", "relu", "linear"})
 SITES = ("prenorm", "pre", "post")
 NORM_POSITIONS = ("before", "after")
 
@@ -150,3 +153,26 @@ def layer_names(params: dict) -> list[str]:
     """The hidden layers' names (``layer1``, ``layer2``, ...) in order."""
     names = [k for k in params if k.startswith("layer")]
     return sorted(names, key=lambda k: int(k[len("layer") :]))
+
+
+def activation_sources(
+    site_names: Iterable[str], activation: str, norm_position: str
+) -> dict[str, str]:
+    """``{site: source}`` for the sites that are their layer's activation applied
+    elementwise to another of its sites, when the activation is in ``MONOTONE`` (the
+    probe then reads their percentiles through the source's order statistics).
+
+    ``before``: ``post = act(pre)``; ``after``: ``prenorm = act(pre)`` where a norm
+    follows, else ``post = act(pre)``.
+    """
+    names = set(site_names)
+    if activation not in MONOTONE:
+        return {}
+    out = {}
+    for name in names:
+        layer, site = name.rsplit("/", 1)
+        if site != "pre":
+            continue
+        after_with_norm = norm_position == "after" and f"{layer}/prenorm" in names
+        out[f"{layer}/prenorm" if after_with_norm else f"{layer}/post"] = name
+    return {k: v for k, v in out.items() if k in names}

@@ -1,9 +1,13 @@
 """Per-layer statistics of activations and parameters (pure functions, jit-able).
 
 Percentiles are exact and equal to ``np.percentile`` (linear interpolation), but
-found without sorting: a two-pass radix select over an order-preserving 32-bit key
-of each float32 value (a 65,536-bin histogram per pass). On CPU this costs a few
-passes over the values instead of a full sort, which would dominate a training step.
+found without sorting the large sites: a two-pass radix select over an
+order-preserving 32-bit key of each float32 value (a 65,536-bin histogram per pass).
+On CPU this costs a few passes over the values instead of a full sort, which would
+dominate a training step. Small groups (a tracked unit's values) are sorted, which
+is cheaper than the histograms there; and a site that is a monotone function of
+another (``post = sigmoid(pre)``) reads its percentiles through that site's order
+statistics instead of searching again.
 """
 
 from __future__ import annotations
@@ -73,44 +77,106 @@ def order_statistics(x: Array, ranks: Array) -> Array:
     return _from_key((b.astype(jnp.uint32) << _BITS) | b2.astype(jnp.uint32))
 
 
-def percentiles(x: Array, qs: Sequence[float]) -> Array:
-    """``np.percentile(x, qs)`` (linear interpolation) over all elements, sort-free."""
-    v = x.ravel().astype(jnp.float32)
-    n = v.size
+_SORT_MAX = 4096  # up to this many values a sort is cheaper than the 65,536-bin histograms
+
+
+def _ranks(n: int, qs: Sequence[float]) -> tuple[list[int], Array]:
+    """np.percentile's positions: the lower ranks and the interpolation weights."""
     pos = [q / 100.0 * (n - 1) for q in qs]  # static: exact in float64
     k = [int(p) for p in pos]
-    frac = jnp.asarray([p - i for p, i in zip(pos, k, strict=True)], jnp.float32)
+    return k, jnp.asarray([p - i for p, i in zip(pos, k, strict=True)], jnp.float32)
+
+
+def _bracket(v: Array, k: Sequence[int]) -> tuple[Array, Array]:
+    """The ``k``-th and ``k+1``-th smallest values of the flat ``v`` (the last value
+    twice at the top), sorting small inputs and radix-selecting large ones."""
+    n = v.size
+    if n <= _SORT_MAX:
+        s = jnp.sort(v)
+        return s[jnp.asarray(k)], s[jnp.minimum(jnp.asarray(k) + 1, n - 1)]
     a = order_statistics(v, jnp.asarray(k))
     # the next order statistic: a itself if it is repeated past rank k, else the
     # smallest value above it (one compare pass instead of a second radix target)
     upto = jnp.sum(v[None, :] <= a[:, None], axis=1)
     above = jnp.min(jnp.where(v[None, :] > a[:, None], v[None, :], jnp.inf), axis=1)
     b = jnp.where(upto >= jnp.asarray(k) + 2, a, jnp.where(jnp.isinf(above), a, above))
-    # NumPy's lerp: exact at both ends, monotone in frac
+    return a, b
+
+
+def _lerp(a: Array, b: Array, frac: Array) -> Array:
+    """NumPy's percentile interpolation: exact at both ends, monotone in ``frac``."""
     return jnp.where(frac >= 0.5, b - (b - a) * (1 - frac), a + (b - a) * frac)
 
 
+def percentiles(x: Array, qs: Sequence[float]) -> Array:
+    """``np.percentile(x, qs)`` (linear interpolation) over all elements, exactly."""
+    v = x.ravel().astype(jnp.float32)
+    k, frac = _ranks(v.size, qs)
+    return _lerp(*_bracket(v, k), frac)
+
+
+def percentiles_through(x: Array, y: Array, qs: Sequence[float]) -> Array:
+    """``np.percentile(y, qs)`` where ``y = f(x)`` elementwise for a non-decreasing ``f``
+    (an activation of its pre-activation): f keeps order, so y's order statistics are
+    the values of ``y`` where ``x`` holds its own, and only ``x`` is searched."""
+    v, w = x.ravel().astype(jnp.float32), y.ravel().astype(jnp.float32)
+    k, frac = _ranks(v.size, qs)
+    a, b = _bracket(v, k)
+    # y where x equals each order statistic (the same value wherever it does): a masked
+    # max, since a variadic argmax is a slow reduction on CPU
+    at = lambda t: jnp.max(jnp.where(v[None, :] == t[:, None], w[None, :], -jnp.inf), axis=1)  # noqa: E731
+    return _lerp(at(a), at(b), frac)
+
+
 def activation_stats(
-    sites: Mapping[str, Array], qs: Sequence[float], units: Sequence[int]
+    sites: Mapping[str, Array],
+    qs: Sequence[float],
+    units: Sequence[int],
+    derived: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Array]]:
     """Statistics of every activation site, pooled and for tracked units.
 
     ``{'layer1/pre': {'mean', 'std', 'p15', ..., 'u0/mean', 'u0/std', 'u0/p15', ...}}``:
     pooled over every value of the probe batch, and for each tracked unit j (a
     feature map for conv sites, pooled over examples and space) over its values.
-    Units beyond a site's width are skipped.
+    Units beyond a site's width are skipped. ``derived`` maps a site to the site it
+    is a non-decreasing elementwise function of (``models.activation_sources``): its
+    pooled percentiles are then read through that site's (:func:`percentiles_through`).
     """
-    groups: list[tuple[str, str, Array]] = []  # (site, stat prefix, values)
+    derived = derived or {}
+    out: dict[str, dict[str, Array]] = {name: {} for name in sites}
+
+    def put(name: str, prefix: str, mean: Array, std: Array, p: Array) -> None:
+        out[name].update({f"{prefix}mean": mean, f"{prefix}std": std})
+        out[name].update({f"{prefix}p{q:g}": p[i] for i, q in enumerate(qs)})
+
+    # pooled: site by site (vmapped over sites, the histogram scatters are slower on CPU)
     for name, h in sites.items():
         h = h.astype(jnp.float32)
-        groups.append((name, "", h))
-        groups.extend((name, f"u{j}/", h[..., j]) for j in units if j < h.shape[-1])
-    pcts = [percentiles(g[2], qs) for g in groups]  # per site: vmapped scatters are slow on CPU
-    out: dict[str, dict[str, Array]] = {name: {} for name in sites}
-    for (name, prefix, h), p in zip(groups, pcts, strict=True):
-        out[name][f"{prefix}mean"] = jnp.mean(h)
-        out[name][f"{prefix}std"] = jnp.std(h)
-        out[name].update({f"{prefix}p{q:g}": p[i] for i, q in enumerate(qs)})
+        src = derived.get(name)
+        p = percentiles(h, qs) if src is None else percentiles_through(sites[src], h, qs)
+        put(name, "", jnp.mean(h), jnp.std(h), p)
+    # tracked units: small ones (a dense unit over the batch) sorted together in one
+    # op, large ones (a conv feature map over batch and space) selected one by one
+    small: dict[int, list[tuple[str, int, Array]]] = {}
+    for name, h in sites.items():
+        for j in units:
+            if j >= h.shape[-1]:
+                continue
+            g = h[..., j].ravel().astype(jnp.float32)
+            if g.size > _SORT_MAX:
+                put(name, f"u{j}/", jnp.mean(g), jnp.std(g), percentiles(g, qs))
+            else:
+                small.setdefault(g.size, []).append((name, j, g))
+    for n, groups in small.items():
+        g = jnp.stack([v for _, _, v in groups])
+        s = jnp.sort(g, axis=1)
+        k, frac = _ranks(n, qs)
+        k = jnp.asarray(k)
+        p = _lerp(s[:, k], s[:, jnp.minimum(k + 1, n - 1)], frac)
+        mean, std = jnp.mean(g, axis=1), jnp.std(g, axis=1)
+        for i, (name, j, _) in enumerate(groups):
+            put(name, f"u{j}/", mean[i], std[i], p[i])
     return out
 
 

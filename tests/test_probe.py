@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bnlab import data, loop
-from bnlab.models import flatten_sites
-from bnlab.probe import activation_stats, order_statistics, percentiles
+from bnlab.models import ACTIVATIONS, MONOTONE, activation_sources, flatten_sites
+from bnlab.probe import activation_stats, order_statistics, percentiles, percentiles_through
 
 QS = [0, 1, 15, 50, 85, 99, 100]
 
@@ -41,22 +41,76 @@ def test_order_statistics_exact():
     np.testing.assert_array_equal(got, np.sort(x)[ranks])
 
 
+@pytest.mark.parametrize("act", sorted(MONOTONE))
+@pytest.mark.parametrize("n", [1, 500, 100_000])  # sorted and radix-selected sizes
+def test_percentiles_through_a_monotone_activation(act, n):
+    """Percentiles of act(x) read through x's order statistics equal NumPy's of act(x)
+    (relu: ties at 0 in the output from distinct inputs)."""
+    x = np.random.default_rng(n).normal(0, 3, size=n).astype(np.float32)
+    y = jax.jit(ACTIVATIONS[act])(x)
+    got = np.asarray(jax.jit(lambda a, b: percentiles_through(a, b, QS))(x, y))
+    want = np.percentile(np.asarray(y, np.float64), QS)
+    np.testing.assert_allclose(got, want, rtol=5e-7, atol=1e-30)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "relu", "tanh"])
+def test_monotone_activations_are_monotone_in_float32(act):
+    """What reading ``post`` through ``pre`` relies on: XLA's float32 activation never
+    decreases. Checked on 4.4 million consecutive float32s around 11 points from -30
+    to 30, plus a grid; tanh is the counterexample kept out of ``MONOTONE``."""
+    start = np.array([-30, -17, -8, -3, -1, 0, 1, 3, 8, 17, 30], np.float32).view(np.int32)
+    bits = (start[:, None] + np.arange(-200_000, 200_000)[None, :]).astype(np.int32)
+    x = np.concatenate([bits.view(np.float32).ravel(), np.linspace(-90, 90, 10**6)])
+    x = np.sort(x[np.isfinite(x)].astype(np.float32))
+    y = np.asarray(jax.jit(ACTIVATIONS[act])(x))
+    assert np.all(np.diff(y) >= 0) == (act in MONOTONE)
+
+
+def test_activation_sources():
+    before = ["layer1/prenorm", "layer1/pre", "layer1/post", "layer2/pre", "layer2/post"]
+    assert activation_sources(before, "tanh", "before") == {}
+    assert activation_sources(before, "sigmoid", "before") == {
+        "layer1/post": "layer1/pre", "layer2/post": "layer2/pre",
+    }  # fmt: skip
+    after = ["layer1/pre", "layer1/prenorm", "layer1/post"]
+    assert activation_sources(after, "relu", "after") == {"layer1/prenorm": "layer1/pre"}
+    assert activation_sources(["layer1/pre", "layer1/post"], "relu", "after") == {
+        "layer1/post": "layer1/pre"
+    }
+
+
 def test_activation_stats_tracks_units():
-    h = np.random.default_rng(4).normal(size=(64, 8, 8, 5)).astype(np.float32)
-    s = jax.device_get(activation_stats({"a/b": jnp.asarray(h)}, [15, 50, 85], [0, 3, 9]))["a/b"]
-    assert "u9/mean" not in s  # a unit beyond the width is skipped
-    np.testing.assert_allclose(s["mean"], h.mean(), rtol=1e-5)
-    np.testing.assert_allclose(s["std"], h.std(), rtol=1e-5)
-    np.testing.assert_allclose(s["u3/p85"], np.percentile(h[..., 3], 85), rtol=1e-6)
-    np.testing.assert_allclose(s["u0/std"], h[..., 0].std(), rtol=1e-5)
+    """Units of a conv site (a feature map over batch and space: radix-selected) and of
+    dense sites (sorted together), against NumPy."""
+    rng = np.random.default_rng(4)
+    sites = {
+        "conv/pre": rng.normal(size=(80, 8, 8, 5)).astype(np.float32),  # 5,120 per unit
+        "a/pre": rng.normal(size=(50, 4)).astype(np.float32),
+        "b/pre": rng.standard_t(3, size=(50, 6)).astype(np.float32),
+    }
+    got = jax.device_get(
+        activation_stats({k: jnp.asarray(v) for k, v in sites.items()}, QS, [0, 3, 4])
+    )
+    assert "u4/mean" not in got["a/pre"] and "u4/mean" in got["b/pre"]  # beyond the width
+    for name, h in sites.items():
+        np.testing.assert_allclose(got[name]["mean"], h.mean(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got[name]["std"], h.std(), rtol=1e-5)
+        for j in [0, 3, 4][: 3 if h.shape[-1] > 4 else 2]:
+            u = h[..., j].astype(np.float64)
+            np.testing.assert_allclose(got[name][f"u{j}/std"], u.std(), rtol=1e-5)
+            for q in QS:
+                np.testing.assert_allclose(
+                    got[name][f"u{j}/p{q:g}"], np.percentile(u, q), rtol=5e-7, atol=1e-30
+                )
 
 
-@pytest.mark.parametrize("bn_mode", ["batch", "eval"])
-def test_loop_probes_equal_numpy(bn_mode):
-    """The trainer's probe equals NumPy statistics of the same model's activations."""
+@pytest.mark.parametrize("bn_mode, act", [("batch", "sigmoid"), ("eval", "tanh")])
+def test_loop_probes_equal_numpy(bn_mode, act):
+    """The trainer's probe equals NumPy statistics of the same model's activations
+    (sigmoid: ``post`` read through ``pre``; tanh: searched on its own)."""
     ds = data.load("digits", probe_size=200)
     model_cfg = NS(
-        name="mlp", features=[32, 16], channels=[], activation="tanh",
+        name="mlp", features=[32, 16], channels=[], activation=act,
         norm_position="before", init_std=None, use_bias=True,
     )  # fmt: skip
     norm_cfg = NS(
