@@ -5,7 +5,9 @@
 Measures, in one process on the same data (Fashion-MNIST, batch 60, 784-100-100-100-10
 sigmoid MLP with BN, SGD lr 0.5):
 
-1. bnlab's compiled chunks with probes every 50 steps on the 1,000-example probe batch;
+1. bnlab's compiled chunks with probes every 50 steps on the 1,000-example probe batch,
+   the activation probes on a second CPU device alongside training (``probe.overlap``),
+   and inline in the chunk (``probe.overlap=false``);
 2. the same chunks without probes;
 3. a plain ``jax.jit`` train step with ``flax.linen.BatchNorm`` called from a Python
    loop, batches indexed on the host (what a first script looks like);
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnlab import data, loop
+from bnlab import data, loop, parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOP_PER_STEP = 26.4e6  # forward + weight grads + input grads (not of the input layer)
@@ -58,19 +60,28 @@ def fig1_parts(ds):
     return model, tx, sched
 
 
-def bnlab_rate(ds, steps: int, probes: bool, chunk: int = 1000) -> float:
+def bnlab_rate(ds, steps: int, probes: bool, overlap: bool = True, chunk: int = 1000) -> float:
+    """Steady steps/s of the trainer's chunks, read back as ``bnlab.train`` reads them:
+    with ``overlap``, a chunk's activation probes (on the second device) are fetched
+    only after the next chunk is dispatched."""
     model, tx, sched = fig1_parts(ds)
     probe_cfg = NS(every=50, percentiles=[15, 50, 85], units=[0], bn_mode="batch")
     tr = loop.Trainer(
-        model, tx, sched, ds, batch_size=60, chunk_steps=chunk, probe_cfg=probe_cfg, probes=probes
-    )
+        model, tx, sched, ds, batch_size=60, chunk_steps=chunk, probe_cfg=probe_cfg,
+        probes=probes, probe_device=parallel.probe_device(overlap, 1),
+    )  # fmt: skip
     state = loop.init_state(model, tx, tr.data["train_x"][:2], 0)
     state, out = tr.chunk(state, chunk)  # compile
     jax.block_until_ready(out)
+    pending = None
     t = time.perf_counter()
     for _ in range(steps // chunk):
         state, out = tr.chunk(state, chunk)
-        out = jax.device_get(out)  # the trainer reads every chunk's results back
+        acts = out.pop("acts")
+        jax.device_get(out)
+        jax.device_get(pending)  # the previous chunk's probes, done alongside this chunk
+        pending = acts
+    jax.device_get(pending)
     return (steps // chunk) * chunk / (time.perf_counter() - t)
 
 
@@ -156,11 +167,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50_000)
     args = ap.parse_args()
+    parallel.request_cpu_devices(2)  # the probe device, as bnlab.train asks for it
     ds = data.load("fashion_mnist")
     ceiling = matmul_rate()
     floor_rate = ceiling / FLOP_PER_STEP
     rates = {
         "bnlab, probes every 50": bnlab_rate(ds, args.steps, probes=True),
+        "bnlab, probes every 50, inline (probe.overlap=false)": bnlab_rate(
+            ds, args.steps, probes=True, overlap=False
+        ),
         "bnlab, no probes": bnlab_rate(ds, args.steps, probes=False),
         "plain jit step + Python loop (flax BatchNorm)": plain_rate(ds, min(args.steps, 20_000)),
     }

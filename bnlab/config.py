@@ -76,6 +76,7 @@ class ProbeConfig:
     bn_mode: str = MISSING
     ics_every: int = MISSING
     landscape_steps: list[float] = MISSING
+    overlap: bool = MISSING
 
 
 @dataclass

@@ -176,6 +176,7 @@ class Trainer:
         probes: bool = True,
         axis_name: str | None = None,
         shards: int = 1,
+        probe_device: jax.Device | None = None,
     ):
         if chunk_steps % probe_cfg.every:
             raise ValueError(
@@ -200,6 +201,8 @@ class Trainer:
         self.units = tuple(int(u) for u in probe_cfg.units)
         self.probe_eval = probe_cfg.bn_mode == "eval"
         self.probes = probes  # False: train only (the benchmarks' no-probe baseline)
+        # activation probes on another device, alongside the next chunk's training
+        self.probe_device = probe_device if probes else None
         self.ics_every = int(getattr(probe_cfg, "ics_every", 0) or 0) if probes else 0
         if self.ics_every and self.ics_every % self.every:
             raise ValueError(
@@ -217,6 +220,8 @@ class Trainer:
             for k in ("train_x", "train_y", "test_x", "test_y", "probe_x")
         }
         self.data = self.place(self.data)
+        if self.probe_device is not None:
+            self.remote_probe_x = jax.device_put(self.data["probe_x"], self.probe_device)
         self.n_train = n
         self.steps_per_epoch = n // batch_size
         # epochs a chunk can touch: enough permutations for any chunk start
@@ -228,6 +233,9 @@ class Trainer:
         self._chunk_jit = jax.jit(self._chunk, static_argnames="length", donate_argnums=0)
         self._measure_jit = jax.jit(self._measure)
         self._evaluate_jit = jax.jit(self._evaluate)
+        self._snapshot_acts_jit = jax.jit(
+            lambda snaps, px: jax.lax.map(lambda st: self._activations(st, px), snaps)
+        )
 
     def place(self, tree: Any) -> Any:
         """Put a state (or data) where the compiled functions expect it: as it is here."""
@@ -235,8 +243,17 @@ class Trainer:
 
     def chunk(self, state: TrainState, length: int) -> tuple[TrainState, dict]:
         """Run ``length`` steps (a multiple of ``probe.every``) with a probe after every
-        ``probe.every``; returns the new state and the measurements, one row per probe."""
-        return self._chunk_jit(state, self.data, length=length)
+        ``probe.every``; returns the new state and the measurements, one row per probe.
+
+        Both come back as futures. With a ``probe_device``, ``out['acts']`` is computed
+        there from the chunk's snapshots once the chunk is done, so it overlaps with
+        the next chunk if the caller dispatches that before reading ``acts``.
+        """
+        state, out = self._chunk_jit(state, self.data, length=length)
+        if self.probe_device is not None:
+            snaps = jax.device_put(out.pop("snaps"), self.probe_device)
+            out["acts"] = self._snapshot_acts_jit(snaps, self.remote_probe_x)
+        return state, out
 
     def measure(self, state: TrainState) -> tuple[dict, dict]:
         """Probe ``state`` (gradient norms read as zero: no step has been taken)."""
@@ -277,6 +294,13 @@ class Trainer:
     # -- probes ---------------------------------------------------------------
     def _measure(self, state: TrainState, grads: Any, probe_x: Array) -> tuple[dict, dict]:
         """Activation statistics on the probe batch and per-layer parameter statistics."""
+        return self._activations(state, probe_x), self._measure_layers(state, grads)
+
+    def _measure_layers(self, state: TrainState, grads: Any) -> dict:
+        return probe.layer_stats(state.params, grads, state.batch_stats, layer_names(state.params))
+
+    def _activations(self, state: TrainState, probe_x: Array) -> dict:
+        """Activation statistics of every site on the probe batch (running stats kept)."""
         _, out = self.model.apply(
             {"params": state.params, "batch_stats": state.batch_stats},
             probe_x,
@@ -286,11 +310,7 @@ class Trainer:
         )
         sites = flatten_sites(out["sites"])
         derived = activation_sources(sites, self.model.activation, self.model.norm_position)
-        acts = probe.activation_stats(sites, self.qs, self.units, derived)
-        layers = probe.layer_stats(
-            state.params, grads, state.batch_stats, layer_names(state.params)
-        )
-        return acts, layers
+        return probe.activation_stats(sites, self.qs, self.units, derived)
 
     def _ics(self, state: TrainState, x: Array, y: Array) -> dict:
         """Gradient-ICS per layer and the landscape measures (layer ``all``) on one batch:
@@ -337,8 +357,12 @@ class Trainer:
         def interval(carry, _):
             carry, (loss, acc) = jax.lax.scan(step, carry, None, length=self.every)
             st, grads = carry[:2]
-            acts, layers = self._measure(st, grads, data["probe_x"]) if self.probes else ({}, {})
-            res = dict(loss=loss, acc=acc, step=st.step, acts=acts, layers=layers)
+            res = dict(loss=loss, acc=acc, step=st.step, acts={}, layers={})
+            if self.probe_device is not None:  # activations later, on the probe device
+                res["layers"] = self._measure_layers(st, grads)
+                res["snaps"] = st.replace(opt_state=None)
+            elif self.probes:
+                res["acts"], res["layers"] = self._measure(st, grads, data["probe_x"])
             if self.ics_every:
                 x, y = data["train_x"][carry[2]], data["train_y"][carry[2]]
                 due = st.step % self.ics_every == 0

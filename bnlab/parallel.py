@@ -36,6 +36,7 @@ Running on GPUs needs nothing more; on CPU, simulate N devices with
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
@@ -61,6 +62,29 @@ def device_count(requested: int) -> int:
             f"XLA_FLAGS=--xla_force_host_platform_device_count={requested}"
         )
     return requested or available
+
+
+def request_cpu_devices(n: int) -> None:
+    """Ask JAX for ``n`` CPU devices, so a probe device can run beside the training one.
+
+    Only before JAX's backends start, and only when the user has not set the count
+    (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``);
+    otherwise a no-op (:func:`probe_device` then finds what there is).
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    try:
+        if jax.config.jax_num_cpu_devices < 0:
+            jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # backends already initialized (an in-process caller)
+        pass
+
+
+def probe_device(overlap: bool, devices: int) -> jax.Device | None:
+    """The device activation probes run on beside training (``probe.overlap``): a second
+    local device when training uses one device, else None (probes inline)."""
+    local = jax.local_devices()
+    return local[1] if overlap and devices == 1 and len(local) > 1 else None
 
 
 def stats_axis(norm_cfg: Any, devices: int) -> str | None:

@@ -80,6 +80,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
         trainer = parallel.make_trainer(
             cfg.model, cfg.norm, ds, tx, schedule, devices=devices,
             batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps, probe_cfg=cfg.probe,
+            probe_device=parallel.probe_device(cfg.probe.overlap, devices),
         )  # fmt: skip
         model = trainer.model
         lengths = _chunk_lengths(cfg.steps, cfg.chunk_steps, cfg.probe.every)
@@ -102,6 +103,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
         status="running", step=start, steps=cfg.steps, diverged_at=None, final={},
         steps_per_sec=None, wall_time_s=None, first_chunk_s=None,
         devices=devices, platform=jax.default_backend(), data_source=ds.source,
+        probe_device=None if trainer.probe_device is None else str(trainer.probe_device),
     )  # fmt: skip
     record.write_summary(**summary)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -109,10 +111,19 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     done_chunks = start // cfg.chunk_steps
     step = start
     bar = _progress(cfg, start)
+    pending = None  # the last chunk's activation probes and steps, maybe still running
+
+    def flush() -> None:  # record them (waits for the probe device if it is behind)
+        nonlocal pending
+        if pending is not None:
+            _act_rows(record, *pending)
+            pending = None
+
     try:
         for i, length in enumerate(lengths[done_chunks:], done_chunks + 1):
             t_chunk = time.perf_counter()
             new_state, out = trainer.chunk(state, length)
+            acts = out.pop("acts")  # with a probe device: computed there, alongside the next chunk
             out = jax.device_get(out)
             if summary["first_chunk_s"] is None:
                 summary["first_chunk_s"] = round(time.perf_counter() - _T0, 3)
@@ -120,29 +131,36 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
                 t_steady = t_chunk
             if t_steady is not None:
                 steady_steps += length
+            flush()
             losses = out["loss"].reshape(-1)
             bad = np.flatnonzero(~(np.abs(losses) <= cfg.diverge_loss))  # NaN counts too
             if bad.size:
                 summary["diverged_at"] = step + int(bad[0]) + 1
-                _chunk_rows(record, out, keep=out["step"] < summary["diverged_at"])
+                keep = out["step"] < summary["diverged_at"]
+                _chunk_rows(record, out, keep=keep)
+                pending = (out["step"], acts, keep)
                 step = summary["diverged_at"]
                 summary["status"] = "diverged"
                 break
             state = new_state
             _chunk_rows(record, out)
+            pending = (out["step"], acts, None)
             step += length
             if step // cfg.eval_every > (step - length) // cfg.eval_every or i == len(lengths):
                 _eval_rows(record, trainer, state, step)
             bar.update(length)
             bar.set_postfix(_postfix(record), refresh=False)
             if i % cfg.checkpoint_every == 0 or i == len(lengths):
+                flush()
                 record.write_tables()
                 ckpts.save(state, step)
                 record.write_summary(**{**summary, "step": step})
         else:
             summary["status"] = "finished"
+        flush()
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
+        flush()
         ckpts.save(state, step)
     finally:
         bar.close()
@@ -173,10 +191,12 @@ def _probe_rows(record: RunRecord, steps: np.ndarray, acts: dict, layers: dict) 
 
 
 def _chunk_rows(record: RunRecord, out: dict, keep: np.ndarray | None = None) -> None:
-    """Rows of one chunk's measurements (probe intervals where ``keep`` is true)."""
+    """Rows of one chunk's measurements (probe intervals where ``keep`` is true); the
+    activations where ``out`` has them (a single run records them apart: ``_act_rows``)."""
     keep = np.ones(out["step"].shape, bool) if keep is None else keep
     steps = out["step"][keep].astype(np.int64)
-    record.activations(steps, _map_stats(out["acts"], lambda v: v[keep]))
+    if "acts" in out:
+        record.activations(steps, _map_stats(out["acts"], lambda v: v[keep]))
     record.layers(steps, _map_stats(out["layers"], lambda v: v[keep]))
     record.scalars(steps, "train_loss", out["loss"].mean(axis=1)[keep])
     record.scalars(steps, "train_accuracy", out["acc"].mean(axis=1)[keep])
@@ -184,6 +204,13 @@ def _chunk_rows(record: RunRecord, out: dict, keep: np.ndarray | None = None) ->
     if "ics" in out:  # gradient-ICS / landscape probes, where they were due
         due = keep & np.asarray(out["ics_due"], bool)
         record.ics(out["step"][due].astype(np.int64), _map_stats(out["ics"], lambda v: v[due]))
+
+
+def _act_rows(record: RunRecord, steps: np.ndarray, acts: dict, keep: np.ndarray | None) -> None:
+    """Rows of one chunk's activation probes (fetched here: they may still be running)."""
+    keep = np.ones(steps.shape, bool) if keep is None else keep
+    acts = jax.device_get(acts)
+    record.activations(steps[keep].astype(np.int64), _map_stats(acts, lambda v: v[keep]))
 
 
 def _eval_rows(record: RunRecord, trainer: loop.Trainer, state, step: int) -> None:
@@ -217,6 +244,8 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
         jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if cfg.probe.overlap and cfg.parallel.data == 1 and not (cfg.sweep.lr or cfg.sweep.seeds):
+        parallel.request_cpu_devices(2)  # a probe device beside the training one
     try:
         if cfg.sweep.lr or cfg.sweep.seeds:  # vectorized sweep: all members in one program
             from bnlab import sweep

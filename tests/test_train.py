@@ -87,6 +87,23 @@ def test_same_seed_same_tables(tmp_path):
         pd.testing.assert_frame_equal(a[name], b[name])
 
 
+def test_probes_on_a_second_device_equal_inline(tmp_path):
+    """``probe.overlap``: the command asks for a second CPU device and probes there,
+    alongside training; the tables equal those of probes inline in the chunk (this
+    process has one CPU device, so the in-process run probes inline)."""
+    args = [*QUICK, "steps=300", "chunk_steps=100", "eval_every=100", "norm=bn_noisy"]
+    res = cli([*args, f"hydra.run.dir={tmp_path / 'overlap'}"])
+    assert res.returncode == 0, res.stderr
+    inline = train_and_evaluate(compose(args), tmp_path / "inline")
+    assert inline["probe_device"] is None
+    summary = json.loads((tmp_path / "overlap" / record.SUMMARY).read_text())
+    assert summary["probe_device"] is not None and summary["devices"] == 1
+    a, b = tables(tmp_path / "overlap"), tables(tmp_path / "inline")
+    assert set(a) == set(b)
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     """SIGKILL a real run after a checkpoint, resume it: the tables equal an uninterrupted run."""
     args = [*QUICK, "steps=3000", "chunk_steps=100", "eval_every=200", "checkpoint_every=1"]
