@@ -5,6 +5,12 @@ inner ``lax.scan`` of ``probe.every`` training steps followed by one probe of th
 fixed probe batch. Batches are drawn on device from the epoch permutations the chunk
 spans, so the host only wakes between chunks.
 
+With a ``probe_device`` (``probe.overlap``), the chunk returns the state at every
+probe (params and batch_stats) instead of its activation statistics, and a second
+program computes those on that device, so they overlap with the next chunk's steps;
+the per-layer parameter statistics, which need the step's gradients, stay in the
+chunk. The numbers are the same either way.
+
 With ``probe.ics_every > 0`` the probe of every interval that ends on a multiple of
 it also measures gradient-ICS and the landscape along the gradient
 (:func:`bnlab.probe.gradient_ics`, :func:`bnlab.probe.landscape`) on that interval's
