@@ -6,6 +6,8 @@ import itertools
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -15,8 +17,9 @@ from omegaconf import OmegaConf
 from trainer import COMPILE_CACHE, CONFIGS, QUICK, cli, compose, tables
 
 from bnlab import record, sweep, sweep_summary
+from bnlab.console import UserError
 from bnlab.runs import load_sweep
-from bnlab.train import UserError, train_and_evaluate
+from bnlab.train import train_and_evaluate
 
 BASE = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100"]
 LRS = (0.05, 0.5, 1e6)  # 1e6 diverges within two steps
@@ -207,6 +210,26 @@ def test_bad_sweep_is_a_user_error(tmp_path, override, needle):
     extra = [] if override.startswith("sweep") else ["sweep.seeds=2"]
     with pytest.raises(UserError, match=needle):
         sweep.train_sweep(compose([*BASE, override, *extra]), tmp_path)
+
+
+def test_cli_bad_sweep_fails_in_one_line(tmp_path):
+    """A mistake found inside bnlab.sweep is the entry point's UserError: one line, exit 2
+    (run as `python -m bnlab.train`, the entry module is __main__, not bnlab.train)."""
+    res = cli([*BASE, "sweep.lr=[0.1,0.1]", f"hydra.run.dir={tmp_path}"], timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert (
+        res.stderr.strip().splitlines()[-1]
+        == "bnlab: error: sweep.lr has repeated values: [0.1, 0.1]"
+    )
+
+
+def test_sweep_does_not_import_the_entry_point():
+    """bnlab.sweep stands on its own: importing it does not import bnlab.train."""
+    code = "import sys, bnlab.sweep; print('bnlab.train' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
 
 
 def test_summary_callback_never_fails_the_sweep(tmp_path, caplog):
