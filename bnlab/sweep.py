@@ -535,11 +535,12 @@ def _resume(cfg, vt: SweepTrainer, states, ckpts, records, pending):
 
 def main(
     cfg: DictConfig, workdir: str | Path, overrides: list[str] | None, t0: float | None = None
-) -> float | None:
+) -> float:
     """The ``python -m bnlab.train sweep.lr=[...]`` entry: train, report, summarize.
 
     ``t0``: as for :func:`train_sweep`. Returns the best final test accuracy of the
-    members (Hydra sweepers optimize it).
+    members that finished, or 0.0 if none did (as a diverged single run: a number
+    Hydra's sweepers can rank).
     """
     workdir = Path(workdir)
     summaries = train_sweep(cfg, workdir, overrides, t0=t0)
@@ -561,4 +562,4 @@ def main(
         for s in summaries
         if s["status"] == "finished" and s["final"].get("test_accuracy") is not None
     ]
-    return max(accs) if accs else None
+    return max(accs, default=0.0)

@@ -154,6 +154,9 @@ def _postfix(record: RunRecord) -> dict[str, str]:
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    """The entry point. Returns the metric Hydra's sweepers optimize (hparams_search/):
+    the final test accuracy, 0.0 for a diverged run (ranked below every run that
+    finished, chance included; never None or NaN, which a sweeper cannot rank)."""
     workdir = HydraConfig.get().runtime.output_dir
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing chatter
     if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
@@ -175,6 +178,7 @@ def main(cfg: DictConfig) -> float | None:
             f"diverged at step {summary['diverged_at']} (loss non-finite or above "
             f"diverge_loss={cfg.diverge_loss:g}); record: {workdir}"
         )
+        acc = 0.0
     elif summary["status"] == "interrupted":
         _say(f"interrupted at step {summary['step']}; resume with hydra.run.dir={workdir}")
         sys.exit(130)
