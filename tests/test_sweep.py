@@ -232,6 +232,52 @@ def test_sweep_does_not_import_the_entry_point():
     assert res.stdout.strip() == "False"
 
 
+@pytest.mark.slow
+def test_optuna_lr_search(tmp_path):
+    """`hparams_search=lr_optuna`: a real 3-trial Optuna (TPE) search of the lr on
+    Fashion-MNIST; every trial is a run record, Optuna names the best lr, and the sweep
+    summary lands beside its results."""
+    sweep_dir = tmp_path / "optuna"
+    res = cli(
+        [
+            "hparams_search=lr_optuna", "norm=bn", "data=fashion_mnist", "progress=false",
+            "figure=false", f"compile_cache={COMPILE_CACHE}",
+            "steps=100", "chunk_steps=100", "probe.every=50", "eval_every=100",
+            "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    sw = load_sweep(sweep_dir)
+    assert len(sw) == 3 and not sw.problems
+    runs = sw.runs.set_index("run")
+    assert list(runs.index) == ["0", "1", "2"] and (runs["status"] == "finished").all()
+    assert (runs["norm"] == "bn").all()
+    lrs = runs["optimizer.lr"]
+    assert lrs.nunique() == 3 and lrs.between(1e-3, 30).all()
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    best = runs.loc[runs["final_test_accuracy"].idxmax()]
+    assert results.best_params["optimizer.lr"] == best["optimizer.lr"]
+    assert results.best_value == pytest.approx(best["final_test_accuracy"])
+    assert 0.1 < results.best_value <= 1
+    summary = pd.read_csv(sweep_dir / sweep_summary.SUMMARY_CSV)
+    assert sorted(summary["optimizer.lr"]) == sorted(lrs)
+    assert (sweep_dir / "figures" / sweep_summary.SWEEP_PNG).stat().st_size > 0
+
+
+def test_optuna_ranks_a_diverged_run(tmp_path):
+    """A diverged trial scores 0.0, a value Optuna can rank (None would fail the search)."""
+    sweep_dir = tmp_path / "optuna"
+    res = cli(
+        [
+            "hparams_search=lr_optuna", *BASE, "probe.every=50", "optimizer.lr=1e6",
+            "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads((sweep_dir / "0" / record.SUMMARY).read_text())["status"] == "diverged"
+    assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_value == 0.0
+
+
 def test_summary_callback_never_fails_the_sweep(tmp_path, caplog):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}})
     (tmp_path / "empty").mkdir()
