@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import urllib.parse
@@ -44,6 +43,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bnlab.console import say
 
 # --------------------------------------------------------------------------- errors
 
@@ -417,6 +418,15 @@ def _origin_text(origin: dict[str, Any]) -> str:
     return origin.get("path") or origin.get("kind", "unknown source")
 
 
+def _cached(spec: IdxSpec, cache: Path) -> _Raw | None:
+    """The dataset from its prepared npz cache (the source says what it is a cache of),
+    or None when there is no readable cache."""
+    hit = _read_cache(cache)
+    if hit is None:
+        return None
+    return _raw_from_arrays(spec, hit[0], f"{cache.parent} (cache of {_origin_text(hit[1])})")
+
+
 def _load_idx(spec: IdxSpec, dir: str | None, data_dir: str | None, download: bool) -> _Raw:
     """Find, prepare (once) and return an IDX dataset; see the module docstring for the order."""
     root = _default_data_dir(data_dir)
@@ -449,16 +459,12 @@ def _load_idx(spec: IdxSpec, dir: str | None, data_dir: str | None, download: bo
             shutil.rmtree(version_dir, ignore_errors=True)
             return _prepare_idx(spec, root, src, origin, files)
 
-    hit = _read_cache(cache)
-    if hit is not None:
-        return _raw_from_arrays(spec, hit[0], f"{version_dir} (cache of {_origin_text(hit[1])})")
+    if (raw := _cached(spec, cache)) is not None:
+        return raw
 
     with _file_lock(lock):
-        hit = _read_cache(cache)  # another process may have prepared it meanwhile
-        if hit is not None:
-            return _raw_from_arrays(
-                spec, hit[0], f"{version_dir} (cache of {_origin_text(hit[1])})"
-            )
+        if (raw := _cached(spec, cache)) is not None:  # another process prepared it meanwhile
+            return raw
         if (version_dir / "dataset_info.json").is_file():
             origin = {"kind": "tfds", "path": "existing TFDS records"}
             return _prepare_idx(spec, root, None, origin, None)
@@ -505,11 +511,8 @@ def _prepare_idx(
 
     version_dir = root / BUILDER_NAME / spec.name / BUILDER_VERSION
     if not (version_dir / "dataset_info.json").is_file():
-        print(
-            f"bnlab: preparing {spec.name} (first time only) from {_origin_text(origin)} "
-            f"into {version_dir}",
-            file=sys.stderr,
-            flush=True,
+        say(
+            f"preparing {spec.name} (first time only) from {_origin_text(origin)} into {version_dir}"
         )
     try:
         arrays = idx_builder.prepare_and_read(spec.name, root, src)
@@ -607,11 +610,7 @@ def _load_stock_tfds(name: str, data_dir: str | None, download: bool) -> _Raw:
                     raise DataError(
                         f"{where} and cannot download ({problem}): use data=digits or prepare it where online"
                     )
-            print(
-                f"bnlab: preparing {name} (first time only) into {builder.data_path}",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"preparing {name} (first time only) into {builder.data_path}")
             cfg = tfds.download.DownloadConfig(try_download_gcs=False)
             builder.download_and_prepare(download_config=cfg)
         keys = builder.info.supervised_keys

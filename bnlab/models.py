@@ -77,6 +77,17 @@ class Block(nn.Module):
         return out
 
 
+def _dense_tail(net: MLP | CNN, x: jax.Array, train: bool, first: int) -> jax.Array:
+    """Flatten, the dense hidden layers ``layer{first}``... and the ``head``: the end of
+    both nets (call it inside their ``__call__``, so the layers are their submodules)."""
+    init = kernel_init(net.init_std)
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(net.features, first):
+        dense = partial(nn.Dense, width, use_bias=net.use_bias, kernel_init=init)
+        x = Block(dense, net.norm, net.activation, net.norm_position, name=f"layer{i}")(x, train)
+    return nn.Dense(net.num_classes, kernel_init=init, name="head")(x)
+
+
 class MLP(nn.Module):
     """Fully connected net; the default is Ioffe & Szegedy's Fig. 1 network."""
 
@@ -91,14 +102,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         _check(self.activation, self.norm_position)
-        init = kernel_init(self.init_std)
-        x = x.reshape((x.shape[0], -1))
-        for i, width in enumerate(self.features, 1):
-            linear = partial(nn.Dense, width, use_bias=self.use_bias, kernel_init=init)
-            x = Block(linear, self.norm, self.activation, self.norm_position, name=f"layer{i}")(
-                x, train
-            )
-        return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
+        return _dense_tail(self, x, train, first=1)
 
 
 class CNN(nn.Module):
@@ -132,13 +136,7 @@ class CNN(nn.Module):
                 x, train
             )
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        x = x.reshape((x.shape[0], -1))
-        for j, width in enumerate(self.features, i + 1):
-            dense = partial(nn.Dense, width, use_bias=self.use_bias, kernel_init=init)
-            x = Block(dense, self.norm, self.activation, self.norm_position, name=f"layer{j}")(
-                x, train
-            )
-        return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
+        return _dense_tail(self, x, train, first=i + 1)
 
 
 def flatten_sites(sites: dict) -> dict[str, jax.Array]:

@@ -152,6 +152,12 @@ def _legend_below(fig: Figure, handles: list, labels: list[str], **kw) -> None:
     )  # fmt: skip
 
 
+def _run_legend(fig: Figure, groups: list[tuple[str | None, pd.DataFrame]], colors: dict) -> None:
+    """One legend entry per labelled run, in its colour, below the panels."""
+    present = [lab for lab, _ in groups if lab is not None]
+    _legend_below(fig, [Line2D([], [], color=colors[lab]) for lab in present], present)
+
+
 def _suptitle(fig: Figure, text: str) -> None:
     """A figure title wrapped to the figure's width."""
     width = max(20, int(fig.get_figwidth() * 72 / (0.6 * 11)))
@@ -322,8 +328,7 @@ def layer_moments(
             if j == 0:
                 ax.set_ylabel(stat)
             _step_axis(ax)
-    handles = [Line2D([], [], color=colors[lab]) for lab, _ in groups if lab is not None]
-    _legend_below(fig, handles, [lab for lab, _ in groups if lab is not None])
+    _run_legend(fig, groups, colors)
     _suptitle(fig, title or f"mean and std of each layer's {site} site on the probe batch")
     return fig
 
@@ -363,8 +368,7 @@ def learning_curves(
         ax.set_ylabel(_LONG_NAMES.get(metric, metric))
         ax.set_xlabel(STEP_LABEL)
         _step_axis(ax)
-    handles = [Line2D([], [], color=colors[lab]) for lab, _ in groups if lab is not None]
-    _legend_below(fig, handles, [lab for lab, _ in groups if lab is not None])
+    _run_legend(fig, groups, colors)
     if title:
         _suptitle(fig, title)
     return fig
@@ -511,8 +515,7 @@ def gamma_beta(
             if j == 0:
                 ax.set_ylabel(f"{p} (mean ± std over units)")
             _step_axis(ax)
-    present = [lab for lab, _ in groups if lab is not None]
-    _legend_below(fig, [Line2D([], [], color=colors[lab]) for lab in present], present)
+    _run_legend(fig, groups, colors)
     _suptitle(fig, title or "learned BN scale (gamma) and shift (beta)")
     return fig
 
@@ -581,8 +584,7 @@ def layer_curves(
             if j == 0:
                 ax.set_ylabel(_wrap(STAT_NAMES.get(stat, stat), 26), fontsize=9)
             _step_axis(ax)
-    present = [lab for lab, _ in groups if lab is not None]
-    _legend_below(fig, [Line2D([], [], color=colors[lab]) for lab in present], present)
+    _run_legend(fig, groups, colors)
     if title:
         _suptitle(fig, title)
     return fig

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,46 @@ class RunRecord:
     def read_summary(self) -> dict[str, Any] | None:
         path = self.dir / SUMMARY
         return json.loads(path.read_text()) if path.exists() else None
+
+
+# --------------------------------------------------------------------------- rows
+# A run's measurements as record rows: the one place that turns the compiled chunk's
+# output (:meth:`bnlab.loop.Trainer.chunk`) into table rows, for a single run and for
+# each member of a vectorized sweep alike (so a member's rows are a single run's).
+
+
+def map_stats(tree: dict, fn: Callable[[Any], Any]) -> dict:
+    """Apply ``fn`` to every value array of a ``{name: {stat: values}}`` tree."""
+    return {k: {s: fn(v) for s, v in d.items()} for k, d in tree.items()}
+
+
+def probe_rows(rec: RunRecord, steps: np.ndarray, acts: dict, layers: dict) -> None:
+    """Rows of one probe (activation and layer statistics) at ``steps``."""
+    rec.activations(steps, map_stats(acts, lambda v: np.reshape(v, steps.shape)))
+    rec.layers(steps, map_stats(layers, lambda v: np.reshape(v, steps.shape)))
+
+
+def chunk_rows(rec: RunRecord, out: dict, keep: np.ndarray | None = None) -> None:
+    """Rows of one chunk's measurements (probe intervals where ``keep`` is true); the
+    activations where ``out`` has them (a single run records them apart, once its
+    probe device has them)."""
+    keep = np.ones(out["step"].shape, bool) if keep is None else keep
+    steps = out["step"][keep].astype(np.int64)
+    if "acts" in out:
+        rec.activations(steps, map_stats(out["acts"], lambda v: v[keep]))
+    rec.layers(steps, map_stats(out["layers"], lambda v: v[keep]))
+    rec.scalars(steps, "train_loss", out["loss"].mean(axis=1)[keep])
+    rec.scalars(steps, "train_accuracy", out["acc"].mean(axis=1)[keep])
+    rec.scalars(steps, "lr", np.asarray(out["lr"])[keep])
+    if "ics" in out:  # gradient-ICS / landscape probes, where they were due
+        due = keep & np.asarray(out["ics_due"], bool)
+        rec.ics(out["step"][due].astype(np.int64), map_stats(out["ics"], lambda v: v[due]))
+
+
+def eval_rows(rec: RunRecord, step: int, loss: Any, acc: Any) -> None:
+    """The test-set rows (``test_loss``, ``test_accuracy``) at ``step``."""
+    rec.scalars(step, "test_loss", float(loss))
+    rec.scalars(step, "test_accuracy", float(acc))
 
 
 def _jsonable(x: Any) -> Any:

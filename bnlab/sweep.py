@@ -39,9 +39,10 @@ Resume works as for a single run: each member checkpoints into its own
 ``checkpoints/``; a re-run into the same directory continues the unfinished members
 from their last common checkpoint (a member checkpoint also resumes as a single run).
 
-This module sits on top of :mod:`bnlab.loop` and :mod:`bnlab.train` (whose record
-helpers it shares, so a member's rows are a single run's rows); ``train`` hands off
-to :func:`main` when ``sweep.lr`` or ``sweep.seeds`` is set.
+This module sits on top of :mod:`bnlab.loop`, :mod:`bnlab.host` and the row helpers
+of :mod:`bnlab.record` (the ones a single run uses, so a member's rows are a single
+run's rows); :mod:`bnlab.train` hands off to :func:`main` when ``sweep.lr`` or
+``sweep.seeds`` is set, and this module never imports it.
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab import data as bdata
-from bnlab import loop
-from bnlab import train as single
+from bnlab import host, loop
 from bnlab.checkpoint import Checkpoints
-from bnlab.record import RunRecord
+from bnlab.console import UserError, say
+from bnlab.record import RunRecord, chunk_rows, eval_rows, map_stats, probe_rows
 
 HIDDEN_HYDRA = ".hydra-sweep"  # where the sweep's own .hydra/ goes (not a run dir)
 
@@ -81,13 +82,13 @@ def members(cfg: DictConfig) -> tuple[list[float], list[int], list[Member]]:
     """The learning rates, the seeds and the members (learning rate major)."""
     lrs = [float(v) for v in cfg.sweep.lr] or [float(cfg.optimizer.lr)]
     if cfg.sweep.seeds < 0:
-        raise single.UserError(f"sweep.seeds must be >= 0, got {cfg.sweep.seeds}")
+        raise UserError(f"sweep.seeds must be >= 0, got {cfg.sweep.seeds}")
     seeds = [cfg.seed + i for i in range(max(cfg.sweep.seeds, 1))]
     if len(set(lrs)) < len(lrs):
-        raise single.UserError(f"sweep.lr has repeated values: {lrs}")
+        raise UserError(f"sweep.lr has repeated values: {lrs}")
     bad = [v for v in lrs if not v > 0]
     if bad:
-        raise single.UserError(f"sweep.lr values must be > 0, got {bad}")
+        raise UserError(f"sweep.lr values must be > 0, got {bad}")
     ms = [
         Member(i * len(seeds) + j, lr, s) for i, lr in enumerate(lrs) for j, s in enumerate(seeds)
     ]
@@ -268,8 +269,8 @@ def member_view(out: dict, lr_index: int, seed_index: int) -> dict:
         loss=out["loss"][:, :, lr_index, seed_index],
         acc=out["acc"][:, :, lr_index, seed_index],
         step=out["step"],
-        acts=single._map_stats(out["acts"], pick),
-        layers=single._map_stats(out["layers"], pick),
+        acts=map_stats(out["acts"], pick),
+        layers=map_stats(out["layers"], pick),
         lr=out["lr"][:, lr_index],
     )
 
@@ -329,20 +330,26 @@ def _hide_hydra_dir(workdir: Path) -> None:
 
 
 def train_sweep(
-    cfg: DictConfig, workdir: str | Path, overrides: list[str] | None = None
+    cfg: DictConfig,
+    workdir: str | Path,
+    overrides: list[str] | None = None,
+    t0: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train every member of ``cfg.sweep`` in one program; returns their summaries.
 
     ``overrides`` are the command line's (Hydra's ``overrides.task``); each member's
     ``.hydra/overrides.yaml`` is them with ``sweep.*`` replaced by its own settings.
+    ``t0`` (a ``time.perf_counter()`` reading) is when the process started: the
+    summaries' ``first_chunk_s`` counts from it (None: from this call).
     """
+    t0 = time.perf_counter() if t0 is None else t0
     workdir = Path(workdir)
     lrs, seeds, ms = members(cfg)
     lr_swept, seed_swept = bool(len(cfg.sweep.lr)), bool(cfg.sweep.seeds)
     if OmegaConf.select(cfg, "parallel.data", default=1) not in (1, None):
-        raise single.UserError("a vectorized sweep runs on one device: use parallel.data=1")
+        raise UserError("a vectorized sweep runs on one device: use parallel.data=1")
     if OmegaConf.select(cfg, "probe.ics_every", default=0):
-        raise single.UserError(
+        raise UserError(
             "probe.ics_every is not available in a vectorized sweep (sweep.lr/sweep.seeds); "
             "sweep with -m (Hydra multirun) instead"
         )
@@ -362,18 +369,18 @@ def train_sweep(
             if prev and prev["status"] in ("finished", "diverged"):
                 summaries[i] = prev
     if all(s is not None for s in summaries):
-        single._say(f"sweep already done ({M} members); records: {workdir}/<member>")
+        say(f"sweep already done ({M} members); records: {workdir}/<member>")
         return summaries  # type: ignore[return-value]
 
     try:
         ds = bdata.load(**OmegaConf.to_container(cfg.data))
     except bdata.DataError as e:
-        raise single.UserError(str(e)) from None
-    single._say(
+        raise UserError(str(e)) from None
+    say(
         f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
         f"probe batch {len(ds.probe_x)}; from {ds.source}"
     )
-    single._say(f"vectorized sweep: {M} members ({len(lrs)} lr x {len(seeds)} seed) in one program")
+    say(f"vectorized sweep: {M} members ({len(lrs)} lr x {len(seeds)} seed) in one program")
     try:
         model = loop.make_model(cfg.model, cfg.norm, ds.num_classes)
         unit_opt = OmegaConf.merge(cfg.optimizer, {"lr": 1.0})
@@ -382,11 +389,11 @@ def train_sweep(
             model, tx, schedule, ds,
             batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps, probe_cfg=cfg.probe,
         )  # fmt: skip
-        lengths = single._chunk_lengths(cfg.steps, cfg.chunk_steps, cfg.probe.every)
+        lengths = host.chunk_lengths(cfg.steps, cfg.chunk_steps, cfg.probe.every)
         vt = SweepTrainer(trainer, lrs, len(seeds), cfg.diverge_loss)
         states = vt.init(seeds)
     except ValueError as e:
-        raise single.UserError(str(e)) from None
+        raise UserError(str(e)) from None
 
     pending = [i for i in range(M) if summaries[i] is None]
     ckpts = {i: Checkpoints(records[i].checkpoint_dir) for i in pending}
@@ -400,14 +407,14 @@ def train_sweep(
         for i in pending:
             ix = divmod(i, vt.S)
             pick = lambda v, ix=ix: v[ix]  # noqa: E731
-            single._probe_rows(
-                records[i], np.array([0]), single._map_stats(acts, pick),
-                single._map_stats(layers, pick),
+            probe_rows(
+                records[i], np.array([0]), map_stats(acts, pick),
+                map_stats(layers, pick),
             )  # fmt: skip
-            _eval_rows(records[i], loss[ix], acc[ix], 0)
+            eval_rows(records[i], 0, loss[ix], acc[ix])
     else:
         start, states = resumed
-        single._say(f"resumed {len(pending)} members from their checkpoints at step {start}")
+        say(f"resumed {len(pending)} members from their checkpoints at step {start}")
 
     base = dict(
         status="running", step=start, steps=cfg.steps, diverged_at=None, final={},
@@ -421,7 +428,7 @@ def train_sweep(
     for i in pending:
         alive[divmod(i, vt.S)] = True
 
-    signal.signal(signal.SIGTERM, single._on_sigterm)
+    signal.signal(signal.SIGTERM, host.on_sigterm)
     t_start, t_steady, steady_steps, first_chunk_s = time.perf_counter(), None, 0, None
     done_chunks = start // cfg.chunk_steps
     step = start
@@ -440,7 +447,7 @@ def train_sweep(
         records[i].write_tables()
         records[i].write_summary(**s)
 
-    bar = single._progress(cfg, start)
+    bar = host.progress_bar(cfg, start)
     try:
         for c, length in enumerate(lengths[done_chunks:], done_chunks + 1):
             if not running:
@@ -449,7 +456,7 @@ def train_sweep(
             states, _, out = vt.chunk(states, alive, step, length)
             out = jax.device_get(out)
             if first_chunk_s is None:
-                first_chunk_s = round(time.perf_counter() - single._T0, 3)
+                first_chunk_s = round(time.perf_counter() - t0, 3)
             elif t_steady is None:
                 t_steady = t_chunk
             if t_steady is not None:
@@ -462,15 +469,13 @@ def train_sweep(
                 if bad.size:
                     at = step + int(bad[0]) + 1
                     sums[i]["diverged_at"] = at
-                    single._chunk_rows(records[i], view, keep=view["step"] < at)
+                    chunk_rows(records[i], view, keep=view["step"] < at)
                     finish(i, "diverged", at)
                     running.remove(i)
                     alive[ix] = False
-                    single._say(
-                        f"member {i} (lr {ms[i].lr:g}, seed {ms[i].seed}) diverged at step {at}"
-                    )
+                    say(f"member {i} (lr {ms[i].lr:g}, seed {ms[i].seed}) diverged at step {at}")
                     continue
-                single._chunk_rows(records[i], view)
+                chunk_rows(records[i], view)
             step += length
             if running and (
                 step // cfg.eval_every > (step - length) // cfg.eval_every or c == len(lengths)
@@ -478,7 +483,7 @@ def train_sweep(
                 loss, acc = jax.device_get(vt.evaluate(states))
                 for i in running:
                     ix = divmod(i, vt.S)
-                    _eval_rows(records[i], loss[ix], acc[ix], step)
+                    eval_rows(records[i], step, loss[ix], acc[ix])
             bar.update(length)
             if running and (c % cfg.checkpoint_every == 0 or c == len(lengths)):
                 for i in running:
@@ -504,14 +509,8 @@ def train_sweep(
     if cfg.figure:
         for i in pending:
             if sums[i]["status"] != "interrupted":
-                single._figures(records[i].dir)
+                host.save_figures(records[i].dir)
     return summaries  # type: ignore[return-value]
-
-
-def _eval_rows(record: RunRecord, loss: Any, acc: Any, step: int) -> None:
-    """A member's test rows: :func:`bnlab.train._eval_rows` on precomputed values."""
-    record.scalars(step, "test_loss", float(loss))
-    record.scalars(step, "test_accuracy", float(acc))
 
 
 def _resume(cfg, vt: SweepTrainer, states, ckpts, records, pending):
@@ -527,36 +526,40 @@ def _resume(cfg, vt: SweepTrainer, states, ckpts, records, pending):
         for i in pending:
             restored[i] = ckpts[i].restore(restored[i], start)
     except Exception as e:
-        single._say(f"could not resume at step {start} ({type(e).__name__}); starting over")
+        say(f"could not resume at step {start} ({type(e).__name__}); starting over")
         return None
     for i in pending:
         records[i].truncate(start)
     return start, vt.stack(restored)
 
 
-def main(cfg: DictConfig, workdir: str | Path, overrides: list[str] | None) -> float | None:
+def main(
+    cfg: DictConfig, workdir: str | Path, overrides: list[str] | None, t0: float | None = None
+) -> float:
     """The ``python -m bnlab.train sweep.lr=[...]`` entry: train, report, summarize.
 
-    Returns the best final test accuracy of the members (Hydra sweepers optimize it).
+    ``t0``: as for :func:`train_sweep`. Returns the best final test accuracy of the
+    members that finished, or 0.0 if none did (as a diverged single run: a number
+    Hydra's sweepers can rank).
     """
     workdir = Path(workdir)
-    summaries = train_sweep(cfg, workdir, overrides)
+    summaries = train_sweep(cfg, workdir, overrides, t0=t0)
     statuses = [s["status"] for s in summaries]
     counts = ", ".join(f"{statuses.count(k)} {k}" for k in dict.fromkeys(statuses))
-    single._say(f"sweep of {len(summaries)} members: {counts}; records: {workdir}/<member>")
+    say(f"sweep of {len(summaries)} members: {counts}; records: {workdir}/<member>")
     try:
         from bnlab import sweep_summary
 
         paths = sweep_summary.write(workdir, figures=bool(cfg.figure))
-        single._say(f"sweep summary: {paths[0]}")
+        say(f"sweep summary: {paths[0]}")
     except Exception as e:  # the summary must never cost the sweep its records
-        single._say(f"no sweep summary ({type(e).__name__}: {e})")
+        say(f"no sweep summary ({type(e).__name__}: {e})")
     if "interrupted" in statuses:
-        single._say(f"interrupted; resume with hydra.run.dir={workdir}")
+        say(f"interrupted; resume with hydra.run.dir={workdir}")
         sys.exit(130)
     accs = [
         s["final"].get("test_accuracy")
         for s in summaries
         if s["status"] == "finished" and s["final"].get("test_accuracy") is not None
     ]
-    return max(accs) if accs else None
+    return max(accs, default=0.0)

@@ -24,37 +24,15 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from bnlab import config, data, loop, parallel  # noqa: E402
 from bnlab.checkpoint import Checkpoints  # noqa: E402
-from bnlab.record import RunRecord  # noqa: E402
-
-log = logging.getLogger("bnlab")
-
-
-class UserError(Exception):
-    """A mistake in the config or the environment: reported in one line, exit 2."""
-
-
-def _say(msg: str) -> None:
-    print(f"bnlab: {msg}", file=sys.stderr, flush=True)
-
-
-def _on_sigterm(signum, frame):  # cluster schedulers stop jobs with SIGTERM
-    raise KeyboardInterrupt
-
-
-def _chunk_lengths(steps: int, chunk_steps: int, every: int) -> list[int]:
-    if steps % every:
-        raise UserError(f"steps={steps} must be a multiple of probe.every={every}")
-    if chunk_steps % every:
-        raise UserError(f"chunk_steps={chunk_steps} must be a multiple of probe.every={every}")
-    full, rest = divmod(steps, chunk_steps)
-    return [chunk_steps] * full + ([rest] if rest else [])
-
-
-def _progress(cfg: DictConfig, initial: int):
-    from tqdm.auto import tqdm
-
-    disable = not cfg.progress or not sys.stderr.isatty()
-    return tqdm(total=cfg.steps, initial=initial, unit="step", disable=disable, dynamic_ncols=True)
+from bnlab.console import UserError  # noqa: E402
+from bnlab.console import say as _say  # noqa: E402
+from bnlab.host import chunk_lengths as _chunk_lengths  # noqa: E402
+from bnlab.host import on_sigterm as _on_sigterm  # noqa: E402
+from bnlab.host import progress_bar as _progress  # noqa: E402
+from bnlab.host import save_figures as _figures  # noqa: E402
+from bnlab.record import RunRecord, eval_rows, map_stats  # noqa: E402
+from bnlab.record import chunk_rows as _chunk_rows  # noqa: E402
+from bnlab.record import probe_rows as _probe_rows  # noqa: E402
 
 
 def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
@@ -180,43 +158,15 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def _map_stats(tree: dict, fn) -> dict:
-    """Apply ``fn`` to every value array of a ``{name: {stat: values}}`` tree."""
-    return {k: {s: fn(v) for s, v in d.items()} for k, d in tree.items()}
-
-
-def _probe_rows(record: RunRecord, steps: np.ndarray, acts: dict, layers: dict) -> None:
-    record.activations(steps, _map_stats(acts, lambda v: np.reshape(v, steps.shape)))
-    record.layers(steps, _map_stats(layers, lambda v: np.reshape(v, steps.shape)))
-
-
-def _chunk_rows(record: RunRecord, out: dict, keep: np.ndarray | None = None) -> None:
-    """Rows of one chunk's measurements (probe intervals where ``keep`` is true); the
-    activations where ``out`` has them (a single run records them apart: ``_act_rows``)."""
-    keep = np.ones(out["step"].shape, bool) if keep is None else keep
-    steps = out["step"][keep].astype(np.int64)
-    if "acts" in out:
-        record.activations(steps, _map_stats(out["acts"], lambda v: v[keep]))
-    record.layers(steps, _map_stats(out["layers"], lambda v: v[keep]))
-    record.scalars(steps, "train_loss", out["loss"].mean(axis=1)[keep])
-    record.scalars(steps, "train_accuracy", out["acc"].mean(axis=1)[keep])
-    record.scalars(steps, "lr", np.asarray(out["lr"])[keep])
-    if "ics" in out:  # gradient-ICS / landscape probes, where they were due
-        due = keep & np.asarray(out["ics_due"], bool)
-        record.ics(out["step"][due].astype(np.int64), _map_stats(out["ics"], lambda v: v[due]))
-
-
 def _act_rows(record: RunRecord, steps: np.ndarray, acts: dict, keep: np.ndarray | None) -> None:
     """Rows of one chunk's activation probes (fetched here: they may still be running)."""
     keep = np.ones(steps.shape, bool) if keep is None else keep
     acts = jax.device_get(acts)
-    record.activations(steps[keep].astype(np.int64), _map_stats(acts, lambda v: v[keep]))
+    record.activations(steps[keep].astype(np.int64), map_stats(acts, lambda v: v[keep]))
 
 
 def _eval_rows(record: RunRecord, trainer: loop.Trainer, state, step: int) -> None:
-    loss, acc = jax.device_get(trainer.evaluate(state))
-    record.scalars(step, "test_loss", float(loss))
-    record.scalars(step, "test_accuracy", float(acc))
+    eval_rows(record, step, *jax.device_get(trainer.evaluate(state)))
 
 
 def _postfix(record: RunRecord) -> dict[str, str]:
@@ -225,20 +175,11 @@ def _postfix(record: RunRecord) -> dict[str, str]:
     return {k: f"{last[n]:.4f}" for k, n in keys if n in last}
 
 
-def _figures(workdir: Path) -> None:
-    from bnlab import plot
-
-    try:
-        paths = plot.save_run_figures(workdir)
-    except Exception as e:  # a figure must never cost the run its record
-        _say(f"could not draw the run's figures ({type(e).__name__}: {e})")
-        return
-    for p in paths:
-        log.info("figure: %s", p)
-
-
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    """The entry point. Returns the metric Hydra's sweepers optimize (hparams_search/):
+    the final test accuracy, 0.0 for a diverged run (ranked below every run that
+    finished, chance included; never None or NaN, which a sweeper cannot rank)."""
     workdir = HydraConfig.get().runtime.output_dir
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing chatter
     if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
@@ -250,7 +191,7 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.sweep.lr or cfg.sweep.seeds:  # vectorized sweep: all members in one program
             from bnlab import sweep
 
-            return sweep.main(cfg, workdir, list(HydraConfig.get().overrides.task))
+            return sweep.main(cfg, workdir, list(HydraConfig.get().overrides.task), t0=_T0)
         summary = train_and_evaluate(cfg, workdir)
     except UserError as e:
         _say(f"error: {e}")
@@ -262,6 +203,7 @@ def main(cfg: DictConfig) -> float | None:
             f"diverged at step {summary['diverged_at']} (loss non-finite or above "
             f"diverge_loss={cfg.diverge_loss:g}); record: {workdir}"
         )
+        acc = 0.0
     elif summary["status"] == "interrupted":
         _say(f"interrupted at step {summary['step']}; resume with hydra.run.dir={workdir}")
         sys.exit(130)

@@ -62,6 +62,15 @@ def reduce_axes(ndim, axis) -> tuple[int, ...]:
     return tuple(a for a in range(ndim) if a not in feat)
 
 
+def train_bn(x, scale, bias, **kw):
+    """Train-mode ``batch_norm`` from fresh running statistics (mean 0, var 1), as a
+    layer's first step sees them: ``(y, running mean, running var)``."""
+    fshape = scale.shape
+    return batch_norm(
+        x, scale, bias, jnp.zeros(fshape), jnp.ones(fshape), use_running_average=False, **kw
+    )
+
+
 def np_batch_norm(x, scale, bias, axis, epsilon):
     """Train-mode BN in float64 numpy: (y, batch mean, biased batch var)."""
     x = np.asarray(x, np.float64)
@@ -432,21 +441,9 @@ def test_gradient_matches_finite_differences(shape, axis, ghost):
     """Backprop through the batch statistics == float64 central differences (h = 1e-6)."""
     with jax.enable_x64(True):
         x, scale, bias, w = _grad_problem(shape, axis)
-        fshape = scale.shape
-        rm, rv = jnp.zeros(fshape), jnp.ones(fshape)
 
         def loss(x, scale, bias):
-            y, _, _ = batch_norm(
-                x,
-                scale,
-                bias,
-                rm,
-                rv,
-                use_running_average=False,
-                axis=axis,
-                epsilon=1e-3,
-                ghost_batch_size=ghost,
-            )
+            y, _, _ = train_bn(x, scale, bias, axis=axis, epsilon=1e-3, ghost_batch_size=ghost)
             return jnp.sum(y * w)
 
         args = (x, scale, bias)
@@ -473,20 +470,9 @@ def test_stats_grad_false_gives_the_constant_statistics_gradient(shape, axis, gh
     with jax.enable_x64(True):
         x, scale, bias, w = _grad_problem(shape, axis, seed=1)
         eps = 1e-3
-        fshape = scale.shape
 
         def loss(x, scale, bias, stats_grad):
-            y, _, _ = batch_norm(
-                x,
-                scale,
-                bias,
-                jnp.zeros(fshape),
-                jnp.ones(fshape),
-                use_running_average=False,
-                axis=axis,
-                epsilon=eps,
-                stats_grad=stats_grad,
-            )
+            y, _, _ = train_bn(x, scale, bias, axis=axis, epsilon=eps, stats_grad=stats_grad)
             return jnp.sum(y * w)
 
         gx, gs, gb = jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias, False)
@@ -518,16 +504,7 @@ def test_identity_recovery(shape, axis):
     x = jnp.asarray(rng.normal(3.0, 2.0, shape), jnp.float32)
     mean, var = batch_stats(x, axis=axis)
     scale = jnp.sqrt(var + eps)
-    y, _, _ = batch_norm(
-        x,
-        scale,
-        mean,
-        jnp.zeros_like(mean),
-        jnp.ones_like(var),
-        use_running_average=False,
-        axis=axis,
-        epsilon=eps,
-    )
+    y, _, _ = train_bn(x, scale, mean, axis=axis, epsilon=eps)
     assert rel_err(y, x) < 1e-6
     # the same through the module, with the parameters set to the batch statistics
     y_mod, _ = BatchNorm(axis=axis, epsilon=eps).apply(
@@ -571,16 +548,7 @@ def test_constant_feature_gives_finite_outputs(shape, axis, value):
     bias = jnp.arange(fshape[0], dtype=jnp.float32)
 
     def loss(x, scale, bias):
-        y, _, v = batch_norm(
-            x,
-            scale,
-            bias,
-            jnp.zeros(fshape),
-            jnp.ones(fshape),
-            use_running_average=False,
-            axis=axis,
-            epsilon=eps,
-        )
+        y, _, v = train_bn(x, scale, bias, axis=axis, epsilon=eps)
         return jnp.sum(jnp.sin(y)), (y, v)
 
     (_, (y, v)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(x, scale, bias)

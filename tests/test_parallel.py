@@ -19,7 +19,8 @@ import pytest
 from trainer import QUICK, ROOT, compose, tables
 
 from bnlab import loop, parallel
-from bnlab.train import UserError, train_and_evaluate
+from bnlab.console import UserError
+from bnlab.train import train_and_evaluate
 
 TOL = 1e-5  # the tolerance for 4 devices vs one on the same 64 examples
 

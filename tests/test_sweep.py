@@ -6,6 +6,8 @@ import itertools
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -15,8 +17,9 @@ from omegaconf import OmegaConf
 from trainer import COMPILE_CACHE, CONFIGS, QUICK, cli, compose, tables
 
 from bnlab import record, sweep, sweep_summary
+from bnlab.console import UserError
 from bnlab.runs import load_sweep
-from bnlab.train import UserError, train_and_evaluate
+from bnlab.train import train_and_evaluate
 
 BASE = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100"]
 LRS = (0.05, 0.5, 1e6)  # 1e6 diverges within two steps
@@ -207,6 +210,72 @@ def test_bad_sweep_is_a_user_error(tmp_path, override, needle):
     extra = [] if override.startswith("sweep") else ["sweep.seeds=2"]
     with pytest.raises(UserError, match=needle):
         sweep.train_sweep(compose([*BASE, override, *extra]), tmp_path)
+
+
+def test_cli_bad_sweep_fails_in_one_line(tmp_path):
+    """A mistake found inside bnlab.sweep is the entry point's UserError: one line, exit 2
+    (run as `python -m bnlab.train`, the entry module is __main__, not bnlab.train)."""
+    res = cli([*BASE, "sweep.lr=[0.1,0.1]", f"hydra.run.dir={tmp_path}"], timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert (
+        res.stderr.strip().splitlines()[-1]
+        == "bnlab: error: sweep.lr has repeated values: [0.1, 0.1]"
+    )
+
+
+def test_sweep_does_not_import_the_entry_point():
+    """bnlab.sweep stands on its own: importing it does not import bnlab.train."""
+    code = "import sys, bnlab.sweep; print('bnlab.train' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_optuna_lr_search(tmp_path):
+    """`hparams_search=lr_optuna`: a real 3-trial Optuna (TPE) search of the lr on
+    Fashion-MNIST; every trial is a run record, Optuna names the best lr, and the sweep
+    summary lands beside its results."""
+    sweep_dir = tmp_path / "optuna"
+    res = cli(
+        [
+            "hparams_search=lr_optuna", "norm=bn", "data=fashion_mnist", "progress=false",
+            "figure=false", f"compile_cache={COMPILE_CACHE}",
+            "steps=100", "chunk_steps=100", "probe.every=50", "eval_every=100",
+            "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    sw = load_sweep(sweep_dir)
+    assert len(sw) == 3 and not sw.problems
+    runs = sw.runs.set_index("run")
+    assert list(runs.index) == ["0", "1", "2"] and (runs["status"] == "finished").all()
+    assert (runs["norm"] == "bn").all()
+    lrs = runs["optimizer.lr"]
+    assert lrs.nunique() == 3 and lrs.between(1e-3, 30).all()
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    best = runs.loc[runs["final_test_accuracy"].idxmax()]
+    assert results.best_params["optimizer.lr"] == best["optimizer.lr"]
+    assert results.best_value == pytest.approx(best["final_test_accuracy"])
+    assert 0.1 < results.best_value <= 1
+    summary = pd.read_csv(sweep_dir / sweep_summary.SUMMARY_CSV)
+    assert sorted(summary["optimizer.lr"]) == sorted(lrs)
+    assert (sweep_dir / "figures" / sweep_summary.SWEEP_PNG).stat().st_size > 0
+
+
+def test_optuna_ranks_a_diverged_run(tmp_path):
+    """A diverged trial scores 0.0, a value Optuna can rank (None would fail the search)."""
+    sweep_dir = tmp_path / "optuna"
+    res = cli(
+        [
+            "hparams_search=lr_optuna", *BASE, "probe.every=50", "optimizer.lr=1e6",
+            "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads((sweep_dir / "0" / record.SUMMARY).read_text())["status"] == "diverged"
+    assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_value == 0.0
 
 
 def test_summary_callback_never_fails_the_sweep(tmp_path, caplog):
