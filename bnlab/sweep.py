@@ -63,7 +63,7 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab import data as bdata
-from bnlab import host, loop
+from bnlab import host, loop, parallel
 from bnlab.checkpoint import Checkpoints
 from bnlab.console import UserError, say
 from bnlab.record import RunRecord, chunk_rows, eval_rows, map_stats, probe_rows
@@ -115,6 +115,7 @@ class SweepTrainer:
         self._chunk_jit = jax.jit(self._chunk, static_argnames="length", donate_argnums=0)
         self._measure_jit = jax.jit(self._measure)
         self._evaluate_jit = jax.jit(self._evaluate)
+        self._snapshot_acts_jit = jax.jit(self._snapshot_acts)
 
     # -- states -----------------------------------------------------------
     def init(self, seeds: list[int]) -> loop.TrainState:
@@ -141,10 +142,14 @@ class SweepTrainer:
         ``alive`` false (shape ``(L, S)``) stay frozen, and so does any member whose
         loss goes bad during the chunk. Returns states, alive and the measurements
         (probe rows first, then ``L, S``)."""
-        return self._chunk_jit(
+        states, alive, out = self._chunk_jit(
             states, jnp.asarray(alive), jnp.asarray(step, jnp.int32), self.lrs, self.tr.data,
             length=length,
         )  # fmt: skip
+        if self.tr.probe_device is not None:  # as a single run: probes beside the next chunk
+            snaps = jax.device_put(out.pop("snaps"), self.tr.probe_device)
+            out["acts"] = self._snapshot_acts_jit(snaps, self.tr.remote_probe_x)
+        return states, alive, out
 
     def measure(self, states):
         zeros = jax.tree.map(jnp.zeros_like, states.params)
@@ -215,6 +220,14 @@ class SweepTrainer:
         out = jax.lax.map(lambda sg: self.tr._measure(*sg, probe_x), (flat(states), flat(grads)))
         return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), out)
 
+    def _snapshot_acts(self, snaps, probe_x):
+        """Activation statistics of every member at every probe of a chunk, from the
+        snapshots (leading axes: probes, L, S), one after another as in :meth:`_measure`."""
+        lead = jax.tree.leaves(snaps)[0].shape[:3]
+        flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[3:]), snaps)
+        out = jax.lax.map(lambda st: self.tr._activations(st, probe_x), flat)
+        return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), out)
+
     def _evaluate(self, states, x, y):
         return self.over_members(self.tr._evaluate, ("member", None, None))(states, x, y)
 
@@ -252,8 +265,14 @@ class SweepTrainer:
             loss = jnp.concatenate([loss, loss1[None]])
             acc = jnp.concatenate([acc, acc1[None]])
             st, ok, t = carry
-            acts, layers = self._measure(st, grads, data["probe_x"])
-            return carry, dict(loss=loss, acc=acc, step=t, acts=acts, layers=layers)
+            res = dict(loss=loss, acc=acc, step=t)
+            if tr.probe_device is None:
+                res["acts"], res["layers"] = self._measure(st, grads, data["probe_x"])
+            else:  # activations later, on the probe device
+                layers = self.over_members(tr._measure_layers, ("member", "member"))
+                res["layers"] = layers(st, grads)
+                res["snaps"] = st.replace(opt_state=None)
+            return carry, res
 
         carry = (states, alive, step)
         (states, alive, _), out = jax.lax.scan(interval, carry, None, length=length // tr.every)
@@ -269,10 +288,9 @@ def member_view(out: dict, lr_index: int, seed_index: int) -> dict:
         loss=out["loss"][:, :, lr_index, seed_index],
         acc=out["acc"][:, :, lr_index, seed_index],
         step=out["step"],
-        acts=map_stats(out["acts"], pick),
         layers=map_stats(out["layers"], pick),
         lr=out["lr"][:, lr_index],
-    )
+    ) | ({"acts": map_stats(out["acts"], pick)} if "acts" in out else {})
 
 
 # --------------------------------------------------------------------------- records
@@ -388,6 +406,7 @@ def train_sweep(
         trainer = loop.Trainer(
             model, tx, schedule, ds,
             batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps, probe_cfg=cfg.probe,
+            probe_device=parallel.probe_device(cfg.probe.overlap, 1),
         )  # fmt: skip
         lengths = host.chunk_lengths(cfg.steps, cfg.chunk_steps, cfg.probe.every)
         vt = SweepTrainer(trainer, lrs, len(seeds), cfg.diverge_loss)
@@ -420,6 +439,7 @@ def train_sweep(
         status="running", step=start, steps=cfg.steps, diverged_at=None, final={},
         steps_per_sec=None, wall_time_s=None, first_chunk_s=None,
         devices=1, platform=jax.default_backend(), data_source=ds.source,
+        probe_device=None if trainer.probe_device is None else str(trainer.probe_device),
     )  # fmt: skip
     sums: dict[int, dict[str, Any]] = {i: dict(base) for i in pending}
     for i in pending:
@@ -447,6 +467,19 @@ def train_sweep(
         records[i].write_tables()
         records[i].write_summary(**s)
 
+    probed = None  # the last chunk's activation probes: (steps, acts, {member: keep})
+
+    def flush() -> None:  # record them (waits for the probe device if it is behind)
+        nonlocal probed
+        if probed is not None:
+            steps, acts, keeps = probed
+            acts = jax.device_get(acts)
+            for i, keep in keeps.items():
+                ix = divmod(i, vt.S)
+                rows = map_stats(acts, lambda v, ix=ix, keep=keep: v[:, ix[0], ix[1]][keep])
+                records[i].activations(steps[keep].astype(np.int64), rows)
+            probed = None
+
     bar = host.progress_bar(cfg, start)
     try:
         for c, length in enumerate(lengths[done_chunks:], done_chunks + 1):
@@ -454,7 +487,10 @@ def train_sweep(
                 break
             t_chunk = time.perf_counter()
             states, _, out = vt.chunk(states, alive, step, length)
+            acts = out.pop("acts")  # with a probe device: alongside the next chunk
             out = jax.device_get(out)
+            flush()
+            keeps = {}
             if first_chunk_s is None:
                 first_chunk_s = round(time.perf_counter() - t0, 3)
             elif t_steady is None:
@@ -469,13 +505,18 @@ def train_sweep(
                 if bad.size:
                     at = step + int(bad[0]) + 1
                     sums[i]["diverged_at"] = at
-                    chunk_rows(records[i], view, keep=view["step"] < at)
+                    keeps[i] = view["step"] < at
+                    chunk_rows(records[i], view, keep=keeps[i])
+                    probed = (out["step"], acts, {i: keeps[i]})
+                    flush()
                     finish(i, "diverged", at)
                     running.remove(i)
                     alive[ix] = False
                     say(f"member {i} (lr {ms[i].lr:g}, seed {ms[i].seed}) diverged at step {at}")
                     continue
                 chunk_rows(records[i], view)
+                keeps[i] = np.ones(out["step"].shape, bool)
+            probed = (out["step"], acts, {i: keeps[i] for i in running})
             step += length
             if running and (
                 step // cfg.eval_every > (step - length) // cfg.eval_every or c == len(lengths)
@@ -486,13 +527,16 @@ def train_sweep(
                     eval_rows(records[i], step, loss[ix], acc[ix])
             bar.update(length)
             if running and (c % cfg.checkpoint_every == 0 or c == len(lengths)):
+                flush()
                 for i in running:
                     records[i].write_tables()
                     ckpts[i].save(vt.member(states, i), step)
                     records[i].write_summary(**{**sums[i], "step": step})
+        flush()
         for i in running:
             finish(i, "finished", step)
     except KeyboardInterrupt:
+        flush()
         for i in running:
             try:
                 ckpts[i].save(vt.member(states, i), step)

@@ -185,7 +185,7 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
         jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    if cfg.probe.overlap and cfg.parallel.data == 1 and not (cfg.sweep.lr or cfg.sweep.seeds):
+    if cfg.probe.overlap and cfg.parallel.data == 1:
         parallel.request_cpu_devices(2)  # a probe device beside the training one
     try:
         if cfg.sweep.lr or cfg.sweep.seeds:  # vectorized sweep: all members in one program

@@ -107,9 +107,11 @@ def test_one_axis_sweep_equals_single_runs_and_resumes(tmp_path, single, axis):
             pd.testing.assert_frame_equal(again[name], full[i][name])
 
 
-def test_cli_vectorized_sweep(tmp_path):
+def test_cli_vectorized_sweep(tmp_path, single):
     """`python -m bnlab.train sweep.lr=[...]`: exit 0 with a diverged member, member dirs
-    that read as multirun jobs, the summary table and plot; a re-run finds it done."""
+    that read as multirun jobs, the summary table and plot; a re-run finds it done. The
+    command probes on a second device (``probe.overlap``); the members still equal the
+    single runs (this process: probes inline)."""
     run = tmp_path / "run"
     args = [*BASE, "sweep.lr=[0.5,1e6]", f"hydra.run.dir={run}"]
     res = cli(args)
@@ -125,6 +127,9 @@ def test_cli_vectorized_sweep(tmp_path):
     assert list(summary["status"]) == ["finished", "diverged"]
     assert list(summary["optimizer.lr"]) == [0.5, 1e6]
     assert (run / "figures" / sweep_summary.SWEEP_PNG).stat().st_size > 0
+    for i, lr in enumerate((0.5, 1e6)):
+        assert json.loads((run / str(i) / record.SUMMARY).read_text())["probe_device"]
+        assert_same_run(run / str(i), single(lr, 0))
     again = cli(args, timeout=120)
     assert again.returncode == 0 and "sweep already done" in again.stderr
 
