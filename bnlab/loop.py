@@ -228,6 +228,9 @@ class Trainer:
         self.data = self.place(self.data)
         if self.probe_device is not None:
             self.remote_probe_x = jax.device_put(self.data["probe_x"], self.probe_device)
+            self.remote_test = jax.device_put(
+                (self.data["test_x"], self.data["test_y"]), self.probe_device
+            )
         self.n_train = n
         self.steps_per_epoch = n // batch_size
         # epochs a chunk can touch: enough permutations for any chunk start
@@ -268,6 +271,15 @@ class Trainer:
     def evaluate(self, state: TrainState) -> tuple[Array, Array]:
         """Test loss and accuracy with BN in eval mode."""
         return self._evaluate_jit(state, self.data["test_x"], self.data["test_y"])
+
+    def evaluate_beside(self, state: TrainState) -> tuple[Array, Array]:
+        """:meth:`evaluate` on the probe device where there is one (on a copy of
+        ``state``, made before the caller donates it to the next chunk), so the test
+        set's forward pass runs alongside training; else :meth:`evaluate`."""
+        if self.probe_device is None:
+            return self.evaluate(state)
+        copy = jax.block_until_ready(jax.device_put(state, self.probe_device))
+        return self._evaluate_jit(copy, *self.remote_test)
 
     # -- one training step -------------------------------------------------
     def train_rngs(self, state: TrainState, stream: int = NOISE_STREAM) -> dict | None:

@@ -85,7 +85,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     )  # fmt: skip
     record.write_summary(**summary)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    t_start, t_steady, steady_steps = time.perf_counter(), None, 0
+    t_start, t_steady, steady_steps = time.perf_counter(), None, 0  # steady: after chunk 1
     done_chunks = start // cfg.chunk_steps
     step = start
     bar = _progress(cfg, start)
@@ -97,22 +97,26 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
             _act_rows(record, *pending)
             pending = None
 
+    # The next chunk is dispatched as soon as this one's losses are checked, before its
+    # records, evaluation and checkpoint are written: the host's work overlaps training.
+    # ``saved`` is the state at ``step`` on the host (the device copy is donated to the
+    # next chunk): what checkpoints and an interrupt save.
+    saved = jax.device_get(state)
+    ahead = None  # the dispatched next chunk: (new state, measurements)
     try:
         for i, length in enumerate(lengths[done_chunks:], done_chunks + 1):
-            t_chunk = time.perf_counter()
-            new_state, out = trainer.chunk(state, length)
+            new_state, out = ahead or trainer.chunk(state, length)
             acts = out.pop("acts")  # with a probe device: computed there, alongside the next chunk
             out = jax.device_get(out)
             if summary["first_chunk_s"] is None:
                 summary["first_chunk_s"] = round(time.perf_counter() - _T0, 3)
-            elif t_steady is None:
-                t_steady = t_chunk
-            if t_steady is not None:
+                t_steady = time.perf_counter()
+            else:
                 steady_steps += length
-            flush()
             losses = out["loss"].reshape(-1)
             bad = np.flatnonzero(~(np.abs(losses) <= cfg.diverge_loss))  # NaN counts too
             if bad.size:
+                flush()
                 summary["diverged_at"] = step + int(bad[0]) + 1
                 keep = out["step"] < summary["diverged_at"]
                 _chunk_rows(record, out, keep=keep)
@@ -120,18 +124,22 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
                 step = summary["diverged_at"]
                 summary["status"] = "diverged"
                 break
-            state = new_state
+            state, step = new_state, step + length
+            saved = jax.device_get(state)
+            due = step // cfg.eval_every > (step - length) // cfg.eval_every or i == len(lengths)
+            test = trainer.evaluate_beside(state) if due else None
+            ahead = trainer.chunk(state, lengths[i]) if i < len(lengths) else None
+            flush()
             _chunk_rows(record, out)
             pending = (out["step"], acts, None)
-            step += length
-            if step // cfg.eval_every > (step - length) // cfg.eval_every or i == len(lengths):
-                _eval_rows(record, trainer, state, step)
+            if test is not None:
+                eval_rows(record, step, *jax.device_get(test))
             bar.update(length)
             bar.set_postfix(_postfix(record), refresh=False)
             if i % cfg.checkpoint_every == 0 or i == len(lengths):
                 flush()
                 record.write_tables()
-                ckpts.save(state, step)
+                ckpts.save(saved, step)
                 record.write_summary(**{**summary, "step": step})
         else:
             summary["status"] = "finished"
@@ -139,7 +147,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
         flush()
-        ckpts.save(state, step)
+        ckpts.save(saved, step)
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
