@@ -216,9 +216,21 @@ class Trainer:
             )
         self.landscape_steps = tuple(float(c) for c in getattr(probe_cfg, "landscape_steps", ()))
         norm = getattr(model, "norm", None)
-        self.noisy = bool(getattr(norm, "keywords", {}).get("noise_mean")) or bool(
-            getattr(norm, "keywords", {}).get("noise_std")
-        )
+        norm_kw = getattr(norm, "keywords", {})
+        self.noisy = bool(norm_kw.get("noise_mean")) or bool(norm_kw.get("noise_std"))
+        ghost = norm_kw.get("ghost_batch_size")
+        if ghost and self.local_batch % ghost:
+            raise ValueError(
+                f"norm.ghost_batch_size={ghost} must divide the batch of {self.local_batch} "
+                "examples (batch_size, per device)"
+            )
+        n_probe = ds.probe_x.shape[0]
+        if ghost and probes and not self.probe_eval and n_probe % ghost:
+            raise ValueError(
+                f"norm.ghost_batch_size={ghost} must divide the probe batch of {n_probe} "
+                "examples (BN in train mode on it); set data.probe_size to a multiple of it, "
+                "or probe.bn_mode=eval"
+            )
         self.eval_batch = eval_batch
         # device arrays are passed to the jitted functions, never closed over (no constants)
         self.data = {

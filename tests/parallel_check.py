@@ -37,7 +37,8 @@ def compare(model: str, sync: bool) -> dict[str, float]:
     sync: 4-device sync BN vs single-device BN over the 64. Not sync: 4-device
     per-device BN vs single-device ghost BN with a ghost batch of 64 / 4 = 16.
     """
-    over = [*QUICK, f"model={model}", f"batch_size={BATCH}"]
+    # a probe batch ghost BN can split (the trainer checks it; these runs never probe)
+    over = [*QUICK, f"model={model}", f"batch_size={BATCH}", "data.probe_size=256"]
     cfg4 = compose([*over, f"norm.sync={str(sync).lower()}"])
     cfg1 = compose(over if sync else [*over, f"norm.ghost_batch_size={BATCH // DEVICES}"])
     ds = data.load(**OmegaConf.to_container(cfg1.data))

@@ -162,8 +162,18 @@ def test_bad_override_fails_cleanly(tmp_path, override, needle):
     assert not (run / record.SUMMARY).exists()
 
 
-def test_bad_value_fails_in_one_line(tmp_path):
-    res = cli([*QUICK, "probe.bn_mode=typo", f"hydra.run.dir={tmp_path}"], timeout=120)
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("probe.bn_mode=typo", "probe.bn_mode"),
+        # digits' probe batch is 297 examples: ghost BN in train mode cannot split it
+        ("norm=bn_ghost", "norm.ghost_batch_size=20 must divide the probe batch"),
+        ("norm=bn_ghost batch_size=50", "norm.ghost_batch_size=20 must divide the batch"),
+    ],
+    ids=["bn_mode", "ghost-probe", "ghost-batch"],
+)
+def test_bad_value_fails_in_one_line(tmp_path, override, needle):
+    res = cli([*QUICK, *override.split(), f"hydra.run.dir={tmp_path}"], timeout=120)
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1].startswith("bnlab: error: probe.bn_mode")
+    assert res.stderr.strip().splitlines()[-1].startswith(f"bnlab: error: {needle}")
