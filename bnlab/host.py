@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from bnlab import data
 from bnlab.console import UserError, say
 
 log = logging.getLogger("bnlab")
@@ -35,6 +38,20 @@ def chunk_lengths(steps: int, chunk_steps: int, every: int) -> list[int]:
         raise UserError(f"chunk_steps={chunk_steps} must be a multiple of probe.every={every}")
     full, rest = divmod(steps, chunk_steps)
     return [chunk_steps] * full + ([rest] if rest else [])
+
+
+def load_data(cfg: Any) -> data.Dataset:
+    """The dataset of ``cfg.data``, announced in one line; a missing or bad dataset is a
+    :class:`UserError` (its message says where bnlab looked and what to do)."""
+    try:
+        ds = data.load(**OmegaConf.to_container(cfg.data))
+    except data.DataError as e:
+        raise UserError(str(e)) from None
+    say(
+        f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
+        f"probe batch {len(ds.probe_x)}; from {ds.source}"
+    )
+    return ds
 
 
 def progress_bar(cfg: Any, initial: int) -> Any:

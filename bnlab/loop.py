@@ -254,9 +254,7 @@ class Trainer:
         self._chunk_jit = jax.jit(self._chunk, static_argnames="length", donate_argnums=0)
         self._measure_jit = jax.jit(self._measure)
         self._evaluate_jit = jax.jit(self._evaluate)
-        self._snapshot_acts_jit = jax.jit(
-            lambda snaps, px: jax.lax.map(lambda st: self._activations(st, px), snaps)
-        )
+        self._snapshot_acts_jit = jax.jit(self._snapshot_acts)
 
     def place(self, tree: Any) -> Any:
         """Put a state (or data) where the compiled functions expect it: as it is here."""
@@ -272,9 +270,14 @@ class Trainer:
         """
         state, out = self._chunk_jit(state, self.data, length=length)
         if self.probe_device is not None:
-            snaps = jax.device_put(out.pop("snaps"), self.probe_device)
-            out["acts"] = self._snapshot_acts_jit(snaps, self.remote_probe_x)
+            out["acts"] = self.activations_beside(out.pop("snaps"))
         return state, out
+
+    def activations_beside(self, snaps: TrainState) -> dict:
+        """Activation statistics of every state in ``snaps`` (leading axes: those of
+        ``snaps.step``), computed on the probe device; returns a future."""
+        snaps = jax.device_put(snaps, self.probe_device)
+        return self._snapshot_acts_jit(snaps, self.remote_probe_x)
 
     def measure(self, state: TrainState) -> tuple[dict, dict]:
         """Probe ``state`` (gradient norms read as zero: no step has been taken)."""
@@ -341,6 +344,14 @@ class Trainer:
         sites = flatten_sites(out["sites"])
         derived = activation_sources(sites, self.model.activation, self.model.norm_position)
         return probe.activation_stats(sites, self.qs, self.units, derived)
+
+    def _snapshot_acts(self, snaps: TrainState, probe_x: Array) -> dict:
+        """:meth:`_activations` of every snapshot, one after another (``lax.map``: the
+        percentiles' histogram scatters are slow batched on CPU)."""
+        lead = snaps.step.shape
+        flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[len(lead) :]), snaps)
+        out = jax.lax.map(lambda st: self._activations(st, probe_x), flat)
+        return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), out)
 
     def _ics(self, state: TrainState, x: Array, y: Array) -> dict:
         """Gradient-ICS per layer and the landscape measures (layer ``all``) on one batch:

@@ -199,14 +199,22 @@ def probe_rows(rec: RunRecord, steps: np.ndarray, acts: dict, layers: dict) -> N
     rec.layers(steps, map_stats(layers, lambda v: np.reshape(v, steps.shape)))
 
 
+def activation_rows(
+    rec: RunRecord, steps: np.ndarray, acts: dict, keep: np.ndarray | None = None
+) -> None:
+    """Rows of one chunk's activation statistics (probe intervals where ``keep`` is true)."""
+    keep = np.ones(steps.shape, bool) if keep is None else keep
+    rec.activations(steps[keep].astype(np.int64), map_stats(acts, lambda v: v[keep]))
+
+
 def chunk_rows(rec: RunRecord, out: dict, keep: np.ndarray | None = None) -> None:
     """Rows of one chunk's measurements (probe intervals where ``keep`` is true); the
-    activations where ``out`` has them (a single run records them apart, once its
-    probe device has them)."""
+    activations where ``out`` has them (with a probe device they come later:
+    :func:`activation_rows`)."""
     keep = np.ones(out["step"].shape, bool) if keep is None else keep
     steps = out["step"][keep].astype(np.int64)
     if "acts" in out:
-        rec.activations(steps, map_stats(out["acts"], lambda v: v[keep]))
+        activation_rows(rec, out["step"], out["acts"], keep)
     rec.layers(steps, map_stats(out["layers"], lambda v: v[keep]))
     rec.scalars(steps, "train_loss", out["loss"].mean(axis=1)[keep])
     rec.scalars(steps, "train_accuracy", out["acc"].mean(axis=1)[keep])

@@ -66,7 +66,14 @@ from bnlab import data as bdata
 from bnlab import host, loop, parallel
 from bnlab.checkpoint import Checkpoints
 from bnlab.console import UserError, say
-from bnlab.record import RunRecord, chunk_rows, eval_rows, map_stats, probe_rows
+from bnlab.record import (
+    RunRecord,
+    activation_rows,
+    chunk_rows,
+    eval_rows,
+    map_stats,
+    probe_rows,
+)
 
 HIDDEN_HYDRA = ".hydra-sweep"  # where the sweep's own .hydra/ goes (not a run dir)
 
@@ -115,7 +122,6 @@ class SweepTrainer:
         self._chunk_jit = jax.jit(self._chunk, static_argnames="length", donate_argnums=0)
         self._measure_jit = jax.jit(self._measure)
         self._evaluate_jit = jax.jit(self._evaluate)
-        self._snapshot_acts_jit = jax.jit(self._snapshot_acts)
 
     # -- states -----------------------------------------------------------
     def init(self, seeds: list[int]) -> loop.TrainState:
@@ -147,8 +153,7 @@ class SweepTrainer:
             length=length,
         )  # fmt: skip
         if self.tr.probe_device is not None:  # as a single run: probes beside the next chunk
-            snaps = jax.device_put(out.pop("snaps"), self.tr.probe_device)
-            out["acts"] = self._snapshot_acts_jit(snaps, self.tr.remote_probe_x)
+            out["acts"] = self.tr.activations_beside(out.pop("snaps"))
         return states, alive, out
 
     def measure(self, states):
@@ -218,14 +223,6 @@ class SweepTrainer:
         lead = (self.L, self.S)
         flat = lambda t: jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), t)  # noqa: E731
         out = jax.lax.map(lambda sg: self.tr._measure(*sg, probe_x), (flat(states), flat(grads)))
-        return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), out)
-
-    def _snapshot_acts(self, snaps, probe_x):
-        """Activation statistics of every member at every probe of a chunk, from the
-        snapshots (leading axes: probes, L, S), one after another as in :meth:`_measure`."""
-        lead = jax.tree.leaves(snaps)[0].shape[:3]
-        flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[3:]), snaps)
-        out = jax.lax.map(lambda st: self.tr._activations(st, probe_x), flat)
         return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), out)
 
     def _evaluate(self, states, x, y):
@@ -390,14 +387,7 @@ def train_sweep(
         say(f"sweep already done ({M} members); records: {workdir}/<member>")
         return summaries  # type: ignore[return-value]
 
-    try:
-        ds = bdata.load(**OmegaConf.to_container(cfg.data))
-    except bdata.DataError as e:
-        raise UserError(str(e)) from None
-    say(
-        f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
-        f"probe batch {len(ds.probe_x)}; from {ds.source}"
-    )
+    ds = host.load_data(cfg)
     say(f"vectorized sweep: {M} members ({len(lrs)} lr x {len(seeds)} seed) in one program")
     try:
         model = loop.make_model(cfg.model, cfg.norm, ds.num_classes)
@@ -475,9 +465,9 @@ def train_sweep(
             steps, acts, keeps = probed
             acts = jax.device_get(acts)
             for i, keep in keeps.items():
-                ix = divmod(i, vt.S)
-                rows = map_stats(acts, lambda v, ix=ix, keep=keep: v[:, ix[0], ix[1]][keep])
-                records[i].activations(steps[keep].astype(np.int64), rows)
+                lr_i, seed_i = divmod(i, vt.S)
+                member = map_stats(acts, lambda v, a=lr_i, b=seed_i: v[:, a, b])
+                activation_rows(records[i], steps, member, keep)
             probed = None
 
     bar = host.progress_bar(cfg, start)

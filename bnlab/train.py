@@ -20,17 +20,18 @@ import hydra  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from bnlab import config, data, loop, parallel  # noqa: E402
+from bnlab import config, loop, parallel  # noqa: E402
 from bnlab.checkpoint import Checkpoints  # noqa: E402
 from bnlab.console import UserError  # noqa: E402
 from bnlab.console import say as _say  # noqa: E402
 from bnlab.host import chunk_lengths as _chunk_lengths  # noqa: E402
+from bnlab.host import load_data as _load_data  # noqa: E402
 from bnlab.host import on_sigterm as _on_sigterm  # noqa: E402
 from bnlab.host import progress_bar as _progress  # noqa: E402
 from bnlab.host import save_figures as _figures  # noqa: E402
-from bnlab.record import RunRecord, eval_rows, map_stats  # noqa: E402
+from bnlab.record import RunRecord, activation_rows, eval_rows  # noqa: E402
 from bnlab.record import chunk_rows as _chunk_rows  # noqa: E402
 from bnlab.record import probe_rows as _probe_rows  # noqa: E402
 
@@ -44,14 +45,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
         _say(f"run already {previous['status']} at step {previous['step']}; record: {workdir}")
         return previous
 
-    try:
-        ds = data.load(**OmegaConf.to_container(cfg.data))
-    except data.DataError as e:
-        raise UserError(str(e)) from None
-    _say(
-        f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
-        f"probe batch {len(ds.probe_x)}; from {ds.source}"
-    )
+    ds = _load_data(cfg)
     try:
         devices = parallel.device_count(cfg.parallel.data)
         tx, schedule = loop.make_optimizer(cfg.optimizer, cfg.steps)
@@ -94,7 +88,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     def flush() -> None:  # record them (waits for the probe device if it is behind)
         nonlocal pending
         if pending is not None:
-            _act_rows(record, *pending)
+            steps, acts, keep = pending
+            activation_rows(record, steps, jax.device_get(acts), keep)
             pending = None
 
     # The next chunk is dispatched as soon as this one's losses are checked, before its
@@ -164,13 +159,6 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     if cfg.figure and summary["status"] != "interrupted":
         _figures(workdir)
     return summary
-
-
-def _act_rows(record: RunRecord, steps: np.ndarray, acts: dict, keep: np.ndarray | None) -> None:
-    """Rows of one chunk's activation probes (fetched here: they may still be running)."""
-    keep = np.ones(steps.shape, bool) if keep is None else keep
-    acts = jax.device_get(acts)
-    record.activations(steps[keep].astype(np.int64), map_stats(acts, lambda v: v[keep]))
 
 
 def _eval_rows(record: RunRecord, trainer: loop.Trainer, state, step: int) -> None:
