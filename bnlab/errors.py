@@ -1,0 +1,19 @@
+"""What a run tells its user: one-line messages on stderr, and the error that ends it.
+
+:class:`UserError` is a mistake in the config, the data or the environment; the entry
+point reports it as one ``bnlab: error: ...`` line and exits 2. Every module that can
+find such a mistake raises this class (or a subclass), so the entry point catches all.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+class UserError(Exception):
+    """A mistake in the config, the data or the environment: one line, exit 2."""
+
+
+def say(msg: str) -> None:
+    """Print ``bnlab: msg`` on stderr, flushed (a killed job still shows it)."""
+    print(f"bnlab: {msg}", file=sys.stderr, flush=True)
