@@ -1,16 +1,42 @@
-"""Typed schema of the config tree, registered with Hydra's ConfigStore.
+"""The typed config of a run, and the one check of its values before anything runs.
 
 The schema holds types only (every value is ``MISSING``); the values live in
-``configs/``. Because the primary config starts from this schema, Hydra rejects a
-misspelled key or a wrongly typed value with a one-line message before anything runs.
+``configs/``. Hydra starts the primary config from this schema (``train_schema``), so
+a misspelled key, a wrongly typed value or an unknown choice is rejected while the
+command line is read. :func:`typed` turns a composed config into these dataclasses,
+the only form the builders take; :func:`check` and :func:`check_data` then test every
+value and every combination once, at start, each failure a one-line
+:class:`~bnlab.errors.UserError` that names the fix.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from bnlab.errors import UserError, say
+
+
+class Choice(StrEnum):
+    """A closed set of names (compares equal to its name, saves as its name)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+Standardize = Choice("Standardize", {n: n for n in ("none", "per_pixel")})
+ProbeSplit = Choice("ProbeSplit", {n: n for n in ("test", "train")})
+ModelName = Choice("ModelName", {n: n for n in ("mlp", "cnn")})
+Activation = Choice("Activation", {n: n for n in ("sigmoid", "relu", "tanh", "linear")})
+NormPosition = Choice("NormPosition", {n: n for n in ("before", "after")})
+OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam")})
+Schedule = Choice("Schedule", {n: n for n in ("constant", "cosine", "step")})
+BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
 
 
 @dataclass
@@ -20,27 +46,27 @@ class DataConfig:
     data_dir: str | None = MISSING
     download: bool = MISSING
     scale: bool = MISSING
-    standardize: str = MISSING
+    standardize: Standardize = MISSING
     flatten: bool = MISSING
     probe_size: int = MISSING
-    probe_split: str = MISSING
+    probe_split: ProbeSplit = MISSING
     probe_seed: int = MISSING
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: ModelName = MISSING
     features: list[int] = MISSING
     channels: list[int] = MISSING
-    activation: str = MISSING
-    norm_position: str = MISSING
+    activation: Activation = MISSING
+    norm_position: NormPosition = MISSING
     init_std: float | None = MISSING
     use_bias: bool = MISSING
 
 
 @dataclass
 class NormConfig:
-    name: str = MISSING
+    name: str = MISSING  # the variant's label; "none" is no normalization
     use_scale: bool = MISSING
     use_bias: bool = MISSING
     stats_grad: bool = MISSING
@@ -52,17 +78,25 @@ class NormConfig:
     noise_mean: float = MISSING
     noise_std: float = MISSING
 
+    @property
+    def normalizes(self) -> bool:
+        return self.name != "none"
+
+    @property
+    def noisy(self) -> bool:
+        return self.normalizes and bool(self.noise_mean or self.noise_std)
+
 
 @dataclass
 class OptimizerConfig:
-    name: str = MISSING
+    name: OptimizerName = MISSING
     lr: float = MISSING
     momentum: float = MISSING
     nesterov: bool = MISSING
     b1: float = MISSING
     b2: float = MISSING
     weight_decay: float = MISSING
-    schedule: str = MISSING
+    schedule: Schedule = MISSING
     warmup_steps: int = MISSING
     decay_factor: float = MISSING
     boundaries: list[int] = MISSING
@@ -73,7 +107,7 @@ class ProbeConfig:
     every: int = MISSING
     percentiles: list[float] = MISSING
     units: list[int] = MISSING
-    bn_mode: str = MISSING
+    bn_mode: BnMode = MISSING
     ics_every: int = MISSING
     landscape_steps: list[float] = MISSING
     overlap: bool = MISSING
@@ -82,6 +116,7 @@ class ProbeConfig:
 @dataclass
 class ParallelConfig:
     data: int = MISSING
+    members: int = MISSING
 
 
 @dataclass
@@ -111,7 +146,166 @@ class TrainConfig:
     compile_cache: str | None = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
+    @property
+    def is_sweep(self) -> bool:
+        """Whether the run is a vectorized sweep (member records in ``<run dir>/<i>/``)."""
+        return bool(self.sweep.lr) or self.sweep.seeds > 0
+
+    @property
+    def lrs(self) -> list[float]:
+        return [float(v) for v in self.sweep.lr] or [float(self.optimizer.lr)]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(max(self.sweep.seeds, 1))]
+
 
 def register() -> None:
     """Register the schema as ``train_schema`` (named first in ``configs/train.yaml``)."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def typed(cfg: DictConfig | TrainConfig) -> TrainConfig:
+    """The dataclasses of a composed config (a :class:`TrainConfig` passes through)."""
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_yaml_dict(cfg: TrainConfig) -> DictConfig:
+    """The config as OmegaConf would save it (choices as their names)."""
+    return OmegaConf.structured(cfg)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _positive(**values: Any) -> None:
+    for key, v in values.items():
+        if not (isinstance(v, int) and v >= 1):
+            raise UserError(f"{key}={v} must be a positive integer")
+
+
+def _finite_positive(key: str, v: float) -> None:
+    if not (math.isfinite(v) and v > 0):
+        raise UserError(f"{key}={v} must be a finite number > 0")
+
+
+def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
+    """Every value and combination that needs no data; returns the device counts
+    ``(data, members)`` the run uses. Raises :class:`UserError` (one line).
+    ``eval_every`` and ``checkpoint_every`` are rounded up to multiples of
+    ``chunk_steps`` (with a notice)."""
+    p, n, o = cfg.probe, cfg.norm, cfg.optimizer
+    _positive(
+        steps=cfg.steps, batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps,
+        eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+        **{"probe.every": p.every, "data.probe_size": cfg.data.probe_size,
+           "parallel.members": cfg.parallel.members},
+    )  # fmt: skip
+    for key, v in (("seed", cfg.seed), ("sweep.seeds", cfg.sweep.seeds),
+                   ("probe.ics_every", p.ics_every), ("parallel.data", cfg.parallel.data)):  # fmt: skip
+        if v < 0:
+            raise UserError(f"{key}={v} must be >= 0")
+    if cfg.steps % p.every:
+        raise UserError(f"steps={cfg.steps} must be a multiple of probe.every={p.every}")
+    if cfg.chunk_steps % p.every:
+        raise UserError(
+            f"chunk_steps={cfg.chunk_steps} must be a multiple of probe.every={p.every}"
+        )
+    for key in ("eval_every", "checkpoint_every"):  # the host acts between chunks
+        v = getattr(cfg, key)
+        if v % cfg.chunk_steps:
+            up = -(-v // cfg.chunk_steps) * cfg.chunk_steps
+            say(f"{key}={v} rounded up to {up}, a multiple of chunk_steps={cfg.chunk_steps}")
+            setattr(cfg, key, up)
+    if p.ics_every % p.every:
+        raise UserError(
+            f"probe.ics_every={p.ics_every} must be a multiple of probe.every={p.every}"
+        )
+    if any(not 0 <= q <= 100 for q in p.percentiles):
+        raise UserError(f"probe.percentiles={list(p.percentiles)} must lie in [0, 100]")
+    if any(u < 0 for u in p.units):
+        raise UserError(f"probe.units={list(p.units)} must be >= 0")
+    if not (math.isfinite(cfg.diverge_loss) and cfg.diverge_loss > 0):
+        raise UserError(f"diverge_loss={cfg.diverge_loss} must be a finite number > 0")
+    # model
+    widths = list(cfg.model.features)
+    if not widths:
+        raise UserError("model.features=[] needs at least one hidden layer width, e.g. [100]")
+    if any(w < 1 for w in [*widths, *cfg.model.channels]):
+        raise UserError(
+            f"model widths must be >= 1, got features={widths}, channels={list(cfg.model.channels)}"
+        )
+    if cfg.model.name == "cnn" and not cfg.model.channels:
+        raise UserError("model=cnn needs model.channels, e.g. [32,64]")
+    if cfg.model.init_std is not None and not cfg.model.init_std > 0:
+        raise UserError(f"model.init_std={cfg.model.init_std} must be > 0 (or null: LeCun)")
+    # norm
+    if not 0 <= n.momentum < 1:
+        raise UserError(f"norm.momentum={n.momentum} must be in [0, 1) (Flax convention)")
+    if not n.epsilon >= 0:
+        raise UserError(f"norm.epsilon={n.epsilon} must be >= 0")
+    if n.noise_mean < 0 or n.noise_std < 0:
+        raise UserError("norm.noise_mean and norm.noise_std must be >= 0")
+    # optimizer
+    for i, lr in enumerate(cfg.lrs):
+        _finite_positive("optimizer.lr" if not cfg.sweep.lr else f"sweep.lr[{i}]", lr)
+    if len(set(cfg.lrs)) < len(cfg.lrs):
+        raise UserError(f"sweep.lr has repeated values: {cfg.lrs}")
+    if o.name != "adam" and not 0 <= o.momentum < 1:
+        raise UserError(f"optimizer.momentum={o.momentum} must be in [0, 1)")
+    if o.name == "adam" and not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
+        raise UserError(f"optimizer.b1={o.b1} and b2={o.b2} must be in [0, 1)")
+    if o.weight_decay < 0 or o.warmup_steps < 0:
+        raise UserError("optimizer.weight_decay and optimizer.warmup_steps must be >= 0")
+    # devices
+    data_dev = cfg.parallel.data or local_devices
+    mem_dev = cfg.parallel.members
+    if data_dev * mem_dev > local_devices:
+        raise UserError(
+            f"parallel.data={cfg.parallel.data} x parallel.members={mem_dev} asks for more "
+            f"devices than the {local_devices} local device(s); on CPU, simulate more with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={data_dev * mem_dev}"
+        )
+    if cfg.batch_size % data_dev:
+        raise UserError(
+            f"batch_size={cfg.batch_size} must be divisible by parallel.data={data_dev} "
+            "(every device takes an equal share of the batch)"
+        )
+    n_lr, n_seed = len(cfg.lrs), len(cfg.seeds)
+    if mem_dev > 1 and not (n_lr % mem_dev == 0 or (n_lr == 1 and n_seed % mem_dev == 0)):
+        raise UserError(
+            f"parallel.members={mem_dev} must divide the {n_lr} learning rates of sweep.lr "
+            f"(or, with one learning rate, the {n_seed} seeds of sweep.seeds)"
+        )
+    local = cfg.batch_size // data_dev
+    if n.normalizes:
+        ghost = n.ghost_batch_size
+        if ghost is not None and (ghost < 2 or local % ghost):
+            raise UserError(
+                f"norm.ghost_batch_size={ghost} must divide the batch of {local} examples "
+                "(batch_size, per device) and be >= 2"
+            )
+        if ghost is None and local < 2 and not (n.sync and data_dev > 1):
+            raise UserError(
+                f"BN over a batch of {local} example(s) per device is degenerate "
+                "(its output is beta): use batch_size >= 2 per device, or norm=none"
+            )
+    return data_dev, mem_dev
+
+
+def check_data(cfg: TrainConfig, num_train: int, num_probe: int, image_ndim: int) -> None:
+    """The checks that need the loaded dataset's sizes; one-line :class:`UserError`."""
+    if cfg.batch_size > num_train:
+        raise UserError(f"batch_size={cfg.batch_size} exceeds the {num_train} training examples")
+    n = cfg.norm
+    if n.normalizes and n.ghost_batch_size and cfg.probe.bn_mode == "batch":
+        if num_probe % n.ghost_batch_size:
+            raise UserError(
+                f"norm.ghost_batch_size={n.ghost_batch_size} must divide the probe batch of "
+                f"{num_probe} examples (BN in train mode on it); set data.probe_size to a "
+                "multiple of it, or probe.bn_mode=eval"
+            )
+    if cfg.model.name == "cnn" and image_ndim != 4:
+        raise UserError("model=cnn needs NHWC images: set data.flatten=false")

@@ -44,12 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnlab.console import say
+from bnlab.errors import UserError, say
 
 # --------------------------------------------------------------------------- errors
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A one-line, user-facing data problem (what went wrong and what to do)."""
 
 

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict
 
-from bnlab.norm import NoNorm
+from bnlab.config import ModelConfig, NormConfig
+from bnlab.norm import BatchNorm, NoNorm
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": nn.sigmoid,
@@ -137,6 +138,43 @@ class CNN(nn.Module):
             )
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         return _dense_tail(self, x, train, first=i + 1)
+
+
+def make_norm(cfg: NormConfig, axis_name: str | None = None) -> Callable[..., nn.Module]:
+    """The norm factory a model plugs into every hidden layer (``axis_name``: sync BN)."""
+    if not cfg.normalizes:
+        return NoNorm
+    return partial(
+        BatchNorm,
+        use_scale=cfg.use_scale,
+        use_bias=cfg.use_bias,
+        stats_grad=cfg.stats_grad,
+        momentum=cfg.momentum,
+        epsilon=cfg.epsilon,
+        ghost_batch_size=cfg.ghost_batch_size,
+        axis_name=axis_name,
+        center_only=cfg.center_only,
+        noise_mean=cfg.noise_mean,
+        noise_std=cfg.noise_std,
+    )
+
+
+def make_model(
+    cfg: ModelConfig, norm: NormConfig, num_classes: int, axis_name: str | None = None
+) -> nn.Module:
+    """The model of ``cfg`` with the norm of ``norm`` in every hidden layer."""
+    common = dict(
+        features=tuple(cfg.features),
+        num_classes=num_classes,
+        activation=str(cfg.activation),
+        norm=make_norm(norm, axis_name),
+        norm_position=str(cfg.norm_position),
+        init_std=cfg.init_std,
+        use_bias=cfg.use_bias,
+    )
+    if cfg.name == "cnn":
+        return CNN(channels=tuple(cfg.channels), **common)
+    return MLP(**common)
 
 
 def flatten_sites(sites: dict) -> dict[str, jax.Array]:

@@ -115,8 +115,7 @@ class RunRecord:
     """Writer of one run's record directory (see the module docstring)."""
 
     def __init__(self, run_dir: str | Path):
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(run_dir)  # made at the first write
         self.tables = {name: Table(cols) for name, cols in COLUMNS.items()}
         self.last: dict[str, float] = {}  # latest finite value of every scalar
 
@@ -156,6 +155,7 @@ class RunRecord:
                 t.add(step=steps, layer=layer, stat=stat, value=values)
 
     def write_tables(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         for name, table in self.tables.items():
             df = table.frame()
             _atomic_write(self.dir / name, lambda p, df=df: df.to_parquet(p, index=False))
@@ -172,6 +172,7 @@ class RunRecord:
         self.last = scalars.groupby("name", sort=False)["value"].last().to_dict()
 
     def write_summary(self, **summary: Any) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(
             self.dir / SUMMARY,
             lambda p: p.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n"),
@@ -183,9 +184,8 @@ class RunRecord:
 
 
 # --------------------------------------------------------------------------- rows
-# A run's measurements as record rows: the one place that turns the compiled chunk's
-# output (:meth:`bnlab.loop.Trainer.chunk`) into table rows, for a single run and for
-# each member of a vectorized sweep alike (so a member's rows are a single run's).
+# A member's measurements (:meth:`bnlab.engine.Metrics.member`) as record rows: the one
+# place that turns them into table rows, for a single run and every sweep member alike.
 
 
 def map_stats(tree: dict, fn: Callable[[Any], Any]) -> dict:
@@ -193,41 +193,35 @@ def map_stats(tree: dict, fn: Callable[[Any], Any]) -> dict:
     return {k: {s: fn(v) for s, v in d.items()} for k, d in tree.items()}
 
 
-def probe_rows(rec: RunRecord, steps: np.ndarray, acts: dict, layers: dict) -> None:
-    """Rows of one probe (activation and layer statistics) at ``steps``."""
-    rec.activations(steps, map_stats(acts, lambda v: np.reshape(v, steps.shape)))
-    rec.layers(steps, map_stats(layers, lambda v: np.reshape(v, steps.shape)))
-
-
 def activation_rows(
     rec: RunRecord, steps: np.ndarray, acts: dict, keep: np.ndarray | None = None
 ) -> None:
-    """Rows of one chunk's activation statistics (probe intervals where ``keep`` is true)."""
+    """Rows of activation statistics at ``steps`` (where ``keep`` is true)."""
     keep = np.ones(steps.shape, bool) if keep is None else keep
-    rec.activations(steps[keep].astype(np.int64), map_stats(acts, lambda v: v[keep]))
+    rec.activations(steps[keep].astype(np.int64), map_stats(acts, lambda v: np.asarray(v)[keep]))
 
 
-def chunk_rows(rec: RunRecord, out: dict, keep: np.ndarray | None = None) -> None:
-    """Rows of one chunk's measurements (probe intervals where ``keep`` is true); the
-    activations where ``out`` has them (with a probe device they come later:
-    :func:`activation_rows`)."""
-    keep = np.ones(out["step"].shape, bool) if keep is None else keep
-    steps = out["step"][keep].astype(np.int64)
-    if "acts" in out:
-        activation_rows(rec, out["step"], out["acts"], keep)
-    rec.layers(steps, map_stats(out["layers"], lambda v: v[keep]))
-    rec.scalars(steps, "train_loss", out["loss"].mean(axis=1)[keep])
-    rec.scalars(steps, "train_accuracy", out["acc"].mean(axis=1)[keep])
-    rec.scalars(steps, "lr", np.asarray(out["lr"])[keep])
-    if "ics" in out:  # gradient-ICS / landscape probes, where they were due
-        due = keep & np.asarray(out["ics_due"], bool)
-        rec.ics(out["step"][due].astype(np.int64), map_stats(out["ics"], lambda v: v[due]))
+def metrics_rows(rec: RunRecord, m: Any, keep: np.ndarray | None = None) -> None:
+    """Rows of one member's measurements (a ``Metrics`` with the member axis dropped),
+    at the probes where ``keep`` is true; activations where ``m.acts`` holds them."""
+    keep = np.ones(m.step.shape, bool) if keep is None else keep
+    steps = m.step[keep].astype(np.int64)
+    if m.acts is not None:
+        activation_rows(rec, m.step, m.acts, keep)
+    rec.layers(steps, map_stats(m.layers, lambda v: v[keep]))
+    if m.loss is not None:
+        rec.scalars(steps, "train_loss", m.loss.mean(axis=1)[keep])
+        rec.scalars(steps, "train_accuracy", m.acc.mean(axis=1)[keep])
+        rec.scalars(steps, "lr", m.lr[keep])
+    if m.ics is not None:  # gradient-ICS / landscape probes, where they were due
+        due = keep & m.ics_due.astype(bool)
+        rec.ics(m.step[due].astype(np.int64), map_stats(m.ics, lambda v: v[due]))
 
 
-def eval_rows(rec: RunRecord, step: int, loss: Any, acc: Any) -> None:
-    """The test-set rows (``test_loss``, ``test_accuracy``) at ``step``."""
-    rec.scalars(step, "test_loss", float(loss))
-    rec.scalars(step, "test_accuracy", float(acc))
+def eval_rows(rec: RunRecord, step: int, split: str, loss: Any, acc: Any) -> None:
+    """The rows of an evaluation on ``split`` (``test_loss``, ``test_accuracy``...)."""
+    rec.scalars(step, f"{split}_loss", float(loss))
+    rec.scalars(step, f"{split}_accuracy", float(acc))
 
 
 def _jsonable(x: Any) -> Any:

@@ -1,10 +1,13 @@
-"""Multi-device equivalence checks, run by tests/test_parallel.py in its own process.
-
-``python tests/parallel_check.py OUT_DIR`` needs
+"""Multi-device checks, run by tests/test_parallel.py and tests/test_engine.py in their
+own process: ``python tests/parallel_check.py OUT_DIR`` with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` in its environment (JAX reads it
-once, at start-up). It prints one JSON object: the largest absolute differences
-between 4-device and single-device computations of the same 64 examples, and the
-run directories of a short real training run on 4 devices and on one.
+once, at start-up). Prints one JSON object:
+
+- ``step``: the largest absolute differences between one training step on 4 devices
+  and on one device, on the same 64 examples (MLP and CNN; sync and per-device BN);
+- ``runs``: the run directories of a short real run on 4 devices and on one;
+- ``combos``: for every combination of sweep axes, devices, probes and norms in
+  ``COMBOS``, each member's record directory and the single run it must equal.
 """
 
 from __future__ import annotations
@@ -14,16 +17,34 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
-from omegaconf import OmegaConf
-from trainer import COMPILE_CACHE, QUICK, compose
+from trainer import COMPILE_CACHE, QUICK, compose, engine_for, train
 
-from bnlab import data, loop, parallel
-from bnlab.train import train_and_evaluate
+from bnlab.devices import DATA
+from bnlab.engine import unstack
+from bnlab.models import make_model
 
 DEVICES, BATCH = 4, 64
+SMALL = [*QUICK, "steps=100", "chunk_steps=50", "probe.every=25", "eval_every=50",
+         "checkpoint_every=50", "model.features=[16,16]", "batch_size=32", "data.probe_size=160",
+         "probe.landscape_steps=[0.5,2]"]  # fmt: skip
+# (name, overrides, devices as "data x members"): every sweep axis, device layout, probe
+# placement and BN variant appears, and each in more than one combination
+COMBOS = [
+    ("lr_seeds_overlap_ics_noisy", ["sweep.lr=[0.05,0.5]", "sweep.seeds=2", "probe.overlap=true",
+                                    "probe.ics_every=50", "norm=bn_noisy"], "1x1"),
+    ("lr_members4_ghost", ["sweep.lr=[0.05,0.1,0.5,1e6]", "norm=bn_ghost",
+                           "norm.ghost_batch_size=8"], "1x4"),
+    ("seeds_members2_data2_ics", ["sweep.seeds=2", "probe.ics_every=50"], "2x2"),
+    ("lr_seeds_data4_ics_noisy", ["sweep.lr=[0.05,0.5]", "sweep.seeds=2", "norm=bn_noisy",
+                                  "probe.ics_every=25"], "4x1"),
+    ("lr_seeds_members2_data2_ghost_unsync", ["sweep.lr=[0.05,0.5]", "sweep.seeds=2",
+                                              "norm=bn_ghost", "norm.ghost_batch_size=8",
+                                              "norm.sync=false"], "2x2"),
+    ("single_data4_ghost_overlap", ["norm=bn_ghost", "norm.ghost_batch_size=8",
+                                    "probe.overlap=true", "probe.ics_every=50"], "4x1"),
+]  # fmt: skip
 
 
 def max_err(a, b) -> float:
@@ -31,46 +52,41 @@ def max_err(a, b) -> float:
     return max(jax.tree.leaves(errs), default=0.0)
 
 
-def compare(model: str, sync: bool) -> dict[str, float]:
+def compare_step(model: str, sync: bool) -> dict[str, float]:
     """One training step on the same 64 examples: 4 devices vs one device.
 
     sync: 4-device sync BN vs single-device BN over the 64. Not sync: 4-device
     per-device BN vs single-device ghost BN with a ghost batch of 64 / 4 = 16.
     """
-    # a probe batch ghost BN can split (the trainer checks it; these runs never probe)
     over = [*QUICK, f"model={model}", f"batch_size={BATCH}", "data.probe_size=256"]
-    cfg4 = compose([*over, f"norm.sync={str(sync).lower()}"])
-    cfg1 = compose(over if sync else [*over, f"norm.ghost_batch_size={BATCH // DEVICES}"])
-    ds = data.load(**OmegaConf.to_container(cfg1.data))
-    kw = dict(batch_size=BATCH, chunk_steps=cfg1.chunk_steps, probe_cfg=cfg1.probe)
-    tx, sched = loop.make_optimizer(cfg1.optimizer, cfg1.steps)
-    t1 = parallel.make_trainer(cfg1.model, cfg1.norm, ds, tx, sched, devices=1, **kw)
-    t4 = parallel.make_trainer(cfg4.model, cfg4.norm, ds, tx, sched, devices=DEVICES, **kw)
-    assert isinstance(t4, parallel.DataParallelTrainer) and t4.mesh.size == DEVICES
-
-    x, y = jnp.asarray(ds.train_x[:BATCH]), jnp.asarray(ds.train_y[:BATCH])
-    state = loop.init_state(t1.model, tx, x[:2], seed=1)
+    e4, _, _ = engine_for([*over, f"norm.sync={str(sync).lower()}"], devices=(DEVICES, 1))
+    ghost = [] if sync else [f"norm.ghost_batch_size={BATCH // DEVICES}"]
+    e1, states, cfg1 = engine_for([*over, *ghost])
+    assert e4.mesh is not None and e4.mesh.size == DEVICES
+    x, y = e1.data["train_x"][:BATCH], e1.data["train_y"][:BATCH]
+    state = unstack(states, 0)
     # one step first, so that the compared step starts from non-trivial running stats
-    state = jax.jit(t1._step)(state, jnp.asarray(ds.train_x[BATCH : 2 * BATCH]),
-                              jnp.asarray(ds.train_y[BATCH : 2 * BATCH]))[0]  # fmt: skip
+    state = jax.jit(e1.train_step)(state, e1.data["train_x"][BATCH : 2 * BATCH],
+                                   e1.data["train_y"][BATCH : 2 * BATCH])[0]  # fmt: skip
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
     def forward(model, xb):
         return model.apply(variables, xb, train=True, mutable=["batch_stats"])[0]
 
     spmd = lambda f, ins, outs: jax.jit(  # noqa: E731
-        jax.shard_map(f, mesh=t4.mesh, in_specs=ins, out_specs=outs)
+        jax.shard_map(f, mesh=e4.mesh, in_specs=ins, out_specs=outs)
     )
-    logits1 = jax.jit(forward, static_argnums=0)(t1.model, x)
-    logits4 = spmd(lambda xb: forward(t4.model, xb), P(parallel.AXIS), P(parallel.AXIS))(x)
+    logits1 = jax.jit(forward, static_argnums=0)(e1.model, x)
+    logits4 = spmd(lambda xb: forward(e4.model, xb), P(DATA), P(DATA))(x)
     # the other statistics (sync: ghost 16; not sync: the whole 64), to show they differ
     other = compose([*over, f"norm.ghost_batch_size={BATCH // DEVICES}"] if sync else over)
-    other_model = loop.make_model(other.model, other.norm, ds.num_classes)
+    from bnlab.config import typed
+
+    other = typed(other)
+    other_model = make_model(other.model, other.norm, 10)
     logits_other = jax.jit(forward, static_argnums=0)(other_model, x)
-    new1, grads1, loss1, acc1 = jax.jit(t1._step)(state, x, y)
-    new4, grads4, loss4, acc4 = spmd(t4._step, (P(), P(parallel.AXIS), P(parallel.AXIS)), P())(
-        t4.place(state), x, y
-    )
+    new1, (loss1, _, grads1) = jax.jit(e1.train_step)(state, x, y)
+    new4, (loss4, _, grads4) = spmd(e4.train_step, (P(), P(DATA), P(DATA)), P())(state, x, y)
     return dict(
         outputs=max_err(logits1, logits4),
         running_stats=max_err(new1.batch_stats, new4.batch_stats),
@@ -85,13 +101,52 @@ def compare(model: str, sync: bool) -> dict[str, float]:
 
 def real_runs(out: Path) -> dict[str, str]:
     """A short real training run on 4 devices (sync BN) and on one, same seed."""
-    common = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100", f"batch_size={BATCH}"]
+    common = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100", f"batch_size={BATCH}",
+              "probe.overlap=false"]  # fmt: skip
     dirs = {}
     for devices in (DEVICES, 1):
         run = out / f"devices{devices}"
-        train_and_evaluate(compose([*common, f"parallel.data={devices}"]), run)
+        train([*common, f"parallel.data={devices}"], run)
         dirs[str(devices)] = str(run)
     return dirs
+
+
+def combos(out: Path) -> dict[str, list[list[str]]]:
+    """Every combination in COMBOS, and the single runs its members must equal."""
+    singles: dict[tuple, Path] = {}
+
+    def single(over: list[str], lr: float, seed: int) -> Path:
+        # the member as a run of its own: one device, no sweep, inline probes
+        base = tuple(o for o in over if not o.startswith(("sweep.", "probe.overlap")))
+        key = (base, lr, seed)
+        if key not in singles:
+            run = out / "single" / str(len(singles))
+            train([*SMALL, *base, f"optimizer.lr={lr}", f"seed={seed}", "probe.overlap=false"],
+                  run)  # fmt: skip
+            singles[key] = run
+        return singles[key]
+
+    result = {}
+    for name, over, dev in COMBOS:
+        data_dev, mem_dev = dev.split("x")
+        run = out / "combo" / name
+        extra = [f"parallel.data={data_dev}", f"parallel.members={mem_dev}"]
+        summaries = train([*SMALL, *over, *extra], run)
+        cfg = typed_cfg([*SMALL, *over])
+        members = [(lr, s) for lr in cfg.lrs for s in cfg.seeds]
+        pairs = []
+        for i, (lr, seed) in enumerate(members):
+            member_dir = run / str(i) if cfg.is_sweep else run
+            pairs.append([str(member_dir), str(single(over, lr, seed)),
+                          summaries[i]["status"]])  # fmt: skip
+        result[name] = pairs
+    return result
+
+
+def typed_cfg(over):
+    from bnlab.config import typed
+
+    return typed(compose(over))
 
 
 def main() -> None:
@@ -100,13 +155,17 @@ def main() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     if jax.device_count() != DEVICES:
         sys.exit(f"needs XLA_FLAGS=--xla_force_host_platform_device_count={DEVICES}")
-    result = {
-        f"{model}_{'sync' if sync else 'unsync'}": compare(model, sync)
-        for model in ("mlp", "cnn")
-        for sync in (True, False)
-    }
-    result["auto_devices"] = parallel.device_count(0)
-    result["runs"] = real_runs(out)
+    what = sys.argv[2] if len(sys.argv) > 2 else "all"
+    result = {}
+    if what in ("all", "step"):
+        result["step"] = {
+            f"{model}_{'sync' if sync else 'unsync'}": compare_step(model, sync)
+            for model in ("mlp", "cnn")
+            for sync in (True, False)
+        }
+        result["runs"] = real_runs(out)
+    if what in ("all", "combos"):
+        result["combos"] = combos(out)
     print(json.dumps(result))
 
 

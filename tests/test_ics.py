@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace as NS
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from trainer import QUICK, compose, engine_for
 
-from bnlab import data, loop, norm, probe
-
-MLP_CFG = dict(
-    name="mlp", channels=[], activation="sigmoid", norm_position="before", init_std=0.1,
-    use_bias=True,
-)  # fmt: skip
-OPT = NS(
-    name="sgd", lr=0.5, momentum=0.0, nesterov=False, b1=0.9, b2=0.999, weight_decay=0.0,
-    schedule="constant", warmup_steps=0, decay_factor=0.1, boundaries=[],
-)  # fmt: skip
+from bnlab import config, engine, norm, probe
+from bnlab.engine import unstack
 
 
-def norm_cfg(name="bn", **kw):
-    base = dict(
-        name=name, use_scale=True, use_bias=True, stats_grad=True, momentum=0.99,
-        epsilon=1e-5, ghost_batch_size=None, center_only=False, noise_mean=0.0, noise_std=0.0,
-    )  # fmt: skip
-    return NS(**{**base, **kw})
+def trainer(features, norm_over=("norm=bn",), *, ics_every=0, steps=(0.5, 1.0, 2.0), chunk=20,
+            every=10, seed=0, devices=(1, 1)):  # fmt: skip
+    """An engine of the Fig. 1 MLP (``features`` wide) on digits, and one member's state."""
+    over = [
+        *QUICK, "data.probe_size=100", "batch_size=30", "steps=100", f"chunk_steps={chunk}",
+        f"probe.every={every}", "probe.percentiles=[50]", "probe.units=[]",
+        f"probe.ics_every={ics_every}", f"probe.landscape_steps=[{','.join(map(str, steps))}]",
+        f"model.features=[{','.join(map(str, features))}]", f"seed={seed}", *norm_over,
+    ]  # fmt: skip
+    e, states, _ = engine_for(over, devices=devices)
+    return e, states
 
 
-def trainer(features, nrm, *, ics_every=0, steps=(0.5, 1.0, 2.0), chunk=20, every=10, seed=0):
-    ds = data.load("digits", probe_size=100)
-    model = loop.make_model(NS(features=list(features), **MLP_CFG), nrm, ds.num_classes)
-    tx, sched = loop.make_optimizer(OPT, 100)
-    probe_cfg = NS(
-        every=every, percentiles=[50], units=[], bn_mode="batch", ics_every=ics_every,
-        landscape_steps=list(steps),
-    )  # fmt: skip
-    tr = loop.Trainer(model, tx, sched, ds, batch_size=30, chunk_steps=chunk, probe_cfg=probe_cfg)
-    return tr, loop.init_state(model, tx, tr.data["train_x"][:2], seed)
+def member(states):
+    return unstack(states, 0)
 
 
 # --------------------------------------------------------------------------- gradient ICS
@@ -46,10 +34,10 @@ def trainer(features, nrm, *, ics_every=0, steps=(0.5, 1.0, 2.0), chunk=20, ever
 
 def test_gradient_ics_zero_for_one_layer_model_and_first_layer():
     """No earlier layer moves: G' = G exactly (a one-layer model; layer 1 of a deeper one)."""
-    for features, nrm in (((), norm_cfg("none")), ((16, 8), norm_cfg("bn"))):
-        tr, st = trainer(features, nrm)
+    for features, nrm in (((), "norm=none"), ((16, 8), "norm=bn")):
+        tr, st = trainer(features, [nrm])
         x, y = tr.data["train_x"][:30], tr.data["train_y"][:30]
-        out = jax.device_get(jax.jit(tr._ics)(st, x, y))
+        out = jax.device_get(jax.jit(tr.ics)(member(st), x, y))
         first = "layer1" if features else "head"
         assert out[first]["grad_diff_l2"] == 0.0
         np.testing.assert_allclose(out[first]["grad_cos"], 1.0, rtol=1e-6)
@@ -100,11 +88,12 @@ def test_gradient_ics_two_layer_linear_closed_form():
 
 def test_landscape_equals_python_loop():
     """On a tiny BN MLP: loss range, gradient predictiveness and beta-smoothness by hand."""
-    tr, st = trainer((6, 5), norm_cfg("bn"), steps=(0.25, 1.0, 4.0))
+    tr, st = trainer((6, 5), steps=(0.25, 1.0, 4.0))
+    st = member(st)
     x, y = tr.data["train_x"][:30], tr.data["train_y"][:30]
 
     def loss_fn(p, batch):
-        return tr._loss(p, st.batch_stats, batch[0], batch[1])[0]
+        return tr.loss_fn(p, st.batch_stats, batch[0], batch[1])[0]
 
     lr = 0.5
     got = jax.device_get(probe.landscape(loss_fn, st.params, (x, y), lr, [0.25, 1.0, 4.0]))
@@ -127,17 +116,17 @@ def test_landscape_equals_python_loop():
 
 
 def test_ics_in_the_compiled_chunk_only_when_due():
-    tr, st = trainer((8,), norm_cfg("bn"), ics_every=20, chunk=40, every=10)
-    st, out = tr.chunk(st, 40)
+    tr, st = trainer((8,), ics_every=20, chunk=40, every=10)
+    st, out = tr.chunk(st, 0, 40)
     out = jax.device_get(out)
-    np.testing.assert_array_equal(out["step"], [10, 20, 30, 40])
-    np.testing.assert_array_equal(out["ics_due"], [False, True, False, True])
-    assert (out["ics"]["head"]["grad_diff_l2"][[1, 3]] > 0).all()
-    assert (out["ics"]["head"]["grad_diff_l2"][[0, 2]] == 0).all()
-    tr_off, _ = trainer((8,), norm_cfg("bn"))
-    assert "ics" not in jax.device_get(tr_off.chunk(st, 20)[1])
-    with pytest.raises(ValueError, match="ics_every"):
-        trainer((8,), norm_cfg("bn"), ics_every=15)
+    np.testing.assert_array_equal(out.step, [10, 20, 30, 40])
+    np.testing.assert_array_equal(out.ics_due, [False, True, False, True])
+    assert (out.ics["head"]["grad_diff_l2"][0, [1, 3]] > 0).all()
+    assert (out.ics["head"]["grad_diff_l2"][0, [0, 2]] == 0).all()
+    tr_off, st_off = trainer((8,))
+    assert jax.device_get(tr_off.chunk(st_off, 0, 20)[1]).ics is None
+    with pytest.raises(config.UserError, match="ics_every"):
+        config.check(config.typed(compose([*QUICK, "probe.ics_every=15"])), 1)
 
 
 # --------------------------------------------------------------------------- noisy BN
@@ -152,9 +141,9 @@ def test_inject_noise_zero_magnitudes_is_identity():
 def test_noisy_bn_zero_noise_equals_bn():
     """A whole chunk of training with norm=bn_noisy at zero magnitudes equals norm=bn."""
     runs = []
-    for nrm in (norm_cfg("bn"), norm_cfg("bn_noisy", noise_mean=0.0, noise_std=0.0)):
+    for nrm in (["norm=bn"], ["norm=bn_noisy", "norm.noise_mean=0", "norm.noise_std=0"]):
         tr, st = trainer((8, 8), nrm)
-        runs.append(jax.device_get(tr.chunk(st, 20)))
+        runs.append(jax.device_get(tr.chunk(st, 0, 20)))
     for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1]), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -162,9 +151,10 @@ def test_noisy_bn_zero_noise_equals_bn():
 def test_noisy_bn_noise_moves_every_step_and_is_reproducible():
     key = jax.random.PRNGKey(0)
     per_step = [
-        jax.device_get(norm.noise_params(loop.noise_key(key, t), (5,), 0.5, 0.5)) for t in range(3)
+        jax.device_get(norm.noise_params(engine.noise_key(key, t), (5,), 0.5, 0.5))
+        for t in range(3)
     ]
-    again = jax.device_get(norm.noise_params(loop.noise_key(key, 1), (5,), 0.5, 0.5))
+    again = jax.device_get(norm.noise_params(engine.noise_key(key, 1), (5,), 0.5, 0.5))
     for a, b in zip(per_step[1], again, strict=True):
         np.testing.assert_array_equal(a, b)  # a function of the key and the step only
     for t in (1, 2):
@@ -175,17 +165,17 @@ def test_noisy_bn_noise_moves_every_step_and_is_reproducible():
     assert ((0 <= sd_s) & (sd_s <= 0.5)).all() and ((0 <= sd_a) & (sd_a <= 0.5)).all()
 
     # training: the same seed gives the same run, another seed another; noise changes BN's run
-    noisy = norm_cfg("bn_noisy", noise_mean=0.5, noise_std=0.5)
+    noisy = ["norm=bn_noisy", "norm.noise_mean=0.5", "norm.noise_std=0.5"]
     outs = {}
     for name, nrm, seed in (
         ("a", noisy, 0),
         ("b", noisy, 0),
         ("c", noisy, 1),
-        ("bn", norm_cfg(), 0),
+        ("bn", ["norm=bn"], 0),
     ):
         tr, st = trainer((8,), nrm, seed=seed)
-        st, out = tr.chunk(st, 20)
-        outs[name] = jax.device_get((st.params, out["loss"]))
+        st, out = tr.chunk(st, 0, 20)
+        outs[name] = jax.device_get((st.params, out.loss))
     same = lambda u, v: all(  # noqa: E731
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(v), strict=True)
     )
@@ -225,20 +215,12 @@ def test_center_only_subtracts_the_mean_and_keeps_the_scale():
 
 PARALLEL_SCRIPT = """
 import jax, numpy as np
-from types import SimpleNamespace as NS
-from bnlab import data, loop, parallel
 import test_ics as t
-ds = data.load("digits", probe_size=100)
-tx, sched = loop.make_optimizer(t.OPT, 100)
-probe_cfg = NS(every=10, percentiles=[50], units=[], bn_mode="batch", ics_every=10,
-               landscape_steps=[0.5, 2.0])
 outs = []
 for devices in (1, 2):
-    nrm = t.norm_cfg("bn", sync=True)
-    tr = parallel.make_trainer(NS(features=[8, 8], **t.MLP_CFG), nrm, ds, tx, sched,
-                               devices=devices, batch_size=30, chunk_steps=20, probe_cfg=probe_cfg)
-    st = tr.place(loop.init_state(tr.model, tx, tr.data["train_x"][:2], 0))
-    outs.append(jax.device_get(tr.chunk(st, 20)[1]["ics"]))
+    tr, st = t.trainer([8, 8], ["norm=bn", "norm.sync=true"], ics_every=10, steps=(0.5, 2.0),
+                       devices=(devices, 1))
+    outs.append(jax.device_get(tr.chunk(st, 0, 20)[1].ics))
 errs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b) / (np.abs(b) + 1e-6))), *outs)
 print("MAXREL", max(jax.tree.leaves(errs)))
 """

@@ -1,13 +1,12 @@
 """Probe statistics: exact sort-free percentiles, and the loop's probes vs NumPy."""
 
-from types import SimpleNamespace as NS
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from trainer import QUICK, engine_for
 
-from bnlab import data, loop
+from bnlab.engine import unstack
 from bnlab.models import ACTIVATIONS, MONOTONE, activation_sources, flatten_sites
 from bnlab.probe import activation_stats, order_statistics, percentiles, percentiles_through
 
@@ -108,29 +107,23 @@ def test_activation_stats_tracks_units():
 def test_loop_probes_equal_numpy(bn_mode, act):
     """The trainer's probe equals NumPy statistics of the same model's activations
     (sigmoid: ``post`` read through ``pre``; tanh: searched on its own)."""
-    ds = data.load("digits", probe_size=200)
-    model_cfg = NS(
-        name="mlp", features=[32, 16], channels=[], activation=act,
-        norm_position="before", init_std=None, use_bias=True,
-    )  # fmt: skip
-    norm_cfg = NS(
-        name="bn", use_scale=True, use_bias=True, stats_grad=True,
-        momentum=0.9, epsilon=1e-5, ghost_batch_size=None,
-    )  # fmt: skip
-    opt_cfg = NS(
-        name="sgd", lr=0.1, momentum=0.0, nesterov=False, b1=0.9, b2=0.999,
-        weight_decay=0.0, schedule="constant", warmup_steps=0, decay_factor=0.1, boundaries=[],
-    )  # fmt: skip
-    probe_cfg = NS(every=10, percentiles=[15, 50, 85], units=[1], bn_mode=bn_mode)
-    model = loop.make_model(model_cfg, norm_cfg, ds.num_classes)
-    tx, sched = loop.make_optimizer(opt_cfg, 20)
-    tr = loop.Trainer(model, tx, sched, ds, batch_size=50, chunk_steps=20, probe_cfg=probe_cfg)
-    state, out = tr.chunk(loop.init_state(model, tx, tr.data["train_x"][:2], 0), 20)
-    acts, layers = jax.device_get(tr.measure(state))
+    over = [
+        *QUICK, "data.probe_size=200", "model.features=[32,16]", f"model.activation={act}",
+        "model.init_std=null", "norm.momentum=0.9", "optimizer.lr=0.1", "steps=20",
+        "batch_size=50", "chunk_steps=20", "probe.every=10", "probe.units=[1]",
+        f"probe.bn_mode={bn_mode}",
+    ]  # fmt: skip
+    tr, states, _ = engine_for(over)
+    states, out = tr.chunk(states, 0, 20)
+    measured = jax.device_get(tr.measure(states))
+    acts = jax.tree.map(lambda a: a[0, 0], measured.acts)
+    layers = jax.tree.map(lambda a: a[0, 0], measured.layers)
+    out = jax.device_get(out)
+    state, model, ds = unstack(jax.device_get(states), 0), tr.model, tr.data
 
     _, v = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats},
-        ds.probe_x, train=bn_mode == "batch", mutable=["sites", "batch_stats"],
+        ds["probe_x"], train=bn_mode == "batch", mutable=["sites", "batch_stats"],
     )  # fmt: skip
     sites = {k: np.asarray(a, np.float64) for k, a in flatten_sites(v["sites"]).items()}
     assert (
@@ -150,10 +143,10 @@ def test_loop_probes_equal_numpy(bn_mode, act):
             )
     # the chunk's last probe saw the same state as this separate probe
     np.testing.assert_allclose(
-        out["acts"]["layer2/pre"]["p50"][-1], acts["layer2/pre"]["p50"], rtol=1e-6
+        out.acts["layer2/pre"]["p50"][0, -1], acts["layer2/pre"]["p50"], rtol=1e-6
     )
     kernel = np.asarray(state.params["layer1"]["linear"]["kernel"])
     np.testing.assert_allclose(layers["layer1"]["weight_norm"], np.linalg.norm(kernel), rtol=1e-5)
     gamma = np.asarray(state.params["layer2"]["norm"]["scale"])
     np.testing.assert_allclose(layers["layer2"]["gamma_std"], gamma.std(), rtol=1e-4, atol=1e-7)
-    assert out["layers"]["layer1"]["grad_norm"][-1] > 0
+    assert out.layers["layer1"]["grad_norm"][0, -1] > 0

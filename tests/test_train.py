@@ -12,10 +12,9 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from trainer import COMPILE_CACHE, QUICK, ROOT, cli, compose, tables
+from trainer import COMPILE_CACHE, QUICK, ROOT, cli, tables, train
 
 from bnlab import record
-from bnlab.train import train_and_evaluate
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,13 +25,11 @@ def _compile_cache():
 
 def test_fashion_mnist_short_run_writes_record(tmp_path):
     """A real run on Fashion-MNIST: every record file, documented columns, learning, BN sites."""
-    cfg = compose(
-        [
-            "data=fashion_mnist", "steps=400", "chunk_steps=200", "eval_every=200",
-            "progress=false", "figure=false",
-        ]
-    )  # fmt: skip
-    summary = train_and_evaluate(cfg, tmp_path)
+    over = [
+        "data=fashion_mnist", "steps=400", "chunk_steps=200", "eval_every=200",
+        "checkpoint_every=200", "progress=false", "figure=false",
+    ]  # fmt: skip
+    (summary,) = train(over, tmp_path)
     assert summary["status"] == "finished" and summary["step"] == 400
     on_disk = json.loads((tmp_path / record.SUMMARY).read_text())
     assert on_disk["status"] == "finished" and on_disk["steps_per_sec"] > 0
@@ -70,8 +67,9 @@ def test_fashion_mnist_short_run_writes_record(tmp_path):
 def test_none_and_bn_differ(tmp_path):
     runs = {}
     for norm in ("none", "bn"):
-        cfg = compose([*QUICK, f"norm={norm}", "steps=100", "chunk_steps=100", "eval_every=100"])
-        assert train_and_evaluate(cfg, tmp_path / norm)["status"] == "finished"
+        over = [*QUICK, f"norm={norm}", "steps=100", "chunk_steps=100", "eval_every=100",
+                "checkpoint_every=100"]  # fmt: skip
+        assert train(over, tmp_path / norm)[0]["status"] == "finished"
         runs[norm] = tables(tmp_path / norm)["activations.parquet"]
     assert "prenorm" not in set(runs["none"]["site"])
     common = runs["none"].merge(runs["bn"], on=["step", "layer", "site", "unit", "stat"])
@@ -79,9 +77,10 @@ def test_none_and_bn_differ(tmp_path):
 
 
 def test_same_seed_same_tables(tmp_path):
-    overrides = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100", "seed=3"]
+    overrides = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100", "seed=3",
+                 "checkpoint_every=100"]  # fmt: skip
     for name in ("a", "b"):
-        train_and_evaluate(compose(overrides), tmp_path / name)
+        train(overrides, tmp_path / name)
     a, b = tables(tmp_path / "a"), tables(tmp_path / "b")
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name])
@@ -91,10 +90,11 @@ def test_probes_on_a_second_device_equal_inline(tmp_path):
     """``probe.overlap``: the command asks for a second CPU device and probes there,
     alongside training; the tables equal those of probes inline in the chunk (this
     process has one CPU device, so the in-process run probes inline)."""
-    args = [*QUICK, "steps=300", "chunk_steps=100", "eval_every=100", "norm=bn_noisy"]
+    args = [*QUICK, "steps=300", "chunk_steps=100", "eval_every=100", "norm=bn_noisy",
+            "checkpoint_every=100"]  # fmt: skip
     res = cli([*args, f"hydra.run.dir={tmp_path / 'overlap'}"])
     assert res.returncode == 0, res.stderr
-    inline = train_and_evaluate(compose(args), tmp_path / "inline")
+    (inline,) = train(args, tmp_path / "inline")
     assert inline["probe_device"] is None
     summary = json.loads((tmp_path / "overlap" / record.SUMMARY).read_text())
     assert summary["probe_device"] is not None and summary["devices"] == 1
@@ -106,7 +106,7 @@ def test_probes_on_a_second_device_equal_inline(tmp_path):
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     """SIGKILL a real run after a checkpoint, resume it: the tables equal an uninterrupted run."""
-    args = [*QUICK, "steps=3000", "chunk_steps=100", "eval_every=200", "checkpoint_every=1"]
+    args = [*QUICK, "steps=3000", "chunk_steps=100", "eval_every=200", "checkpoint_every=100"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bnlab.train", *args, f"hydra.run.dir={killed}"],
@@ -137,7 +137,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
 def test_divergence_is_a_result(tmp_path):
     run = tmp_path / "run"
-    res = cli([*QUICK, "optimizer.lr=1e6", "steps=300", "chunk_steps=100", f"hydra.run.dir={run}"])
+    res = cli([*QUICK, "optimizer.lr=1e6", "steps=300", "chunk_steps=100", "eval_every=100",
+               "checkpoint_every=100", f"hydra.run.dir={run}"])  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "diverged at step" in res.stderr and "Traceback" not in res.stderr
     summary = json.loads((run / record.SUMMARY).read_text())

@@ -46,3 +46,23 @@ def tables(run_dir: Path) -> dict[str, pd.DataFrame]:
         for name in record.COLUMNS
         if (run_dir / name).exists()
     }
+
+
+def train(overrides: list[str], run_dir: Path, cli_overrides: list[str] | None = None) -> list:
+    """Train in this process (``bnlab.driver.train_and_evaluate``); one summary per member."""
+    from bnlab.driver import train_and_evaluate
+
+    return train_and_evaluate(compose(overrides), run_dir, cli_overrides)
+
+
+def engine_for(overrides: list[str], *, probes: bool = True, devices: tuple[int, int] = (1, 1)):
+    """``(engine, member states, typed config)`` of a composed config, built as a run is."""
+    from bnlab import config
+    from bnlab.driver import build_engine, load_data
+
+    cfg = config.typed(compose(overrides))
+    ds = load_data(cfg)
+    e = build_engine(cfg, ds, *devices, probes=probes)
+    members = [(lr, s) for lr in cfg.lrs for s in cfg.seeds]
+    states = e.init([s for _, s in members], [lr for lr, _ in members], ds.train_x[:2])
+    return e, states, cfg
