@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from bnlab import data
-from bnlab.data import DataError
+from bnlab.data import DataError, network
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
@@ -130,7 +130,7 @@ def test_idx_builder_roundtrip_from_dir(tmp_path):
     assert ds.class_names[0] == "T-shirt/top"
 
     # The TFDS records themselves hold the same examples (as a set, before reordering).
-    from bnlab import idx_builder
+    from bnlab.data import idx_builder
 
     builder = idx_builder.IdxImages(
         config="fashion_mnist", data_dir=str(data_dir), file_format="array_record"
@@ -277,7 +277,7 @@ def test_hanging_connection_is_cut_short(tmp_path, monkeypatch, no_local_dirs, n
         raise OSError("gave up")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    monkeypatch.setattr(data, "CONNECT_TIMEOUT_S", 0.5)  # 3 s by default; keep the test quick
+    monkeypatch.setattr(network, "CONNECT_TIMEOUT_S", 0.5)  # 3 s by default; keep the test quick
     start = time.monotonic()
     try:
         with pytest.raises(DataError, match="cannot download .* within 0.5 s"):

@@ -1,0 +1,137 @@
+"""Datasets into host memory, preprocessed, with a fixed probe batch: :func:`load`.
+
+Where the images come from (by ``data.name``):
+
+* ``digits``: scikit-learn's bundled 8x8 digits; always works, no files, no network.
+* IDX datasets (``fashion_mnist``, ``mnist``, ``kmnist``): from ``data.dir``, the
+  prepared cache in ``data.data_dir``, a standard local folder
+  (``/usr/share/datasets/fashion-mnist`` from the Debian package
+  ``dataset-fashion-mnist``), else a checksummed download (:mod:`.idx_source`).
+* any other name: stock TFDS, which needs TensorFlow (``uv sync --extra tfds-full``).
+
+Modules: :mod:`.dataset` (Dataset, DataError), :mod:`.idx` (the IDX format and the
+dataset table), :mod:`.idx_source` and :mod:`.idx_builder` (finding and preparing IDX
+datasets), :mod:`.tfds_source`, :mod:`.arrays`, :mod:`.preprocess`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bnlab.data.arrays import load_digits
+from bnlab.data.dataset import DataError, Dataset
+from bnlab.data.idx import (
+    BUILDER_NAME,
+    BUILDER_VERSION,
+    IDX_DATASETS,
+    IDX_FILES,
+    IdxSpec,
+    find_idx_files,
+    read_idx,
+    read_idx_split,
+)
+from bnlab.data.idx_source import CACHE_FILE, load_idx
+from bnlab.data.preprocess import preprocess
+from bnlab.data.tfds_source import load_stock_tfds
+
+
+def load(
+    name: str,
+    *,
+    dir: str | None = None,
+    data_dir: str | None = None,
+    download: bool = True,
+    scale: bool = True,
+    standardize: str = "none",
+    flatten: bool = False,
+    probe_size: int = 1000,
+    probe_split: str = "test",
+    probe_seed: int = 0,
+) -> Dataset:
+    """Load a dataset by name into host memory, preprocessed, with a fixed probe batch.
+
+    `dir`: folder with the IDX files (IDX datasets only; wins over cache and defaults).
+    `data_dir`: TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    `download`: allow a download when nothing is local. `scale` divides by the pixel
+    maximum (255; 16 for digits) to [0, 1]. `standardize="per_pixel"` then subtracts
+    the train mean and divides by the train std of each pixel. `flatten` reshapes
+    images to (N, H*W*C) for MLPs. The probe batch holds `probe_size` examples
+    (at most the whole split) drawn without replacement from `probe_split` with
+    numpy's default_rng(`probe_seed`), sorted by index, and stays in its split.
+    Raises DataError (one line) when the data cannot be had.
+    """
+    if standardize not in ("none", "per_pixel"):
+        raise DataError(f"data.standardize={standardize!r} is not known: use none or per_pixel")
+    if probe_split not in ("train", "test"):
+        raise DataError(f"data.probe_split={probe_split!r} is not known: use train or test")
+    if probe_size < 0:
+        raise DataError(f"data.probe_size={probe_size} is negative: use 0 or more")
+    if name == "digits":
+        raw = load_digits()
+    elif name in IDX_DATASETS:
+        raw = load_idx(IDX_DATASETS[name], dir, data_dir, download)
+    elif dir is not None:
+        raise DataError(
+            f"data.dir is for IDX datasets ({', '.join(IDX_DATASETS)}), not {name!r}: "
+            "set data.dir=null or pick an IDX dataset"
+        )
+    else:
+        raw = load_stock_tfds(name, data_dir, download)
+    return preprocess(
+        raw,
+        name,
+        scale=scale,
+        standardize=standardize,
+        flatten=flatten,
+        probe_size=probe_size,
+        probe_split=probe_split,
+        probe_seed=probe_seed,
+    )
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def epoch_permutation(key: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
+    """The order of examples in `epoch`: a permutation of arange(n), fresh each epoch."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+def batch_indices(key: jax.Array, step: int | jax.Array, n: int, batch_size: int) -> jax.Array:
+    """Indices of training batch `step`, sampled without replacement within each epoch.
+
+    steps_per_epoch = n // batch_size (the last partial batch is dropped); step s
+    takes slice s % steps_per_epoch of epoch_permutation(key, s // steps_per_epoch, n).
+    `n` and `batch_size` are static; `step` may be traced (jit, lax.scan). Each
+    call recomputes the epoch permutation (one sort of n keys), which is cheap next
+    to a training step for datasets of MNIST size.
+    """
+    if batch_size < 1 or n // batch_size < 1:
+        raise DataError(
+            f"batch_size={batch_size} does not fit a training set of {n} examples: "
+            f"use a batch size between 1 and {n}"
+        )
+    steps_per_epoch = n // batch_size
+    step = jnp.asarray(step)
+    perm = epoch_permutation(key, step // steps_per_epoch, n)
+    start = (step % steps_per_epoch) * batch_size
+    return jax.lax.dynamic_slice(perm, (start,), (batch_size,))
+
+
+__all__ = [
+    "BUILDER_NAME",
+    "BUILDER_VERSION",
+    "CACHE_FILE",
+    "DataError",
+    "Dataset",
+    "IDX_DATASETS",
+    "IDX_FILES",
+    "IdxSpec",
+    "batch_indices",
+    "epoch_permutation",
+    "find_idx_files",
+    "load",
+    "read_idx",
+    "read_idx_split",
+]
