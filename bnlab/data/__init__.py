@@ -16,9 +16,6 @@ datasets), :mod:`.tfds_source`, :mod:`.arrays`, :mod:`.preprocess`.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 from bnlab.data.arrays import load_digits
 from bnlab.data.dataset import DataError, Dataset
 from bnlab.data.idx import (
@@ -90,35 +87,6 @@ def load(
     )
 
 
-# --------------------------------------------------------------------------- batching
-
-
-def epoch_permutation(key: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
-    """The order of examples in `epoch`: a permutation of arange(n), fresh each epoch."""
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
-
-
-def batch_indices(key: jax.Array, step: int | jax.Array, n: int, batch_size: int) -> jax.Array:
-    """Indices of training batch `step`, sampled without replacement within each epoch.
-
-    steps_per_epoch = n // batch_size (the last partial batch is dropped); step s
-    takes slice s % steps_per_epoch of epoch_permutation(key, s // steps_per_epoch, n).
-    `n` and `batch_size` are static; `step` may be traced (jit, lax.scan). Each
-    call recomputes the epoch permutation (one sort of n keys), which is cheap next
-    to a training step for datasets of MNIST size.
-    """
-    if batch_size < 1 or n // batch_size < 1:
-        raise DataError(
-            f"batch_size={batch_size} does not fit a training set of {n} examples: "
-            f"use a batch size between 1 and {n}"
-        )
-    steps_per_epoch = n // batch_size
-    step = jnp.asarray(step)
-    perm = epoch_permutation(key, step // steps_per_epoch, n)
-    start = (step % steps_per_epoch) * batch_size
-    return jax.lax.dynamic_slice(perm, (start,), (batch_size,))
-
-
 __all__ = [
     "BUILDER_NAME",
     "BUILDER_VERSION",
@@ -128,8 +96,6 @@ __all__ = [
     "IDX_DATASETS",
     "IDX_FILES",
     "IdxSpec",
-    "batch_indices",
-    "epoch_permutation",
     "find_idx_files",
     "load",
     "read_idx",
