@@ -107,6 +107,64 @@ def test_read_idx_roundtrip_and_errors(tmp_path):
         data.read_idx(tmp_path / "short")
 
 
+def write_raw_idx(path: Path, magic: bytes, dims: tuple[int, ...], payload: bytes) -> None:
+    """Write a gzipped file with any 4-byte magic number, dims and payload."""
+    with gzip.open(path, "wb") as f:
+        f.write(magic + struct.pack(f">{len(dims)}I", *dims) + payload)
+
+
+# A wrong 4-byte header in train-images, and what the one-line message must say.
+BAD_HEADERS = {
+    "zip file": (b"PK\x03\x04", (40, 28, 28), bytes(40 * 784), "bad magic number 504b0304"),
+    "unknown type": (b"\x00\x00\x07\x03", (40, 28, 28), bytes(40 * 784), "bad magic number"),
+    "255 dimensions": (b"\x00\x00\x08\xff", (40, 28, 28), bytes(40 * 784), "255 dimensions"),
+    "0 dimensions": (b"\x00\x00\x08\x00", (), bytes(16), "0 dimensions"),
+    "int32 pixels": (b"\x00\x00\x0c\x03", (40, 28, 28), bytes(4 * 40 * 784), "int32 images"),
+    "3 channels": (b"\x00\x00\x08\x04", (40, 28, 28, 3), bytes(3 * 40 * 784), "28x28x1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+def test_bad_idx_header_is_one_line(tmp_path, monkeypatch, no_local_dirs, case):
+    magic, dims, payload, says = BAD_HEADERS[case]
+    src = tmp_path / "src"
+    make_idx_dir(src)
+    write_raw_idx(src / "train-images-idx3-ubyte.gz", magic, dims, payload)
+
+    # from data.dir, and from a standard local folder (the Debian package's place)
+    spec = dataclasses.replace(data.IDX_DATASETS["fashion_mnist"], local_dirs=(str(src),))
+    monkeypatch.setitem(data.IDX_DATASETS, "fashion_mnist", spec)
+    for kwargs in ({"dir": str(src)}, {"download": False}):
+        with pytest.raises(DataError, match=says) as e:
+            data.load("fashion_mnist", data_dir=str(tmp_path / "tfds"), **kwargs)
+        msg = str(e.value)
+        assert "\n" not in msg and len(msg) < 300, msg
+        assert "train-images-idx3-ubyte.gz" in msg
+        assert ("re-download it" in msg) or ("check which dataset data.dir points at" in msg)
+
+
+def test_bad_idx_header_inside_the_tfds_builder_is_one_line(tmp_path):
+    """The builder (what `tfds build` or a download runs) reads the files inside TFDS."""
+    from bnlab.data import idx_builder
+
+    src = tmp_path / "src"
+    make_idx_dir(src)
+    write_raw_idx(src / "t10k-labels-idx1-ubyte.gz", b"\x00\x00\x08\xff", (12,), bytes(12))
+    with pytest.raises(DataError, match="255 dimensions") as e:
+        idx_builder.prepare_and_read("fashion_mnist", tmp_path / "tfds", src)
+    assert "\n" not in str(e.value) and "re-download it" in str(e.value)
+
+
+def test_float_labels_are_rejected(tmp_path):
+    src = tmp_path / "src"
+    make_idx_dir(src)
+    labels = np.zeros(40, ">f4").tobytes()
+    write_raw_idx(src / "train-labels-idx1-ubyte.gz", b"\x00\x00\x0d\x01", (40,), labels)
+    with pytest.raises(DataError, match="float32 labels, not integers") as e:
+        data.load("fashion_mnist", dir=str(src), data_dir=str(tmp_path / "tfds"))
+    assert "\n" not in str(e.value)
+
+
 def test_find_idx_files_accepts_unzipped_and_dotted_names(tmp_path):
     for name in ("train-images.idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz"):
         (tmp_path / name).write_bytes(b"")

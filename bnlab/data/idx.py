@@ -9,13 +9,15 @@ checksums, image shape, class names and standard local folders.
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bnlab.data.dataset import DataError
+from bnlab.data.dataset import DataError, one_line
 
 # Split file stems as published upstream; the reader also accepts unzipped files
 # and the dotted names some unpackers produce (train-images.idx3-ubyte).
@@ -163,28 +165,38 @@ _IDX_DTYPES = {
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (gzipped or not) into an array of its declared dtype and shape."""
+    """Read one IDX file (gzipped or not) into an array of its declared dtype and shape.
+
+    Any file that is not a whole IDX file (unreadable, not gzip or IDX, a magic number
+    that names no IDX type or more dimensions than the file holds, truncated) raises
+    a one-line :class:`DataError` naming the file.
+    """
     path = Path(path)
+    todo = "re-download it or point data.dir elsewhere"
     try:
         with open(path, "rb") as f:
             raw = f.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-        raise DataError(
-            f"cannot read IDX file {path} ({e}): re-download it or point data.dir elsewhere"
-        ) from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read IDX file {path} ({one_line(e)}): {todo}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(
-            f"{path} is not an IDX file (bad magic number): re-download it or point data.dir elsewhere"
-        )
+        magic = raw[:4].hex() or "missing"
+        raise DataError(f"{path} is not an IDX file (bad magic number {magic}): {todo}")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    if len(raw) != header + int(np.prod(dims)) * dtype.itemsize:
+    if ndim == 0 or len(raw) < header:
         raise DataError(
-            f"{path} is truncated or corrupt (header says {dims}, file has "
-            f"{len(raw) - header} data bytes): re-download it or point data.dir elsewhere"
+            f"{path} is not an IDX file (bad magic number {raw[:4].hex()}: {ndim} dimensions "
+            f"in a {len(raw)}-byte file): {todo}"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    want, have = math.prod(dims) * dtype.itemsize, len(raw) - header
+    if have != want:
+        said = f"shape {dims}" if ndim <= 6 else f"declares {ndim} dimensions"
+        raise DataError(
+            f"{path} is truncated or corrupt (magic number {raw[:4].hex()}, {said}: "
+            f"{want} data bytes, the file has {have}): {todo}"
         )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -208,16 +220,22 @@ def read_idx_split(
     """Read and check one split: uint8 images (N, H, W, C) and int64 labels (N,), file order."""
     x, y = read_idx(images), read_idx(labels)
     h, w, c = spec.shape
-    if x.dtype != np.uint8 or x.ndim not in (3, 4) or x.shape[1:3] != (h, w):
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.dtype != np.uint8 or x.shape[1:] != (h, w, c):
         raise DataError(
             f"{images} holds {x.dtype} images of shape {x.shape[1:]}, but {spec.name} "
-            f"expects uint8 {h}x{w}: check which dataset data.dir points at"
+            f"expects uint8 {h}x{w}x{c}: check which dataset data.dir points at"
         )
-    x = x.reshape(len(x), h, w, c)
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(
             f"{labels} has {y.shape} labels for {len(x)} images in {images}: "
             "the image and label files do not belong together"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(
+            f"{labels} holds {y.dtype} labels, not integers: check which dataset data.dir "
+            f"points at ({spec.name} expected)"
         )
     y = y.astype(np.int64)
     if len(y) and (y.min() < 0 or y.max() >= len(spec.class_names)):

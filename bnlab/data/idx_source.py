@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bnlab.data import network
-from bnlab.data.dataset import DataError, Raw, default_data_dir
+from bnlab.data.dataset import DataError, Raw, default_data_dir, one_line
 from bnlab.data.idx import (
     BUILDER_NAME,
     BUILDER_VERSION,
@@ -214,8 +214,8 @@ def _prepare_idx(
     try:
         arrays = idx_builder.prepare_and_read(spec.name, root, src)
         _write_cache(version_dir / CACHE_FILE, arrays, origin)
-    except DataError:
-        raise
+    except DataError as e:  # TFDS may re-raise ours with its context (a whole example) in front
+        raise DataError(one_line(e)) from None
     except PermissionError as e:
         raise DataError(
             f"cannot write the prepared {spec.name} under {root} ({e.strerror}: {e.filename}): "
