@@ -388,11 +388,11 @@ def test_fashion_mnist_from_debian_then_cache(tmp_path):
 
 def test_digits_loads_offline(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("network"))
-    ds = data.load("digits", probe_size=10_000)
+    ds = data.load("digits", probe_size=297)
     assert ds.train_x.shape == (1500, 8, 8, 1) and ds.test_x.shape == (297, 8, 8, 1)
     assert ds.num_classes == 10 and ds.source.startswith("sklearn")
     assert 0.0 == ds.train_x.min() and ds.train_x.max() == 1.0
-    assert ds.probe_x.shape == (297, 8, 8, 1)  # larger than the split: the whole split
+    assert ds.probe_x.shape == (297, 8, 8, 1)  # the whole split, in order
     np.testing.assert_array_equal(ds.probe_y, ds.test_y)
 
 
@@ -406,8 +406,8 @@ def test_flatten_and_standardize():
     assert np.isfinite(ds.test_x).all()
     assert "per-pixel" in ds.normalization
 
-    raw = data.load("digits", scale=False, probe_size=0)
-    assert raw.train_x.max() == 16.0 and raw.probe_x.shape == (0, 8, 8, 1)
+    raw = data.load("digits", scale=False, probe_size=1)
+    assert raw.train_x.max() == 16.0 and raw.probe_x.shape == (1, 8, 8, 1)
 
 
 def test_probe_batch_is_fixed_seeded_and_kept_in_split():
@@ -427,7 +427,17 @@ def test_probe_batch_is_fixed_seeded_and_kept_in_split():
     [
         ({"name": "digits", "standardize": "zca"}, "data.standardize='zca'"),
         ({"name": "digits", "probe_split": "val"}, "data.probe_split='val'"),
-        ({"name": "digits", "probe_size": -1}, "data.probe_size=-1"),
+        ({"name": "digits", "probe_size": -1}, "data.probe_size=-1 is below 1: use 1 or more"),
+        ({"name": "digits", "probe_size": 0}, "data.probe_size=0 is below 1: use 1 or more"),
+        (
+            {"name": "digits", "probe_size": 298},
+            "data.probe_size=298 exceeds the 297 examples of the test split: "
+            "use data.probe_size=297 or less",
+        ),
+        (
+            {"name": "digits", "probe_size": 1501, "probe_split": "train"},
+            "data.probe_size=1501 exceeds the 1500 examples of the train split",
+        ),
         ({"name": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
         ({"name": "cifar10", "dir": "/tmp"}, "data.dir is for IDX datasets"),
     ],

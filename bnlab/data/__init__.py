@@ -54,7 +54,7 @@ def load(
     maximum (255; 16 for digits) to [0, 1]. `standardize="per_pixel"` then subtracts
     the train mean and divides by the train std of each pixel. `flatten` reshapes
     images to (N, H*W*C) for MLPs. The probe batch holds `probe_size` examples
-    (at most the whole split) drawn without replacement from `probe_split` with
+    (1 up to the size of the split) drawn without replacement from `probe_split` with
     numpy's default_rng(`probe_seed`), sorted by index, and stays in its split.
     Raises DataError (one line) when the data cannot be had.
     """
@@ -62,8 +62,8 @@ def load(
         raise DataError(f"data.standardize={standardize!r} is not known: use none or per_pixel")
     if probe_split not in ("train", "test"):
         raise DataError(f"data.probe_split={probe_split!r} is not known: use train or test")
-    if probe_size < 0:
-        raise DataError(f"data.probe_size={probe_size} is negative: use 0 or more")
+    if probe_size < 1:
+        raise DataError(f"data.probe_size={probe_size} is below 1: use 1 or more")
     if name == "digits":
         raw = load_digits()
     elif name in IDX_DATASETS:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnlab.data.dataset import Dataset, Raw
+from bnlab.data.dataset import DataError, Dataset, Raw
 
 
 def preprocess(
@@ -43,8 +43,12 @@ def preprocess(
     vy = raw.test_y.astype(np.int32)
 
     px, py = (tx, ty) if probe_split == "train" else (vx, vy)
-    k = min(probe_size, len(py))
-    idx = np.sort(np.random.default_rng(probe_seed).choice(len(py), size=k, replace=False))
+    if probe_size > len(py):
+        raise DataError(
+            f"data.probe_size={probe_size} exceeds the {len(py)} examples of the "
+            f"{probe_split} split: use data.probe_size={len(py)} or less"
+        )
+    idx = np.sort(np.random.default_rng(probe_seed).choice(len(py), size=probe_size, replace=False))
     probe_x, probe_y = px[idx], py[idx]
 
     if flatten:
