@@ -22,6 +22,8 @@ class DataConfig:
     scale: bool = MISSING
     standardize: str = MISSING
     flatten: bool = MISSING
+    validation: int = MISSING
+    validation_seed: int = MISSING
     probe_size: int = MISSING
     probe_split: str = MISSING
     probe_seed: int = MISSING

@@ -422,11 +422,69 @@ def test_probe_batch_is_fixed_seeded_and_kept_in_split():
     assert len(a.test_y) == 297  # not removed from the split
 
 
+def test_validation_split_is_held_out_by_seed():
+    base = data.load("digits", scale=False, probe_size=10)
+    assert base.val_x.shape == (0, 8, 8, 1) and base.val_x.dtype == np.float32
+    assert base.val_y.shape == (0,) and base.val_y.dtype == np.int32
+
+    ds = data.load("digits", scale=False, validation=200, validation_seed=3, probe_size=10)
+    held = np.sort(np.random.default_rng(3).choice(1500, size=200, replace=False))
+    rest = np.setdiff1d(np.arange(1500), held)
+    np.testing.assert_array_equal(ds.val_x, base.train_x[held])
+    np.testing.assert_array_equal(ds.val_y, base.train_y[held])
+    np.testing.assert_array_equal(ds.train_x, base.train_x[rest])  # removed, order kept
+    np.testing.assert_array_equal(ds.train_y, base.train_y[rest])
+    np.testing.assert_array_equal(ds.test_x, base.test_x)
+
+    same = data.load("digits", scale=False, validation=200, validation_seed=3, probe_size=9)
+    np.testing.assert_array_equal(same.val_y, ds.val_y)  # the split ignores the probe
+    other = data.load("digits", scale=False, validation=200, validation_seed=4, probe_size=9)
+    assert not np.array_equal(other.val_x, ds.val_x)
+
+
+def test_validation_is_preprocessed_with_train_statistics_only():
+    base = data.load("digits", probe_size=10)
+    ds = data.load(
+        "digits", validation=300, standardize="per_pixel", flatten=True, probe_split="train"
+    )
+    held = np.sort(np.random.default_rng(0).choice(1500, size=300, replace=False))
+    rest = np.setdiff1d(np.arange(1500), held)
+    np.testing.assert_allclose(ds.mean, base.train_x[rest].mean(0), atol=1e-6)
+    assert not np.allclose(ds.mean, base.train_x.mean(0), atol=1e-6)
+    np.testing.assert_allclose(ds.train_x.mean(0), 0.0, atol=1e-5)
+    assert ds.val_x.shape == (300, 64) and ds.probe_x.shape == (1000, 64)
+    want = ((base.train_x[held] - ds.mean) / ds.std).reshape(300, -1)
+    np.testing.assert_allclose(ds.val_x, want, rtol=1e-5, atol=1e-5)
+
+
+def test_probe_from_the_validation_split():
+    ds = data.load("digits", validation=100, probe_split="validation", probe_size=40)
+    idx = np.sort(np.random.default_rng(0).choice(100, size=40, replace=False))
+    np.testing.assert_array_equal(ds.probe_x, ds.val_x[idx])
+    np.testing.assert_array_equal(ds.probe_y, ds.val_y[idx])
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"name": "digits", "standardize": "zca"}, "data.standardize='zca'"),
-        ({"name": "digits", "probe_split": "val"}, "data.probe_split='val'"),
+        ({"name": "digits", "probe_split": "val"}, "data.probe_split='val'.*use train, valid"),
+        (
+            {"name": "digits", "validation": 1500},
+            "data.validation=1500 leaves no training examples .the training set has 1500.: "
+            "use data.validation=1499 or less",
+        ),
+        ({"name": "digits", "validation": -1}, "data.validation=-1 is negative: use 0"),
+        ({"name": "digits", "validation_seed": -2}, "data.validation_seed=-2 is negative"),
+        ({"name": "digits", "probe_seed": -1}, "data.probe_seed=-1 is negative"),
+        (
+            {"name": "digits", "probe_split": "validation"},
+            "data.probe_split=validation needs a validation split: set data.validation",
+        ),
+        (
+            {"name": "digits", "validation": 50, "probe_split": "validation", "probe_size": 51},
+            "data.probe_size=51 exceeds the 50 examples of the validation split",
+        ),
         ({"name": "digits", "probe_size": -1}, "data.probe_size=-1 is below 1: use 1 or more"),
         ({"name": "digits", "probe_size": 0}, "data.probe_size=0 is below 1: use 1 or more"),
         (
@@ -460,11 +518,10 @@ def test_stock_tfds_without_tensorflow_says_which_extra(tmp_path):
 # --------------------------------------------------------------------------- config files
 
 
-@pytest.mark.parametrize(
-    "group_file",
-    sorted((Path(__file__).parents[1] / "configs" / "data").glob("*.yaml")),
-    ids=lambda p: p.stem,
-)
+DATA_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "data").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group_file", DATA_CONFIGS, ids=lambda p: p.stem)
 def test_data_configs_hold_exactly_the_load_keywords(group_file):
     import inspect
 
@@ -472,4 +529,22 @@ def test_data_configs_hold_exactly_the_load_keywords(group_file):
 
     cfg = OmegaConf.to_container(OmegaConf.load(group_file))
     assert set(cfg) == set(inspect.signature(data.load).parameters)
-    assert cfg["standardize"] in ("none", "per_pixel") and cfg["probe_split"] in ("train", "test")
+    assert set(cfg) == set(inspect.signature(data.check_settings).parameters)
+    assert cfg["standardize"] in ("none", "per_pixel")
+    assert cfg["probe_split"] in ("train", "validation", "test")
+
+
+@pytest.mark.parametrize("group", [p.stem for p in DATA_CONFIGS])
+def test_data_groups_compose_with_the_typed_schema(group):
+    """Every key of every data group is in DataConfig (Hydra rejects unknown keys)."""
+    import inspect
+
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+    from trainer import compose
+
+    cfg = compose([f"data={group}", "data.validation=7", "data.validation_seed=3"])
+    assert set(OmegaConf.to_container(cfg.data)) == set(inspect.signature(data.load).parameters)
+    assert cfg.data.validation == 7 and cfg.data.validation_seed == 3
+    with pytest.raises(ConfigCompositionException, match="data.validation"):
+        compose([f"data={group}", "data.validation=some"])

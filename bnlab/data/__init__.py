@@ -33,6 +33,49 @@ from bnlab.data.preprocess import preprocess
 from bnlab.data.tfds_source import load_stock_tfds
 
 
+def check_settings(
+    name: str,
+    *,
+    dir: str | None = None,
+    data_dir: str | None = None,
+    download: bool = True,
+    scale: bool = True,
+    standardize: str = "none",
+    flatten: bool = False,
+    validation: int = 0,
+    validation_seed: int = 0,
+    probe_size: int = 1000,
+    probe_split: str = "test",
+    probe_seed: int = 0,
+) -> None:
+    """Raise a one-line DataError for a setting that is wrong on its face, before any
+    data loads (the same keywords as :func:`load`; limits that depend on the size of
+    a split are checked when the data is there)."""
+    if standardize not in ("none", "per_pixel"):
+        raise DataError(f"data.standardize={standardize!r} is not known: use none or per_pixel")
+    if probe_split not in ("train", "validation", "test"):
+        raise DataError(
+            f"data.probe_split={probe_split!r} is not known: use train, validation or test"
+        )
+    if probe_size < 1:
+        raise DataError(f"data.probe_size={probe_size} is below 1: use 1 or more")
+    if validation < 0:
+        raise DataError(f"data.validation={validation} is negative: use 0 (none) or more")
+    if probe_split == "validation" and validation == 0:
+        raise DataError(
+            "data.probe_split=validation needs a validation split: set data.validation "
+            "to 1 or more, or use data.probe_split=test"
+        )
+    for key, seed in (("validation_seed", validation_seed), ("probe_seed", probe_seed)):
+        if seed < 0:
+            raise DataError(f"data.{key}={seed} is negative: use 0 or more")
+    if dir is not None and name not in IDX_DATASETS:
+        raise DataError(
+            f"data.dir is for IDX datasets ({', '.join(IDX_DATASETS)}), not {name!r}: "
+            "set data.dir=null or pick an IDX dataset"
+        )
+
+
 def load(
     name: str,
     *,
@@ -42,6 +85,8 @@ def load(
     scale: bool = True,
     standardize: str = "none",
     flatten: bool = False,
+    validation: int = 0,
+    validation_seed: int = 0,
     probe_size: int = 1000,
     probe_split: str = "test",
     probe_seed: int = 0,
@@ -53,26 +98,32 @@ def load(
     `download`: allow a download when nothing is local. `scale` divides by the pixel
     maximum (255; 16 for digits) to [0, 1]. `standardize="per_pixel"` then subtracts
     the train mean and divides by the train std of each pixel. `flatten` reshapes
-    images to (N, H*W*C) for MLPs. The probe batch holds `probe_size` examples
-    (1 up to the size of the split) drawn without replacement from `probe_split` with
-    numpy's default_rng(`probe_seed`), sorted by index, and stays in its split.
-    Raises DataError (one line) when the data cannot be had.
+    images to (N, H*W*C) for MLPs. `validation` training examples, drawn without
+    replacement with numpy's default_rng(`validation_seed`), leave the training set
+    for the validation split (standardization uses the remaining training examples).
+    The probe batch holds `probe_size` examples (1 up to the size of the split) drawn
+    without replacement from `probe_split` (train, validation or test) with
+    default_rng(`probe_seed`), sorted by index, and stays in its split.
+    Raises DataError (one line) when a setting is wrong or the data cannot be had.
     """
-    if standardize not in ("none", "per_pixel"):
-        raise DataError(f"data.standardize={standardize!r} is not known: use none or per_pixel")
-    if probe_split not in ("train", "test"):
-        raise DataError(f"data.probe_split={probe_split!r} is not known: use train or test")
-    if probe_size < 1:
-        raise DataError(f"data.probe_size={probe_size} is below 1: use 1 or more")
+    settings = dict(
+        dir=dir,
+        data_dir=data_dir,
+        download=download,
+        scale=scale,
+        standardize=standardize,
+        flatten=flatten,
+        validation=validation,
+        validation_seed=validation_seed,
+        probe_size=probe_size,
+        probe_split=probe_split,
+        probe_seed=probe_seed,
+    )
+    check_settings(name, **settings)
     if name == "digits":
         raw = load_digits()
     elif name in IDX_DATASETS:
         raw = load_idx(IDX_DATASETS[name], dir, data_dir, download)
-    elif dir is not None:
-        raise DataError(
-            f"data.dir is for IDX datasets ({', '.join(IDX_DATASETS)}), not {name!r}: "
-            "set data.dir=null or pick an IDX dataset"
-        )
     else:
         raw = load_stock_tfds(name, data_dir, download)
     return preprocess(
@@ -81,6 +132,8 @@ def load(
         scale=scale,
         standardize=standardize,
         flatten=flatten,
+        validation=validation,
+        validation_seed=validation_seed,
         probe_size=probe_size,
         probe_split=probe_split,
         probe_seed=probe_seed,
@@ -93,6 +146,7 @@ __all__ = [
     "CACHE_FILE",
     "DataError",
     "Dataset",
+    "check_settings",
     "IDX_DATASETS",
     "IDX_FILES",
     "IdxSpec",

@@ -26,15 +26,19 @@ def one_line(text: str) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train/test splits and a fixed probe batch, preprocessed, in host memory.
+    """Train/validation/test splits and a fixed probe batch, preprocessed, in host memory.
 
-    Images are float32 NHWC (or flattened to (N, H*W*C)); labels int32. The probe
-    batch is a seeded subset of one split (kept in that split too), so probes see
-    the same inputs at every step.
+    Images are float32 NHWC (or flattened to (N, H*W*C)); labels int32. The validation
+    split holds ``data.validation`` training examples set aside by ``data.validation_seed``
+    (removed from ``train_*``; empty arrays of the same dtype and example shape when 0).
+    The probe batch is a seeded subset of one split (kept in that split too), so probes
+    see the same inputs at every step.
     """
 
     train_x: np.ndarray
     train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
     probe_x: np.ndarray

@@ -1,5 +1,5 @@
-"""From raw splits to a :class:`Dataset`: float32, scaling, per-pixel standardization,
-the fixed probe batch, flattening.
+"""From raw splits to a :class:`Dataset`: the validation hold-out, float32, scaling,
+per-pixel standardization, the fixed probe batch, flattening.
 """
 
 from __future__ import annotations
@@ -9,6 +9,18 @@ import numpy as np
 from bnlab.data.dataset import DataError, Dataset, Raw
 
 
+def hold_out(n: int, validation: int, seed: int) -> np.ndarray:
+    """Sorted indices of the `validation` training examples set aside as the validation
+    split: default_rng(`seed`) draws them without replacement from range(n), so every
+    run with the same seed (every member of a sweep) shares one split."""
+    if validation >= n:
+        raise DataError(
+            f"data.validation={validation} leaves no training examples (the training set "
+            f"has {n}): use data.validation={n - 1} or less"
+        )
+    return np.sort(np.random.default_rng(seed).choice(n, size=validation, replace=False))
+
+
 def preprocess(
     raw: Raw,
     name: str,
@@ -16,50 +28,68 @@ def preprocess(
     scale: bool,
     standardize: str,
     flatten: bool,
+    validation: int,
+    validation_seed: int,
     probe_size: int,
     probe_split: str,
     probe_seed: int,
 ) -> Dataset:
-    """float32, optional /pixel_max and per-pixel standardization, probe batch, flatten."""
+    """Validation hold-out, float32, optional /pixel_max and per-pixel standardization
+    (statistics of the remaining training examples only), probe batch, flatten."""
     shape = tuple(int(s) for s in raw.train_x.shape[1:])
-    tx = raw.train_x.astype(np.float32)
-    vx = raw.test_x.astype(np.float32)
+    held = hold_out(len(raw.train_y), validation, validation_seed)
+    keep = np.ones(len(raw.train_y), bool)
+    keep[held] = False
+    xs = {
+        "train": raw.train_x[keep].astype(np.float32),
+        "validation": raw.train_x[held].astype(np.float32),
+        "test": raw.test_x.astype(np.float32),
+    }
+    ys = {
+        "train": raw.train_y[keep].astype(np.int32),
+        "validation": raw.train_y[held].astype(np.int32),
+        "test": raw.test_y.astype(np.int32),
+    }
     steps = []
     if scale:
-        tx /= raw.pixel_max
-        vx /= raw.pixel_max
+        for x in xs.values():
+            x /= raw.pixel_max
         steps.append(f"x/{raw.pixel_max:g}")
     mean = std = None
     if standardize == "per_pixel":
-        mean = tx.mean(axis=0)
-        std = tx.std(axis=0)
+        mean = xs["train"].mean(axis=0)
+        std = xs["train"].std(axis=0)
         std[std < 1e-6] = 1.0  # constant pixels (e.g. MNIST borders) stay centred, not inf
-        tx -= mean
-        tx /= std
-        vx -= mean
-        vx /= std
+        for x in xs.values():
+            x -= mean
+            x /= std
         steps.append("per-pixel standardized (train mean/std)")
-    ty = raw.train_y.astype(np.int32)
-    vy = raw.test_y.astype(np.int32)
 
-    px, py = (tx, ty) if probe_split == "train" else (vx, vy)
+    px, py = xs[probe_split], ys[probe_split]
+    if probe_split == "validation" and not len(py):
+        raise DataError(
+            "data.probe_split=validation needs a validation split: set data.validation "
+            "to 1 or more, or use data.probe_split=test"
+        )
     if probe_size > len(py):
         raise DataError(
             f"data.probe_size={probe_size} exceeds the {len(py)} examples of the "
             f"{probe_split} split: use data.probe_size={len(py)} or less"
         )
     idx = np.sort(np.random.default_rng(probe_seed).choice(len(py), size=probe_size, replace=False))
-    probe_x, probe_y = px[idx], py[idx]
+    xs["probe"], ys["probe"] = px[idx], py[idx]
 
     if flatten:
-        tx, vx, probe_x = (a.reshape(len(a), -1) for a in (tx, vx, probe_x))
+        xs = {k: x.reshape(len(x), int(np.prod(shape))) for k, x in xs.items()}
     return Dataset(
-        train_x=tx,
-        train_y=ty,
-        test_x=vx,
-        test_y=vy,
-        probe_x=probe_x,
-        probe_y=probe_y,
+        train_x=xs["train"],
+        train_y=ys["train"],
+        val_x=xs["validation"],
+        val_y=ys["validation"],
+        test_x=xs["test"],
+        test_y=ys["test"],
+        probe_x=xs["probe"],
+        probe_y=ys["probe"],
         name=name,
         num_classes=raw.num_classes,
         source=raw.source,
