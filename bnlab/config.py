@@ -17,6 +17,7 @@ from omegaconf import MISSING
 class DataConfig:
     name: str = MISSING
     dir: str | None = MISSING
+    path: str | None = MISSING
     data_dir: str | None = MISSING
     download: bool = MISSING
     scale: bool = MISSING

@@ -498,6 +498,8 @@ def test_probe_from_the_validation_split():
         ),
         ({"name": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
         ({"name": "cifar10", "dir": "/tmp"}, "data.dir is for IDX datasets"),
+        ({"name": "arrays"}, "data=arrays needs data.path=FILE.npz"),
+        ({"name": "mnist", "path": "/tmp/x.npz"}, "data.path is for data=arrays .FILE.npz., not"),
     ],
 )
 def test_bad_config_gives_one_line(kwargs, match):
@@ -513,6 +515,113 @@ def test_stock_tfds_without_tensorflow_says_which_extra(tmp_path):
         pytest.skip("TensorFlow is installed; this checks the message shown without it")
     with pytest.raises(DataError, match="tfds-full"):
         data.load("cifar10", data_dir=str(tmp_path))
+
+
+# --------------------------------------------------------------------------- data=arrays
+
+
+def make_arrays(shape=(6, 5, 3), dtype=np.uint8, n_train=30, n_test=10, classes=5, seed=0):
+    """Four arrays in the layout data=arrays reads (x_train, y_train, x_test, y_test)."""
+    rng = np.random.default_rng(seed)
+
+    def x(n):
+        if dtype == np.uint8:
+            return rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        return rng.normal(size=(n, *shape)).astype(dtype)
+
+    return {
+        "x_train": x(n_train),
+        "y_train": rng.integers(0, classes, n_train),
+        "x_test": x(n_test),
+        "y_test": rng.integers(0, classes, n_test),
+    }
+
+
+def test_arrays_npz_images_roundtrip(tmp_path):
+    a = make_arrays()
+    a["y_train"][0] = 4  # the largest label decides K
+    np.savez(tmp_path / "mine.npz", **a)
+    ds = data.load("arrays", path=str(tmp_path / "mine.npz"), scale=False, probe_size=10)
+    np.testing.assert_array_equal(ds.train_x, a["x_train"].astype(np.float32))
+    np.testing.assert_array_equal(ds.test_y, a["y_test"])
+    assert ds.train_y.dtype == np.int32 and ds.train_x.dtype == np.float32
+    assert ds.image_shape == (6, 5, 3) and ds.num_classes == 5
+    assert ds.class_names == ("0", "1", "2", "3", "4")
+    assert str(tmp_path / "mine.npz") in ds.source
+    scaled = data.load("arrays", path=str(tmp_path / "mine.npz"), probe_size=10)
+    np.testing.assert_allclose(scaled.train_x, a["x_train"] / 255.0, rtol=1e-6)
+    assert "x/255" in scaled.normalization
+
+
+def test_arrays_npz_grey_images_class_names_and_validation(tmp_path):
+    a = make_arrays(shape=(7, 7), classes=3)
+    np.savez(tmp_path / "g.npz", class_names=np.array(["cat", "dog", "eel", "fox"]), **a)
+    ds = data.load("arrays", path=str(tmp_path / "g.npz"), validation=5, probe_size=4)
+    assert ds.train_x.shape == (25, 7, 7, 1) and ds.val_x.shape == (5, 7, 7, 1)
+    assert ds.num_classes == 4 and ds.class_names == ("cat", "dog", "eel", "fox")
+
+
+def test_arrays_npz_float_vectors_are_taken_as_they_are(tmp_path):
+    a = make_arrays(shape=(12,), dtype=np.float64, classes=7)
+    np.savez(tmp_path / "v.npz", **a)
+    ds = data.load("arrays", path=str(tmp_path / "v.npz"), probe_size=10)  # scale=True
+    assert ds.train_x.shape == (30, 12) and ds.probe_x.shape == (10, 12)
+    assert ds.image_shape == (1, 1, 12) and ds.num_classes == a["y_train"].max() + 1
+    np.testing.assert_allclose(ds.train_x, a["x_train"], rtol=1e-6)  # floats: not divided
+    std = data.load("arrays", path=str(tmp_path / "v.npz"), standardize="per_pixel", probe_size=1)
+    np.testing.assert_allclose(std.train_x.mean(0), 0.0, atol=1e-5)
+
+
+def _npz_with(tmp_path, **changes):
+    a = make_arrays()
+    a.update(changes)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **{k: v for k, v in a.items() if v is not None})
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        (
+            {"y_test": None},
+            "lacks y_test .it has x_train, y_train, x_test.: save them with np.savez",
+        ),
+        ({"x_train": np.zeros(30, np.uint8)}, "x_train has shape .30,., not images"),
+        ({"x_train": np.zeros((30, 6, 5, 3), np.int64)}, "x_train holds int64 pixels: store uint8"),
+        ({"y_train": np.zeros(30, np.float32)}, "y_train holds float32 labels: store integer"),
+        ({"y_test": -np.ones(10, int)}, "y_test has negative labels .min -1.: labels are class"),
+        ({"y_train": np.zeros(29, int)}, "y_train has shape .29,. for the 30 examples"),
+        ({"x_test": np.zeros((10, 5, 6, 3), np.uint8)}, "x_test examples have shape .5, 6, 3."),
+        ({"x_test": np.zeros((10, 6, 5, 3), np.float32)}, "x_train is uint8 but x_test is float32"),
+        ({"x_test": np.full((10, 6, 5, 3), np.nan)}, "x_test holds NaN or infinite values"),
+        ({"x_test": np.zeros((0, 6, 5, 3), np.uint8)}, "x_test is empty: each split needs"),
+        ({"class_names": np.array(["a", "b"])}, "2 class names for labels up to 4: give one name"),
+        ({"class_names": np.arange(5)}, "class_names is int64 of shape .5,.: store one string"),
+    ],
+)
+def test_arrays_npz_mistakes_are_one_line(tmp_path, changes, says):
+    path = _npz_with(tmp_path, **changes)
+    with pytest.raises(DataError, match=says) as e:
+        data.load("arrays", path=path, probe_size=5)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"data.path={path}")
+
+
+def test_arrays_npz_file_mistakes_are_one_line(tmp_path):
+    (tmp_path / "text.npz").write_text("x_train,y_train\n1,2\n")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    np.savez(tmp_path / "objects.npz", x_train=np.array([{}], dtype=object), y_train=[0],
+             x_test=[0], y_test=[0])  # fmt: skip
+    cases = {
+        str(tmp_path / "absent.npz"): "is not a file: point it at an .npz",
+        str(tmp_path / "text.npz"): "is not a readable .npz .* save them with np.savez",
+        str(tmp_path / "one.npy"): "holds one array, not the four of an .npz",
+        str(tmp_path / "objects.npz"): "cannot be read .*store numeric arrays",
+    }
+    for path, says in cases.items():
+        with pytest.raises(DataError, match=says) as e:
+            data.load("arrays", path=path, probe_size=1)
+        assert "\n" not in str(e.value), path
 
 
 # --------------------------------------------------------------------------- config files

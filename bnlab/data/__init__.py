@@ -7,6 +7,7 @@ Where the images come from (by ``data.name``):
   prepared cache in ``data.data_dir``, a standard local folder
   (``/usr/share/datasets/fashion-mnist`` from the Debian package
   ``dataset-fashion-mnist``), else a checksummed download (:mod:`.idx_source`).
+* ``arrays``: your own ``.npz`` at ``data.path`` (x_train, y_train, x_test, y_test).
 * any other name: stock TFDS, which needs TensorFlow (``uv sync --extra tfds-full``).
 
 Modules: :mod:`.dataset` (Dataset, DataError), :mod:`.idx` (the IDX format and the
@@ -16,7 +17,7 @@ datasets), :mod:`.tfds_source`, :mod:`.arrays`, :mod:`.preprocess`.
 
 from __future__ import annotations
 
-from bnlab.data.arrays import load_digits
+from bnlab.data.arrays import load_digits, load_npz
 from bnlab.data.dataset import DataError, Dataset
 from bnlab.data.idx import (
     BUILDER_NAME,
@@ -32,11 +33,15 @@ from bnlab.data.idx_source import CACHE_FILE, load_idx
 from bnlab.data.preprocess import preprocess
 from bnlab.data.tfds_source import load_stock_tfds
 
+# Sources that read data.path, and what the path must be.
+PATH_SOURCES = {"arrays": "FILE.npz"}
+
 
 def check_settings(
     name: str,
     *,
     dir: str | None = None,
+    path: str | None = None,
     data_dir: str | None = None,
     download: bool = True,
     scale: bool = True,
@@ -74,12 +79,18 @@ def check_settings(
             f"data.dir is for IDX datasets ({', '.join(IDX_DATASETS)}), not {name!r}: "
             "set data.dir=null or pick an IDX dataset"
         )
+    if name in PATH_SOURCES and path is None:
+        raise DataError(f"data={name} needs data.path={PATH_SOURCES[name]}: set it")
+    if path is not None and name not in PATH_SOURCES:
+        uses = " and ".join(f"data={k} ({v})" for k, v in PATH_SOURCES.items())
+        raise DataError(f"data.path is for {uses}, not {name!r}: set data.path=null")
 
 
 def load(
     name: str,
     *,
     dir: str | None = None,
+    path: str | None = None,
     data_dir: str | None = None,
     download: bool = True,
     scale: bool = True,
@@ -94,6 +105,7 @@ def load(
     """Load a dataset by name into host memory, preprocessed, with a fixed probe batch.
 
     `dir`: folder with the IDX files (IDX datasets only; wins over cache and defaults).
+    `path`: the .npz of ``name="arrays"`` (see :mod:`bnlab.data.arrays` for the rules).
     `data_dir`: TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
     `download`: allow a download when nothing is local. `scale` divides by the pixel
     maximum (255; 16 for digits) to [0, 1]. `standardize="per_pixel"` then subtracts
@@ -108,6 +120,7 @@ def load(
     """
     settings = dict(
         dir=dir,
+        path=path,
         data_dir=data_dir,
         download=download,
         scale=scale,
@@ -124,6 +137,8 @@ def load(
         raw = load_digits()
     elif name in IDX_DATASETS:
         raw = load_idx(IDX_DATASETS[name], dir, data_dir, download)
+    elif name == "arrays":
+        raw = load_npz(path)  # type: ignore[arg-type]  # check_settings made sure
     else:
         raw = load_stock_tfds(name, data_dir, download)
     return preprocess(

@@ -46,7 +46,11 @@ class Dataset:
     name: str
     num_classes: int
     source: str
-    image_shape: tuple[int, int, int] = (0, 0, 0)  # (H, W, C) before any flattening
+    image_shape: tuple[int, int, int] = (
+        0,
+        0,
+        0,
+    )  # (H, W, C) before flattening; (1, 1, D) for vectors
     class_names: tuple[str, ...] = ()
     normalization: str = ""  # one line, e.g. "x/255; per-pixel standardized (train mean/std)"
     mean: np.ndarray | None = None  # per-pixel (H, W, C) train mean when standardized
@@ -56,7 +60,8 @@ class Dataset:
 @dataclass(frozen=True)
 class Raw:
     """Unprocessed splits as a source hands them over: images (N, H, W, C) in
-    [0, pixel_max], integer labels 0..num_classes-1."""
+    [0, pixel_max] (uint8 or float), integer labels 0..num_classes-1. `flat` marks
+    feature vectors, stored as (N, 1, 1, D), which always come out as (N, D)."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -66,6 +71,7 @@ class Raw:
     class_names: tuple[str, ...]
     pixel_max: float
     source: str
+    flat: bool = False
 
 
 def default_data_dir(data_dir: str | os.PathLike | None) -> Path:

@@ -79,7 +79,7 @@ def preprocess(
     idx = np.sort(np.random.default_rng(probe_seed).choice(len(py), size=probe_size, replace=False))
     xs["probe"], ys["probe"] = px[idx], py[idx]
 
-    if flatten:
+    if flatten or raw.flat:
         xs = {k: x.reshape(len(x), int(np.prod(shape))) for k, x in xs.items()}
     return Dataset(
         train_x=xs["train"],
