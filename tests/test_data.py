@@ -499,7 +499,11 @@ def test_probe_from_the_validation_split():
         ({"name": "no_such_dataset"}, "unknown dataset 'no_such_dataset'"),
         ({"name": "cifar10", "dir": "/tmp"}, "data.dir is for IDX datasets"),
         ({"name": "arrays"}, "data=arrays needs data.path=FILE.npz"),
-        ({"name": "mnist", "path": "/tmp/x.npz"}, "data.path is for data=arrays .FILE.npz., not"),
+        ({"name": "image_folder"}, "data=image_folder needs data.path=DIR"),
+        (
+            {"name": "mnist", "path": "/tmp/x.npz"},
+            "data.path is for data=arrays .FILE.npz. and data=image_folder .DIR., not",
+        ),
     ],
 )
 def test_bad_config_gives_one_line(kwargs, match):
@@ -622,6 +626,106 @@ def test_arrays_npz_file_mistakes_are_one_line(tmp_path):
         with pytest.raises(DataError, match=says) as e:
             data.load("arrays", path=path, probe_size=1)
         assert "\n" not in str(e.value), path
+
+
+# --------------------------------------------------------------------------- data=image_folder
+
+
+def write_image_folder(root: Path, layout: dict, shape=(6, 5), mode="RGB", seed=0) -> dict:
+    """PNGs under root/<split>/<class>/<i>.png; layout maps split -> {class: count}.
+    Returns split -> list of (class, pixels) in the order bnlab must read them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    written: dict = {}
+    for split, classes in layout.items():
+        written[split] = []
+        for cls in sorted(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(classes[cls]):
+                px = rng.integers(0, 256, (*shape, channels), dtype=np.uint8)
+                Image.fromarray(px[..., 0] if channels == 1 else px, mode).save(
+                    root / split / cls / f"{i:03d}.png"
+                )
+                written[split].append((cls, px))
+    return written
+
+
+def test_image_folder_roundtrip(tmp_path):
+    root = tmp_path / "imgs"
+    layout = {"train": {"dog": 4, "cat": 3, "ant": 2}, "test": {"dog": 2, "cat": 2}}
+    written = write_image_folder(root, layout)
+    (root / "train" / "dog" / ".DS_Store").write_bytes(b"junk")
+    (root / "train" / "cat" / "README.txt").write_text("not an image")
+    ds = data.load("image_folder", path=str(root), scale=False, probe_size=4)
+    assert ds.class_names == ("ant", "cat", "dog") and ds.num_classes == 3
+    assert ds.image_shape == (6, 5, 3) and ds.train_x.shape == (9, 6, 5, 3)
+    names = list(ds.class_names)
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+        np.testing.assert_array_equal(x, np.stack([p for _, p in written[split]]))
+        np.testing.assert_array_equal(y, [names.index(c) for c, _ in written[split]])
+    assert str(root) in ds.source
+
+
+def test_image_folder_grey_and_converted_modes(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "grey"
+    written = write_image_folder(root, {"train": {"a": 2, "b": 2}, "test": {"a": 1}}, mode="L")
+    Image.new("1", (5, 6), 1).save(root / "test" / "a" / "bw.png")  # 1-bit: grey 255
+    ds = data.load("image_folder", path=str(root), probe_size=2)
+    assert ds.train_x.shape == (4, 6, 5, 1)
+    np.testing.assert_allclose(ds.train_x[0], written["train"][0][1] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.test_x[1], np.ones((6, 5, 1), np.float32))
+
+    rgb = tmp_path / "rgb"
+    write_image_folder(rgb, {"train": {"a": 1}, "test": {"a": 1}})
+    pal = Image.fromarray(np.full((6, 5, 3), 7, np.uint8)).convert("P", palette=Image.ADAPTIVE)
+    assert pal.mode == "P"
+    pal.save(rgb / "train" / "a" / "pal.png")  # palette: RGB
+    ds = data.load("image_folder", path=str(rgb), scale=False, probe_size=1)
+    np.testing.assert_array_equal(ds.train_x[1], np.full((6, 5, 3), 7.0))
+
+
+def test_image_folder_mistakes_are_one_line(tmp_path):
+    from PIL import Image
+
+    def fresh(name):
+        root = tmp_path / name
+        write_image_folder(root, {"train": {"a": 2, "b": 1}, "test": {"a": 1, "b": 1}})
+        return root
+
+    cases = []
+    root = fresh("size")
+    Image.new("RGB", (9, 9)).save(root / "test" / "b" / "big.png")
+    cases.append((root, "big.png is 9x9 with 3 channels but .*000.png is 6x5 with 3 channels: "
+                        "all images must share one size"))  # fmt: skip
+    root = fresh("channels")
+    Image.new("L", (5, 6)).save(root / "train" / "b" / "grey.png")
+    cases.append((root, "grey.png is 6x5 with 1 channel but"))
+    root = fresh("loose")
+    Image.new("RGB", (5, 6)).save(root / "train" / "stray.png")
+    cases.append((root, "stray.png is not in a class folder: put each image in .*/train/<class>/"))
+    root = fresh("notest")
+    for f in (root / "test").rglob("*.png"):
+        f.unlink()
+    cases.append((root, "test/ holds no images .* in class folders: lay it out as DIR/train"))
+    root = fresh("missing")
+    (root / "test").rename(root / "val")
+    cases.append((root, "has no test/ folder: lay it out as DIR/train/<class>/"))
+    root = fresh("broken")
+    (root / "train" / "a" / "zzz.png").write_bytes(b"not a png")
+    cases.append((root, "cannot read image .*zzz.png .*: replace or remove it"))
+    root = fresh("deep")
+    Image.fromarray(np.zeros((6, 5), np.uint16)).save(root / "train" / "a" / "deep.png")
+    cases.append((root, "deep.png is a I;16 image .16-bit or float.: save 8-bit"))
+    cases.append((tmp_path / "nowhere", "data.path=.*nowhere is not a folder: point it at"))
+    for root, says in cases:
+        with pytest.raises(DataError, match=says) as e:
+            data.load("image_folder", path=str(root), probe_size=1)
+        assert "\n" not in str(e.value), root
 
 
 # --------------------------------------------------------------------------- config files

@@ -8,6 +8,8 @@ Where the images come from (by ``data.name``):
   (``/usr/share/datasets/fashion-mnist`` from the Debian package
   ``dataset-fashion-mnist``), else a checksummed download (:mod:`.idx_source`).
 * ``arrays``: your own ``.npz`` at ``data.path`` (x_train, y_train, x_test, y_test).
+* ``image_folder``: a folder at ``data.path`` with ``train/<class>/`` and
+  ``test/<class>/`` image files, read with Pillow.
 * any other name: stock TFDS, which needs TensorFlow (``uv sync --extra tfds-full``).
 
 Modules: :mod:`.dataset` (Dataset, DataError), :mod:`.idx` (the IDX format and the
@@ -30,11 +32,12 @@ from bnlab.data.idx import (
     read_idx_split,
 )
 from bnlab.data.idx_source import CACHE_FILE, load_idx
+from bnlab.data.image_folder import load_image_folder
 from bnlab.data.preprocess import preprocess
 from bnlab.data.tfds_source import load_stock_tfds
 
 # Sources that read data.path, and what the path must be.
-PATH_SOURCES = {"arrays": "FILE.npz"}
+PATH_SOURCES = {"arrays": "FILE.npz", "image_folder": "DIR"}
 
 
 def check_settings(
@@ -105,7 +108,8 @@ def load(
     """Load a dataset by name into host memory, preprocessed, with a fixed probe batch.
 
     `dir`: folder with the IDX files (IDX datasets only; wins over cache and defaults).
-    `path`: the .npz of ``name="arrays"`` (see :mod:`bnlab.data.arrays` for the rules).
+    `path`: the .npz of ``name="arrays"`` (see :mod:`bnlab.data.arrays` for the rules),
+    or the folder of ``name="image_folder"`` (see :mod:`bnlab.data.image_folder`).
     `data_dir`: TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
     `download`: allow a download when nothing is local. `scale` divides by the pixel
     maximum (255; 16 for digits) to [0, 1]. `standardize="per_pixel"` then subtracts
@@ -139,6 +143,8 @@ def load(
         raw = load_idx(IDX_DATASETS[name], dir, data_dir, download)
     elif name == "arrays":
         raw = load_npz(path)  # type: ignore[arg-type]  # check_settings made sure
+    elif name == "image_folder":
+        raw = load_image_folder(path)  # type: ignore[arg-type]
     else:
         raw = load_stock_tfds(name, data_dir, download)
     return preprocess(
