@@ -179,7 +179,13 @@ def test_find_idx_files_accepts_unzipped_and_dotted_names(tmp_path):
 def test_idx_builder_roundtrip_from_dir(tmp_path):
     written = make_idx_dir(tmp_path / "src")
     data_dir = tmp_path / "tfds"
-    ds = data.load("fashion_mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir), scale=False)
+    ds = data.load(
+        "fashion_mnist",
+        dir=str(tmp_path / "src"),
+        data_dir=str(data_dir),
+        scale=False,
+        probe_size=12,
+    )
     assert "prepared from" in ds.source and str(tmp_path / "src") in ds.source
     assert_same_as_written(ds, written)
     assert ds.num_classes == 10 and ds.image_shape == (28, 28, 1)
@@ -203,7 +209,11 @@ def test_idx_builder_roundtrip_from_dir(tmp_path):
     assert got == want
 
     again = data.load(
-        "fashion_mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir), scale=False
+        "fashion_mnist",
+        dir=str(tmp_path / "src"),
+        data_dir=str(data_dir),
+        scale=False,
+        probe_size=12,
     )
     assert "cache of" in again.source
     assert_same_as_written(again, written)
@@ -211,7 +221,11 @@ def test_idx_builder_roundtrip_from_dir(tmp_path):
     # Changed files in data.dir are noticed and re-prepared.
     rewritten = make_idx_dir(tmp_path / "src", seed=1, n_train=30)
     fresh = data.load(
-        "fashion_mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir), scale=False
+        "fashion_mnist",
+        dir=str(tmp_path / "src"),
+        data_dir=str(data_dir),
+        scale=False,
+        probe_size=12,
     )
     assert "prepared from" in fresh.source
     assert_same_as_written(fresh, rewritten)
@@ -220,10 +234,10 @@ def test_idx_builder_roundtrip_from_dir(tmp_path):
 def test_prepared_tfds_data_is_used_without_the_npz(tmp_path, no_local_dirs):
     written = make_idx_dir(tmp_path / "src")
     data_dir = tmp_path / "tfds"
-    data.load("mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir))
+    data.load("mnist", dir=str(tmp_path / "src"), data_dir=str(data_dir), probe_size=12)
     cache = data_dir / data.BUILDER_NAME / "mnist" / data.BUILDER_VERSION / data.CACHE_FILE
     cache.unlink()
-    ds = data.load("mnist", data_dir=str(data_dir), download=False, scale=False)
+    ds = data.load("mnist", data_dir=str(data_dir), download=False, scale=False, probe_size=12)
     assert "existing TFDS records" in ds.source
     assert_same_as_written(ds, written)
     assert cache.is_file()  # and the fast cache is back
@@ -287,7 +301,7 @@ def test_download_path_checks_checksums(tmp_path, monkeypatch, no_local_dirs, no
     url, written, checksums = idx_server
     spec = dataclasses.replace(data.IDX_DATASETS["mnist"], url=url, checksums=checksums)
     monkeypatch.setitem(data.IDX_DATASETS, "mnist", spec)
-    ds = data.load("mnist", data_dir=str(tmp_path / "tfds"), scale=False)
+    ds = data.load("mnist", data_dir=str(tmp_path / "tfds"), scale=False, probe_size=12)
     assert f"prepared from a download of {url}" in ds.source
     assert_same_as_written(ds, written)
 
