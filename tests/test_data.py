@@ -11,8 +11,12 @@ import functools
 import gzip
 import hashlib
 import http.server
+import importlib.util
+import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +28,11 @@ from bnlab import data
 from bnlab.data import DataError, network
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+needs_no_tensorflow = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is not None,
+    reason="TensorFlow is installed; these check the messages shown without it",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -526,13 +535,13 @@ def test_bad_config_gives_one_line(kwargs, match):
     assert "\n" not in str(e.value)
 
 
-def test_stock_tfds_without_tensorflow_says_which_extra(tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("tensorflow") is not None:
-        pytest.skip("TensorFlow is installed; this checks the message shown without it")
-    with pytest.raises(DataError, match="tfds-full"):
+@needs_no_tensorflow
+def test_stock_tfds_without_tensorflow_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match=f"cifar10 is not prepared in {tmp_path}") as e:
         data.load("cifar10", data_dir=str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and "tfds-full" in msg
+    assert f"tfds build cifar10 --data_dir={tmp_path} --file_format=array_record" in msg
 
 
 # --------------------------------------------------------------------------- data=arrays
@@ -740,6 +749,129 @@ def test_image_folder_mistakes_are_one_line(tmp_path):
         with pytest.raises(DataError, match=says) as e:
             data.load("image_folder", path=str(root), probe_size=1)
         assert "\n" not in str(e.value), root
+
+
+# --------------------------------------------------------------------------- data=tfds, prepared
+
+
+def prepare_tiny_tfds(data_dir: Path, splits=("train", "test"), seed=0) -> dict:
+    """Prepare `bnlab_tiny` (8x8 RGB PNG images, 3 named classes) under data_dir as
+    array_record with a tiny GeneratorBasedBuilder, unregistered (so loading must go
+    by the files alone). Returns split -> (images, labels) in record order."""
+    from PIL import Image
+
+    from bnlab.data.tfds_source import quiet_tfds
+
+    rng = np.random.default_rng(seed)
+    sizes = {"train": 20, "test": 6, "validation": 4}
+    written = {
+        s: (rng.integers(0, 256, (sizes[s], 8, 8, 3), dtype=np.uint8), rng.integers(0, 3, sizes[s]))
+        for s in splits
+    }
+    with quiet_tfds() as tfds:
+
+        class BnlabTiny(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+            VERSION = tfds.core.Version("1.0.0")
+
+            def _info(self):
+                return tfds.core.DatasetInfo(
+                    builder=self,
+                    features=tfds.features.FeaturesDict(
+                        {
+                            "image": tfds.features.Image(shape=(8, 8, 3)),
+                            "label": tfds.features.ClassLabel(names=["ant", "bee", "cat"]),
+                        }
+                    ),
+                    supervised_keys=("image", "label"),
+                    disable_shuffling=True,  # records in generation order
+                )
+
+            def _split_generators(self, dl_manager):
+                return {s: self._generate_examples(s) for s in splits}
+
+            def _generate_examples(self, split):
+                for i, (x, y) in enumerate(zip(*written[split], strict=True)):
+                    yield i, {"image": Image.fromarray(x), "label": int(y)}  # PNG via Pillow
+
+        builder = BnlabTiny(data_dir=str(data_dir), file_format="array_record")
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+    return written
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return data_dir, prepare_tiny_tfds(data_dir)
+
+
+def test_prepared_array_record_tfds_dataset_loads(tiny_tfds):
+    data_dir, written = tiny_tfds
+    ds = data.load("bnlab_tiny", data_dir=str(data_dir), scale=False, probe_size=6, validation=2)
+    assert ds.class_names == ("ant", "bee", "cat") and ds.num_classes == 3
+    assert ds.image_shape == (8, 8, 3) and "prepared TFDS, array_record" in ds.source
+    np.testing.assert_array_equal(ds.test_x, written["test"][0].astype(np.float32))
+    np.testing.assert_array_equal(ds.test_y, written["test"][1])
+    x = np.concatenate([ds.train_x, ds.val_x])
+    assert sorted(map(bytes, x.astype(np.uint8))) == sorted(map(bytes, written["train"][0]))
+
+
+def test_prepared_tfds_dataset_needs_no_tensorflow(tiny_tfds):
+    """With TensorFlow made unimportable (even where it is installed), it still loads."""
+    data_dir, written = tiny_tfds
+    code = (
+        "import sys\n"
+        "class Hide:\n"  # every finder misses tensorflow: as if it were not installed
+        "    def __init__(self, inner): self.inner = inner\n"
+        "    def __getattr__(self, name): return getattr(self.inner, name)\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow': return None\n"
+        "        return self.inner.find_spec(name, path, target)\n"
+        "sys.meta_path[:] = [Hide(f) for f in sys.meta_path]\n"
+        "from bnlab import data\n"
+        f"ds = data.load('bnlab_tiny', data_dir={str(data_dir)!r}, probe_size=6)\n"
+        "print(ds.train_x.shape, ds.test_x.shape, 'tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(20, 8, 8, 3) (6, 8, 8, 3) False" in out.stdout
+
+
+def test_prepared_tfds_dataset_without_a_test_split(tmp_path):
+    prepare_tiny_tfds(tmp_path, splits=("train", "validation"))
+    with pytest.raises(
+        DataError, match="no 'test' split .it has .*validation.*: pick another"
+    ) as e:
+        data.load("bnlab_tiny", data_dir=str(tmp_path), probe_size=1)
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_prepared_records_are_one_line(tmp_path):
+    prepare_tiny_tfds(tmp_path)
+    (shard,) = (tmp_path / "bnlab_tiny" / "1.0.0").glob("bnlab_tiny-train.array_record*")
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(
+        DataError, match="cannot read the train records of bnlab_tiny .*prepare it again"
+    ) as e:
+        data.load("bnlab_tiny", data_dir=str(tmp_path), probe_size=1)
+    assert "\n" not in str(e.value)
+
+
+@needs_no_tensorflow
+def test_tfrecord_prepared_dataset_says_how_to_prepare_array_record(tmp_path):
+    """A dataset prepared as tfrecord (TFDS's default) cannot be read without TensorFlow.
+    Its dataset_info.json is what TFDS writes, with the file format it records."""
+    prepare_tiny_tfds(tmp_path)
+    info_file = tmp_path / "bnlab_tiny" / "1.0.0" / "dataset_info.json"
+    info = json.loads(info_file.read_text())
+    assert info["fileFormat"] == "array_record"
+    info_file.write_text(json.dumps(dict(info, fileFormat="tfrecord")))
+    with pytest.raises(DataError, match="prepared as tfrecord, which needs TensorFlow") as e:
+        data.load("bnlab_tiny", data_dir=str(tmp_path), probe_size=1)
+    msg = str(e.value)
+    assert "\n" not in msg and f"--data_dir={tmp_path}" in msg
+    assert "tfds build bnlab_tiny" in msg and "--file_format=array_record" in msg
 
 
 # --------------------------------------------------------------------------- config files

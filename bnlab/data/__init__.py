@@ -10,7 +10,9 @@ Where the images come from (by ``data.name``):
 * ``arrays``: your own ``.npz`` at ``data.path`` (x_train, y_train, x_test, y_test).
 * ``image_folder``: a folder at ``data.path`` with ``train/<class>/`` and
   ``test/<class>/`` image files, read with Pillow.
-* any other name: stock TFDS, which needs TensorFlow (``uv sync --extra tfds-full``).
+* any other name: a TFDS dataset prepared as array_record in ``data.data_dir``, read
+  without TensorFlow; else stock TFDS, which needs TensorFlow
+  (``uv sync --extra tfds-full``).
 
 Modules: :mod:`.dataset` (Dataset, DataError), :mod:`.idx` (the IDX format and the
 dataset table), :mod:`.idx_source` and :mod:`.idx_builder` (finding and preparing IDX
@@ -34,7 +36,7 @@ from bnlab.data.idx import (
 from bnlab.data.idx_source import CACHE_FILE, load_idx
 from bnlab.data.image_folder import load_image_folder
 from bnlab.data.preprocess import preprocess
-from bnlab.data.tfds_source import load_stock_tfds
+from bnlab.data.tfds_source import load_tfds
 
 # Sources that read data.path, and what the path must be.
 PATH_SOURCES = {"arrays": "FILE.npz", "image_folder": "DIR"}
@@ -146,7 +148,7 @@ def load(
     elif name == "image_folder":
         raw = load_image_folder(path)  # type: ignore[arg-type]
     else:
-        raw = load_stock_tfds(name, data_dir, download)
+        raw = load_tfds(name, data_dir, download)
     return preprocess(
         raw,
         name,
