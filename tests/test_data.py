@@ -252,6 +252,22 @@ def test_prepared_tfds_data_is_used_without_the_npz(tmp_path, no_local_dirs):
     assert cache.is_file()  # and the fast cache is back
 
 
+def test_import_is_cheap_and_a_cached_load_never_imports_tfds(tmp_path):
+    make_idx_dir(tmp_path / "src")
+    data.load("mnist", dir=str(tmp_path / "src"), data_dir=str(tmp_path / "tfds"), probe_size=12)
+    code = (
+        "import sys\n"
+        "from bnlab import data\n"
+        "heavy = ('tensorflow_datasets', 'tensorflow', 'PIL', 'sklearn', 'jax')\n"
+        "print('import:', [m for m in heavy if m in sys.modules])\n"
+        f"ds = data.load('mnist', data_dir={str(tmp_path / 'tfds')!r}, download=False, probe_size=12)\n"
+        "print('cached:', 'cache of' in ds.source, [m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "import: []" in out.stdout and "cached: True []" in out.stdout, out.stdout
+
+
 def test_dir_without_files_says_what_is_missing(tmp_path):
     make_idx_dir(tmp_path / "src")
     (tmp_path / "src" / "t10k-labels-idx1-ubyte.gz").unlink()

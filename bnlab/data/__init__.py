@@ -14,9 +14,14 @@ Where the images come from (by ``data.name``):
   without TensorFlow; else stock TFDS, which needs TensorFlow
   (``uv sync --extra tfds-full``).
 
+:func:`check_settings` raises the errors that need no data (call it before a long
+load); :func:`load` calls it first. Every error is a one-line :class:`DataError`, a
+:class:`bnlab.errors.UserError`.
+
 Modules: :mod:`.dataset` (Dataset, DataError), :mod:`.idx` (the IDX format and the
 dataset table), :mod:`.idx_source` and :mod:`.idx_builder` (finding and preparing IDX
-datasets), :mod:`.tfds_source`, :mod:`.arrays`, :mod:`.preprocess`.
+datasets), :mod:`.arrays` (digits, npz, the checks of arrays from outside),
+:mod:`.image_folder`, :mod:`.tfds_source`, :mod:`.network`, :mod:`.preprocess`.
 """
 
 from __future__ import annotations
@@ -167,12 +172,13 @@ __all__ = [
     "BUILDER_NAME",
     "BUILDER_VERSION",
     "CACHE_FILE",
-    "DataError",
-    "Dataset",
-    "check_settings",
     "IDX_DATASETS",
     "IDX_FILES",
+    "PATH_SOURCES",
+    "DataError",
+    "Dataset",
     "IdxSpec",
+    "check_settings",
     "find_idx_files",
     "load",
     "read_idx",

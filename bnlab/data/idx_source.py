@@ -1,12 +1,14 @@
 """IDX datasets into memory: from ``data.dir``, the prepared cache, a standard local
 folder, or a checksummed download, in that order.
 
-Preparing goes through the TFDS builder in :mod:`bnlab.data.idx_builder` (array_record,
-no TensorFlow), imported only when a dataset has to be prepared. The prepared cache is
-the TFDS data under ``<data_dir>/idx_images/<name>/<version>/`` plus ``bnlab-arrays.npz``
-beside it: reading 70k records back through ``tfds.data_source`` takes ~3 s, the npz
-< 0.2 s, so a cached load never imports TFDS. When nothing is local and the download
-host cannot be reached, loading stops with a :class:`DataError` within a few seconds.
+The first load prepares the dataset with the TFDS builder in :mod:`bnlab.data.idx_builder`
+(array_record records) and keeps the TFDS data under
+``<data_dir>/idx_images/<name>/<version>/`` plus ``bnlab-arrays.npz`` beside it: reading
+70k records back through ``tfds.data_source`` takes ~3 s, the npz < 0.2 s, so later
+loads read the npz alone. A changed ``data.dir`` is noticed (names, sizes, mtimes) and
+prepared afresh; a file lock lets parallel runs prepare a dataset once. When nothing is
+local and the download host cannot be reached, loading stops with a one-line
+:class:`DataError` within a few seconds.
 """
 
 from __future__ import annotations
