@@ -546,9 +546,12 @@ def test_probe_from_the_validation_split():
     ],
 )
 def test_bad_config_gives_one_line(kwargs, match):
+    from bnlab.errors import UserError
+
     with pytest.raises(DataError, match=match) as e:
         data.load(**kwargs)
     assert "\n" not in str(e.value)
+    assert isinstance(e.value, UserError)  # the entry point reports it in one line, exit 2
 
 
 @needs_no_tensorflow
