@@ -30,7 +30,7 @@ class Choice(StrEnum):
 
 
 Standardize = Choice("Standardize", {n: n for n in ("none", "per_pixel")})
-ProbeSplit = Choice("ProbeSplit", {n: n for n in ("test", "train")})
+ProbeSplit = Choice("ProbeSplit", {n: n for n in ("test", "train", "validation")})
 ModelName = Choice("ModelName", {n: n for n in ("mlp", "cnn")})
 Activation = Choice("Activation", {n: n for n in ("sigmoid", "relu", "tanh", "linear")})
 NormPosition = Choice("NormPosition", {n: n for n in ("before", "after")})
@@ -43,11 +43,14 @@ BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
 class DataConfig:
     name: str = MISSING
     dir: str | None = MISSING
+    path: str | None = MISSING
     data_dir: str | None = MISSING
     download: bool = MISSING
     scale: bool = MISSING
     standardize: Standardize = MISSING
     flatten: bool = MISSING
+    validation: int = MISSING
+    validation_seed: int = MISSING
     probe_size: int = MISSING
     probe_split: ProbeSplit = MISSING
     probe_seed: int = MISSING

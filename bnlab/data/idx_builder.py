@@ -1,11 +1,11 @@
 """TFDS builder for IDX image datasets (Fashion-MNIST, MNIST, KMNIST), TensorFlow-free.
 
-One builder, ``idx_images``, with one config per entry of ``bnlab.data.IDX_DATASETS``.
+One builder, ``idx_images``, with one config per entry of ``bnlab.data.idx.IDX_DATASETS``.
 It reads the four IDX files from the manual dir when they are all there, else
 downloads them from the upstream URLs, checked against the upstream sha256.
 Records are written as array_record (TFDS's tfrecord default needs TensorFlow)
 and hold the example's position in the IDX file, so the file order can be
-restored after TFDS shards them. Only ``bnlab.data`` should need to import this.
+restored after TFDS shards them.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bnlab.data import (
+from bnlab.data.idx import (
     BUILDER_VERSION,
     IDX_DATASETS,
     IDX_FILES,
     find_idx_files,
-    quiet_tfds,
     read_idx_split,
 )
+from bnlab.data.tfds_source import quiet_tfds
 
 
 @dataclasses.dataclass
