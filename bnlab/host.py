@@ -66,10 +66,10 @@ def progress_bar(cfg: Any, initial: int) -> Any:
 def save_figures(workdir: Path) -> None:
     """Draw a run's figures into ``workdir/figures``; a failure is one line, never fatal
     (a figure must never cost the run its record)."""
-    from bnlab import plot
+    from bnlab import report
 
     try:
-        paths = plot.save_run_figures(workdir)
+        paths = report.save_run_figures(workdir)
     except Exception as e:
         say(f"could not draw the run's figures ({type(e).__name__}: {e})")
         return

@@ -582,9 +582,9 @@ def main(
     counts = ", ".join(f"{statuses.count(k)} {k}" for k in dict.fromkeys(statuses))
     say(f"sweep of {len(summaries)} members: {counts}; records: {workdir}/<member>")
     try:
-        from bnlab import sweep_summary
+        from bnlab import report
 
-        paths = sweep_summary.write(workdir, figures=bool(cfg.figure))
+        paths = report.write_summary(workdir, figures=bool(cfg.figure))
         say(f"sweep summary: {paths[0]}")
     except Exception as e:  # the summary must never cost the sweep its records
         say(f"no sweep summary ({type(e).__name__}: {e})")
