@@ -126,7 +126,9 @@ class Sweep:
     ) -> pd.DataFrame:
         """``value`` of :attr:`runs` per configuration: mean over seeds, interval, n.
 
-        ``by`` defaults to :attr:`settings` (``label`` when only seeds vary). The
+        ``by`` defaults to :attr:`settings` (``label`` when only seeds vary); the
+        output has the ``by`` columns, ``label``, then those of
+        :func:`bnlab.stats.aggregate`, ``diverged`` and ``text``. The
         interval is :func:`bnlab.stats.aggregate`'s (a 95% t interval with 5 seeds or
         more, else min-max; the ``method`` column says which); ``text`` is the row
         as :func:`bnlab.stats.format_interval` writes it. Diverged runs' values (their
@@ -138,9 +140,11 @@ class Sweep:
         div = runs["status"].eq("diverged")
         kept = runs if diverged else runs.assign(**{value: runs[value].where(~div)})
         out = aggregate(kept, value, by, errorbar=errorbar)
-        counts = runs.assign(_d=div).groupby(by, sort=False, dropna=False)["_d"].sum()
-        out["diverged"] = counts.reindex(pd.MultiIndex.from_frame(out[by])).to_numpy()
-        out["diverged"] = out["diverged"].astype("int64")
+        per = runs.assign(_d=div).groupby(by, sort=False, dropna=False)
+        where = pd.MultiIndex.from_frame(out[by])
+        if "label" not in by:  # the legend name of each configuration, after its keys
+            out.insert(len(by), "label", per["label"].first().reindex(where).to_numpy())
+        out["diverged"] = per["_d"].sum().reindex(where).to_numpy().astype("int64")
         out["text"] = [format_interval(r) for _, r in out.iterrows()]
         return out
 

@@ -284,7 +284,10 @@ def test_sweep_aggregate_over_seeds(tmp_path):
     )  # fmt: skip
     sweep = load_sweep(root)
     agg = sweep.aggregate().set_index("optimizer.lr")
-    assert list(agg.columns) == ["mean", "lo", "hi", "n", "method", "level", "diverged", "text"]
+    assert list(agg.columns) == [
+        "label", "mean", "lo", "hi", "n", "method", "level", "diverged", "text",
+    ]  # fmt: skip
+    assert list(agg["label"]) == ["optimizer.lr=0.1", "optimizer.lr=0.5"]
     five = sweep.runs.loc[sweep.runs["optimizer.lr"] == 0.1, "final_test_accuracy"]
     assert len(five) == 5 and five.std() > 0
     lo, hi = sps.t.interval(0.95, df=4, loc=five.mean(), scale=sps.sem(five))
@@ -413,3 +416,19 @@ def test_ics_table_is_optional(tmp_path):
     assert sweep.problems == []
     assert list(sweep.ics.columns[-4:]) == ["step", "layer", "stat", "value"]
     assert list(load_run(tmp_path / "b").ics.columns) == ["step", "layer", "stat", "value"]
+
+
+def test_demo_sweep_reuses_a_finished_sweep_and_reports_failure(tmp_path, capsys):
+    """demo_sweep: a sweep it made (same overrides, every run done) is reused without
+    starting the trainer; a command the trainer refuses is a RuntimeError with its words."""
+    from bnlab.runs import DEMO_MARK, demo_sweep
+
+    root = fake_sweep(tmp_path / "s")
+    (root / DEMO_MARK).write_text(json.dumps({"overrides": ["norm=none,bn", "steps=200"]}))
+    assert demo_sweep(root, ["norm=none,bn", "steps=200"]) == root.resolve()
+    assert "reusing the 4 finished runs" in capsys.readouterr().out
+    # other overrides: the trainer runs (and here refuses an unknown key)
+    with pytest.raises(RuntimeError, match="training failed") as err:
+        demo_sweep(tmp_path / "bad", ["no_such_key=1", "data=digits", "steps=10"], timeout=300)
+    assert "no_such_key" in str(err.value)
+    assert not (tmp_path / "bad" / DEMO_MARK).exists()
