@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_runs import fake_run, fake_sweep
 
@@ -113,3 +114,29 @@ def test_real_run_figures_loaded(tmp_path):
     assert run.label == "bn_noaffine"
     paths = report.save_run_figures(run.path)
     assert "gamma_beta.png" not in {p.name for p in paths}
+
+
+def test_write_summary_table_and_figures(tmp_path):
+    """The end-of-sweep summary: summary.csv/.parquet (one row per run, seed included)
+    and every figure; with figures=False only the sweep summary plot."""
+    root = fake_sweep(tmp_path / "s", lrs=(0.1, 0.5), seeds=range(2))
+    paths = report.write_summary(root)
+    names = {p.name for p in paths}
+    assert {report.SUMMARY_CSV, report.SUMMARY_PARQUET, report.SWEEP_PNG} <= names
+    assert "learning_curves.png" in names
+    table = pd.read_csv(root / report.SUMMARY_CSV)
+    assert len(table) == 8 and list(table["seed"]) == [0, 1] * 4
+    assert pd.read_parquet(root / report.SUMMARY_PARQUET)["label"].nunique() == 4
+    other = fake_sweep(tmp_path / "t", lrs=(0.1, 0.5))
+    paths = report.write_summary(other, figures=False)
+    assert [p.name for p in paths] == [report.SUMMARY_CSV, report.SUMMARY_PARQUET, report.SWEEP_PNG]
+    assert sorted(p.name for p in (other / FIGURES).iterdir()) == [report.SWEEP_PNG]
+
+
+def test_swept_key_is_never_the_seed(tmp_path):
+    only_seeds = load_sweep(fake_sweep(tmp_path / "a", norms=("bn",), lrs=(0.5,), seeds=range(3)))
+    assert only_seeds.varying == ["seed"] and report.swept_key(only_seeds) is None
+    lr_and_seeds = load_sweep(fake_sweep(tmp_path / "b", norms=("bn",), seeds=range(2)))
+    assert report.swept_key(lr_and_seeds) == "optimizer.lr"
+    paths = report.save_sweep_figures(only_seeds, tmp_path / "figs")
+    assert report.SWEEP_PNG not in {p.name for p in paths}

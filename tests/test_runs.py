@@ -402,6 +402,10 @@ def test_load_sweep_real_2x2_multirun(tmp_path):
     assert set(acts.loc[acts["norm"] == "bn", "site"]) >= {"prenorm", "pre", "post"}
     summary = json.loads((sweep_dir / "0" / SUMMARY).read_text())
     assert summary["steps"] == 100
+    # the end-of-sweep callback (configs/train.yaml: bnlab.report.SweepSummary) ran
+    assert len(pd.read_csv(sweep_dir / "summary.csv")) == 4
+    assert (sweep_dir / "figures" / "sweep_summary.png").exists()
+    assert (r["seed"] == 0).all() and (sweep.scalars["seed"] == 0).all()
     assert (sweep_dir / "0" / ACTIVATIONS).exists()
 
 
