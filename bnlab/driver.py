@@ -80,12 +80,17 @@ def chunk_lengths(steps: int, chunk_steps: int) -> list[int]:
     return [chunk_steps] * full + ([rest] if rest else [])
 
 
+def data_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.data`` as :func:`bnlab.data.load` takes it (choices as their names)."""
+    return {k: str(v) if isinstance(v, config.Choice) else v for k, v in vars(cfg.data).items()}
+
+
 def load_data(cfg: TrainConfig) -> data.Dataset:
     """The dataset of ``cfg.data``, announced in one line."""
-    ds = data.load(**{k: str(v) if isinstance(v, config.Choice) else v
-                      for k, v in vars(cfg.data).items()})  # fmt: skip
+    ds = data.load(**data_settings(cfg))
+    val = f" / {len(ds.val_y)} validation" if len(ds.val_y) else ""
     say(
-        f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
+        f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test{val}, "
         f"probe batch {len(ds.probe_x)}; from {ds.source}"
     )
     return ds
@@ -99,7 +104,9 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
     model = make_model(cfg.model, cfg.norm, ds.num_classes, devices.DATA if sync else None)
     probe_model = make_model(cfg.model, cfg.norm, ds.num_classes) if sync else model
     tx, unit = make_optimizer(cfg.optimizer, cfg.steps)
-    arrays = {k: getattr(ds, k) for k in ("train_x", "train_y", "test_x", "test_y", "probe_x")}
+    keys = ["train_x", "train_y", "test_x", "test_y", "probe_x"]
+    keys += ["val_x", "val_y"] if len(ds.val_y) else []
+    arrays = {k: getattr(ds, k) for k in keys}
     return Engine(
         model, probe_model, tx, unit, arrays, grid=(len(cfg.lrs), len(cfg.seeds)),
         batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps, probe_cfg=cfg.probe,
@@ -122,6 +129,7 @@ def train_and_evaluate(
     t0 = time.perf_counter() if t0 is None else t0
     cfg = config.typed(cfg)
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
+    data.check_settings(**data_settings(cfg))
     workdir = Path(workdir)
     ms = members.members(cfg, workdir)
     records = [RunRecord(m.dir) for m in ms]
@@ -198,10 +206,10 @@ class Loop:
         for i in self.running:
             self.records[i] = RunRecord(self.records[i].dir)  # a fresh record
         first = jax.device_get(e.measure(states))
-        test = jax.device_get(e.evaluate(states))
+        evals = jax.device_get(e.evaluate(states))
         for i in self.running:
             metrics_rows(self.records[i], first.member(i))
-            eval_rows(self.records[i], 0, "test", test[0][i], test[1][i])
+        self._eval_rows(0, evals)
         return 0, states
 
     # -- the loop --------------------------------------------------------------------
@@ -231,17 +239,17 @@ class Loop:
                 host = jax.device_get(states)
                 last = c == len(lengths)
                 due_eval = step % cfg.eval_every == 0 or last
-                test = e.evaluate(states, beside=True) if due_eval and self.running else None
+                evals = None
+                if due_eval and self.running:
+                    evals = e.evaluate(states, beside=True)
                 if not last and self.running and not self.stop_requested:
                     ahead = e.chunk(states, step, lengths[c])  # overlaps what follows
                 self._flush()
                 for i, keep in keeps.items():
                     metrics_rows(self.records[i], got.member(i), keep)
                 self.pending = (metrics.step, metrics.acts, keeps)
-                if test is not None:
-                    loss, acc = jax.device_get(test)
-                    for i in self.running:
-                        eval_rows(self.records[i], step, "test", loss[i], acc[i])
+                if evals is not None:
+                    self._eval_rows(step, jax.device_get(evals))
                 if diverged:
                     self._flush()
                     for i, at in diverged:
@@ -275,6 +283,11 @@ class Loop:
                 if s.get("status") in DONE and not self.done[i]:
                     _figures(self.records[i].dir)
         return self.sums
+
+    def _eval_rows(self, step: int, evals: dict) -> None:
+        for i in self.running:
+            for split, (loss, acc) in evals.items():
+                eval_rows(self.records[i], step, split, loss[i], acc[i])
 
     def _clock(self, length: int) -> None:
         """Time the steady chunks (all but the first, which includes compilation)."""
@@ -354,20 +367,20 @@ class Loop:
 
 def _figures(run_dir: Path) -> None:
     """Draw a run's figures; a failure is one line, never fatal."""
-    from bnlab import plot
+    from bnlab import report
 
     try:
-        plot.save_run_figures(run_dir)
+        report.save_run_figures(run_dir)
     except Exception as e:
         say(f"could not draw the run's figures ({type(e).__name__}: {e})")
 
 
 def _sweep_summary(workdir: Path, figures: bool) -> None:
     """The sweep's summary table and figures; a failure is one line, never fatal."""
-    from bnlab import sweep_summary
+    from bnlab import report
 
     try:
-        paths = sweep_summary.write(workdir, figures=figures)
+        paths = report.write_summary(workdir, figures=figures)
         say(f"sweep summary: {paths[0]}")
     except Exception as e:  # the summary must never cost the sweep its records
         say(f"no sweep summary ({type(e).__name__}: {e})")

@@ -205,6 +205,7 @@ class Engine:
         self.landscape_steps = tuple(float(c) for c in probe_cfg.landscape_steps)
         self.diverge_loss, self.noisy, self.eval_batch = diverge_loss, noisy, eval_batch
         self.probe_device = probe_device if probes else None
+        self.splits = [s for s in ("test", "val") if f"{s}_y" in arrays]  # evaluated
         self.n_train = len(arrays["train_y"])
         self.steps_per_epoch = self.n_train // batch_size
         self.n_perms = chunk_steps // self.steps_per_epoch + 2  # epochs a chunk can touch
@@ -445,14 +446,17 @@ class Engine:
         add = lambda tree: jax.tree.map(lambda a: a[:, None], tree)  # noqa: E731
         return Metrics(step=step, loss=None, acc=None, lr=None, layers=add(layers), acts=add(acts))
 
-    def evaluate(self, states: TrainState, split: str = "test", beside: bool = False):
-        """Loss and accuracy (each (M,)) on a split, BN in eval mode. ``beside``: on
-        the probe device where there is one (on a copy of ``states``, made now, before
-        the caller donates them to the next chunk)."""
+    def evaluate(self, states: TrainState, beside: bool = False) -> dict[str, tuple]:
+        """``{split: (loss, accuracy)}`` (each (M,)) on the test split and the validation
+        split where there is one, BN in eval mode. ``beside``: on the probe device where
+        there is one (on a copy of ``states``, made now, before the caller donates them
+        to the next chunk)."""
         if beside and self.probe_device is not None:
             copy = jax.block_until_ready(jax.device_put(states, self.probe_device))
-            return self._eval_beside_jit(copy, self.remote[f"{split}_x"], self.remote[f"{split}_y"])
-        return self._eval_jit(states, self.data[f"{split}_x"], self.data[f"{split}_y"])
+            fn, arrays = self._eval_beside_jit, self.remote
+        else:
+            copy, fn, arrays = states, self._eval_jit, self.data
+        return {s: fn(copy, arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in self.splits}
 
     def init(self, seeds: list[int], lrs: list[float], x0: np.ndarray) -> TrainState:
         """Member states: member i initialized from seed ``seeds[i]`` (its init key and

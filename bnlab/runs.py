@@ -1,38 +1,46 @@
 """Read run records (see :mod:`bnlab.record`) back into pandas.
 
-One run::
+One run (:mod:`bnlab.rundir`, re-exported here)::
 
     run = load_run("outputs/2025-01-01/12-00-00")
     run.config["norm"]["name"], run.summary["status"], run.scalars, run.activations, run.layers
-    run.ics            # gradient-ICS and landscape probes (empty unless probe.ics_every > 0)
 
-A whole Hydra multirun (or a glob, or a list of run directories)::
+A whole Hydra multirun (or a vectorized sweep, a glob, a list of run directories)::
 
     sweep = load_sweep("multirun/2025-01-01/12-00-00")
-    sweep.runs         # one row per run: overrides, label, status, final accuracy, ...
-    sweep.activations  # every run's rows, with ``run``, ``label`` and override columns
+    sweep.runs         # one row per run: overrides, seed, label, status, final accuracy, ...
+    sweep.activations  # every run's rows, with ``run``, override, ``label`` and ``seed`` columns
+    sweep.aggregate()  # final test accuracy per configuration: mean over seeds, interval, n
 
 The override columns hold each run's command-line overrides (``norm``,
 ``optimizer.lr``, ``seed``...) parsed to Python values; where a run did not
 override a key that another run did, the value comes from its resolved config
-(``norm`` -> ``config['norm']['name']``). ``label`` names each run for legends
-from the keys that differ between runs (``bn`` when only ``norm`` differs,
-``norm=bn, optimizer.lr=0.5`` otherwise).
+(``norm`` -> ``config['norm']['name']``). ``seed`` is a column of ``runs`` and of
+every table (the override, else the resolved config's ``seed``): seeds are the
+replicate axis. ``label`` names each *configuration* for legends from the keys
+other than ``seed`` that differ between runs (``bn`` when only ``norm`` differs,
+``norm=bn, optimizer.lr=0.5`` otherwise); runs that differ only by their seed share
+a label, and the figures of :mod:`bnlab.plot` draw their mean with a band.
+:func:`bnlab.stats.aggregate` (also here as :func:`aggregate`) gives the means and
+intervals as a table.
 
 Missing or half-written runs (no ``summary.json``, status ``running`` or
 ``interrupted``, a missing or unreadable table) are kept with whatever they
 hold, listed in ``Sweep.problems`` and announced with a warning, never dropped.
 
-This module imports nothing of the trainer, and no matplotlib.
+:func:`demo_sweep` trains a small sweep for a notebook through the command line
+(``python -m bnlab.train -m ...`` in a subprocess). This module imports nothing of
+the trainer, and no matplotlib.
 """
 
 from __future__ import annotations
 
-import glob as _glob
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +49,19 @@ from typing import Any
 
 import pandas as pd
 
-from bnlab.record import ACTIVATIONS, COLUMNS, ICS, LAYERS, SCALARS, SUMMARY
+from bnlab.record import ICS, SUMMARY
+from bnlab.rundir import (
+    TABLES,
+    Run,
+    RunProblemWarning,
+    _empty,
+    _plain,
+    config_value,
+    find_runs,
+    is_run_dir,
+    load_run,
+)
+from bnlab.stats import aggregate, format_interval
 
 __all__ = [
     "Run",
@@ -50,57 +70,19 @@ __all__ = [
     "load_run",
     "load_sweep",
     "find_runs",
+    "is_run_dir",
+    "config_value",
     "steps_to_target",
     "last_hidden_layer",
+    "layer_order",
+    "aggregate",
+    "format_interval",
+    "demo_sweep",
 ]
 
-TABLES = {"scalars": SCALARS, "activations": ACTIVATIONS, "layers": LAYERS, "ics": ICS}
-OPTIONAL = {ICS}  # tables older records lack (or that are empty by default): no problem if absent
 # Keys always present in a sweep's ``runs`` table (from the config where not overridden).
 STANDARD_KEYS = ("norm", "optimizer.lr", "seed", "data")
-
-
-class RunProblemWarning(UserWarning):
-    """Some runs of a sweep are missing pieces or did not finish."""
-
-
-@dataclass
-class Run:
-    """One run record, as written by the trainer."""
-
-    path: Path
-    config: dict[str, Any]
-    overrides: dict[str, Any]
-    summary: dict[str, Any]
-    scalars: pd.DataFrame
-    activations: pd.DataFrame
-    layers: pd.DataFrame
-    ics: pd.DataFrame = field(default_factory=lambda: _empty(ICS))
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        """``finished``, ``diverged``, ``running``, ``interrupted``, or ``missing`` (no summary)."""
-        return self.summary.get("status", "missing")
-
-    @property
-    def label(self) -> str:
-        """A legend name: the norm variant as the config names it (``bn``, ``none``...)."""
-        norm = config_value(self.config, "norm")
-        return str(norm) if norm is not None else self.path.name
-
-    def value(self, key: str) -> Any:
-        """The value of a dotted key: the override if given, else from the config."""
-        if key in self.overrides:
-            return self.overrides[key]
-        return config_value(self.config, key)
-
-    def __repr__(self) -> str:
-        return (
-            f"Run({str(self.path)!r}, status={self.status!r}, overrides={self.overrides}, "
-            f"scalars={len(self.scalars)} rows, activations={len(self.activations)} rows, "
-            f"layers={len(self.layers)} rows)"
-        )
+SEED = "seed"  # the replicate axis
 
 
 @dataclass
@@ -129,200 +111,45 @@ class Sweep:
             f"problems={len(self.problems)})"
         )
 
+    @property
+    def settings(self) -> list[str]:
+        """The varying keys that name a configuration: all but ``seed``."""
+        return [k for k in self.varying if k != SEED]
 
-# --------------------------------------------------------------------------- one run
+    def aggregate(
+        self,
+        value: str = "final_test_accuracy",
+        by: str | Sequence[str] | None = None,
+        *,
+        errorbar: Any = ("ci", 95),
+        diverged: bool = False,
+    ) -> pd.DataFrame:
+        """``value`` of :attr:`runs` per configuration: mean over seeds, interval, n.
 
-
-def config_value(config: dict[str, Any], key: str) -> Any:
-    """``config['a']['b']`` for ``key='a.b'``; a config group (dict with ``name``) gives its name."""
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, dict):
-        return node.get("name")
-    return node
-
-
-def _parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
-    """``['norm=bn', 'optimizer.lr=0.5']`` -> ``{'norm': 'bn', 'optimizer.lr': 0.5}``."""
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides(list(lines))
-        out = {}
-        for o in parsed:
-            if o.is_delete():
-                continue
-            v = o.value()
-            out[o.key_or_group] = _plain(v)
+        ``by`` defaults to :attr:`settings` (``label`` when only seeds vary); the
+        output has the ``by`` columns, ``label``, then those of
+        :func:`bnlab.stats.aggregate`, ``diverged`` and ``text``. The
+        interval is :func:`bnlab.stats.aggregate`'s (a 95% t interval with 5 seeds or
+        more, else min-max; the ``method`` column says which); ``text`` is the row
+        as :func:`bnlab.stats.format_interval` writes it. Diverged runs' values (their
+        last finite value) are left out unless ``diverged=True``; the ``diverged``
+        column counts them.
+        """
+        by = [by] if isinstance(by, str) else list(by or self.settings or ["label"])
+        runs = self.runs
+        div = runs["status"].eq("diverged")
+        kept = runs if diverged else runs.assign(**{value: runs[value].where(~div)})
+        out = aggregate(kept, value, by, errorbar=errorbar)
+        per = runs.assign(_d=div).groupby(by, sort=False, dropna=False)
+        where = pd.MultiIndex.from_frame(out[by])
+        if "label" not in by:  # the legend name of each configuration, after its keys
+            out.insert(len(by), "label", per["label"].first().reindex(where).to_numpy())
+        out["diverged"] = per["_d"].sum().reindex(where).to_numpy().astype("int64")
+        out["text"] = [format_interval(r) for _, r in out.iterrows()]
         return out
-    except Exception:  # not Hydra syntax: fall back to YAML values
-        import yaml
-
-        out = {}
-        for line in lines:
-            if "=" not in line or line.startswith("~"):
-                continue
-            k, v = line.split("=", 1)
-            try:
-                out[k.lstrip("+")] = _plain(yaml.safe_load(v))
-            except yaml.YAMLError:
-                out[k.lstrip("+")] = v
-        return out
-
-
-def _plain(v: Any) -> Any:
-    """Scalars stay; anything else (lists, dicts, sweeps) becomes its text."""
-    if v is None or isinstance(v, bool | int | float | str):
-        return v
-    return str(v)
-
-
-def _read_yaml(path: Path) -> Any:
-    from omegaconf import OmegaConf
-
-    conf = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(conf, resolve=True)
-    except Exception:  # an interpolation that needs Hydra at runtime
-        return OmegaConf.to_container(conf, resolve=False)
-
-
-def _empty(table: str) -> pd.DataFrame:
-    dtypes = {"step": "int64", "unit": "int64", "value": "float64"}
-    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "object")) for c in COLUMNS[table]})
-
-
-def is_run_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` looks like a run directory (Hydra's ``.hydra/`` or any record file)."""
-    p = Path(path)
-    return p.is_dir() and (
-        (p / ".hydra").is_dir()
-        or (p / SUMMARY).exists()
-        or any((p / t).exists() for t in TABLES.values())
-    )
-
-
-def load_run(path: str | os.PathLike) -> Run:
-    """Load one run directory: config, overrides, summary and the tables (``ics`` optional).
-
-    Missing pieces do not raise: a missing table loads as an empty DataFrame with
-    the schema's columns, a missing summary as ``{}`` (status ``missing``), and each
-    is listed in ``Run.problems``. Raises ``FileNotFoundError`` only when ``path``
-    is not a run directory at all.
-    """
-    path = Path(path)
-    if not is_run_dir(path):
-        raise FileNotFoundError(
-            f"{path} is not a run directory (no .hydra/, {SUMMARY} or tables); "
-            "for a multirun use load_sweep"
-        )
-    problems: list[str] = []
-    config: dict[str, Any] = {}
-    overrides: dict[str, Any] = {}
-    hydra_dir = path / ".hydra"
-    if (hydra_dir / "config.yaml").exists():
-        try:
-            config = _read_yaml(hydra_dir / "config.yaml") or {}
-        except Exception as e:
-            problems.append(f"unreadable .hydra/config.yaml ({type(e).__name__}: {e})")
-    else:
-        problems.append("no .hydra/config.yaml")
-    if (hydra_dir / "overrides.yaml").exists():
-        try:
-            lines = _read_yaml(hydra_dir / "overrides.yaml") or []
-            overrides = _parse_overrides([str(x) for x in lines])
-        except Exception as e:
-            problems.append(f"unreadable .hydra/overrides.yaml ({type(e).__name__}: {e})")
-
-    summary: dict[str, Any] = {}
-    if (path / SUMMARY).exists():
-        try:
-            summary = json.loads((path / SUMMARY).read_text())
-        except Exception as e:
-            problems.append(f"unreadable {SUMMARY} ({type(e).__name__}: {e})")
-    else:
-        problems.append(f"no {SUMMARY} (crashed before its first record?)")
-    status = summary.get("status")
-    if status == "running":
-        problems.append(
-            f"status 'running' at step {summary.get('step')} of {summary.get('steps')} "
-            "(killed, or still running)"
-        )
-    elif status == "interrupted":
-        problems.append(f"interrupted at step {summary.get('step')} of {summary.get('steps')}")
-
-    tables: dict[str, pd.DataFrame] = {}
-    for attr, fname in TABLES.items():
-        f = path / fname
-        if not f.exists():
-            if summary and fname not in OPTIONAL:  # no summary: already reported as missing
-                problems.append(f"no {fname}")
-            tables[attr] = _empty(fname)
-            continue
-        try:
-            df = pd.read_parquet(f)
-        except Exception as e:
-            problems.append(f"unreadable {fname} ({type(e).__name__}: {e})")
-            tables[attr] = _empty(fname)
-            continue
-        missing = [c for c in COLUMNS[fname] if c not in df.columns]
-        if missing:
-            problems.append(f"{fname} lacks columns {missing}")
-            tables[attr] = _empty(fname)
-            continue
-        tables[attr] = df
-    return Run(path, config, overrides, summary, problems=problems, **tables)
 
 
 # --------------------------------------------------------------------------- many runs
-
-
-def _natural_key(p: Path) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
-
-
-def find_runs(path: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """The run directories in a multirun directory, a glob pattern, or a list of those.
-
-    A directory that is itself a run is one run; otherwise it is searched
-    (recursively, not into runs) for run directories. Sorted naturally (2 < 10).
-    """
-    if isinstance(path, str | os.PathLike):
-        items = [path]
-    else:
-        items = list(path)
-    found: list[Path] = []
-    for item in items:
-        s = os.fspath(item)
-        matches = sorted(_glob.glob(s)) if _glob.has_magic(s) else [s]
-        if not matches:
-            raise FileNotFoundError(f"no directory matches {s!r}")
-        for m in matches:
-            p = Path(m)
-            if not p.exists():
-                raise FileNotFoundError(f"{p} does not exist")
-            if is_run_dir(p):
-                found.append(p)
-                continue
-            here = []
-            for root, dirs, _ in os.walk(p):
-                if is_run_dir(root):
-                    here.append(Path(root))
-                    dirs[:] = []
-                else:
-                    dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found.extend(sorted(here, key=_natural_key))
-    seen: set[Path] = set()
-    unique = []
-    for p in found:
-        r = p.resolve()
-        if r not in seen:
-            seen.add(r)
-            unique.append(p)
-    return unique
 
 
 def _run_ids(paths: list[Path]) -> list[str]:
@@ -341,14 +168,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _labels(values: list[dict[str, Any]], varying: list[str], members: list[Run]) -> list[str]:
+def _labels(
+    values: list[dict[str, Any]], varying: list[str], members: list[Run], seeds: list[Any]
+) -> list[str]:
+    """A label per configuration: the varying keys but the seed (runs that differ only
+    by their seed share it); exact duplicates (same label and seed) get their path."""
+    varying = [k for k in varying if k != SEED]
     if varying == ["norm"]:
         labels = [_fmt(v["norm"]) for v in values]
     elif varying:
         labels = [", ".join(f"{k}={_fmt(v[k])}" for k in varying) for v in values]
     else:
         labels = [m.label for m in members]
-    if len(set(labels)) < len(labels):  # identical runs: tell them apart by their path
+    pairs = [(lab, repr(s)) for lab, s in zip(labels, seeds, strict=True)]
+    if len(set(pairs)) < len(pairs):  # identical runs: tell them apart by their path
         ids = _run_ids([m.path for m in members])
         labels = [f"{lab} [{i}]" for lab, i in zip(labels, ids, strict=True)]
     return labels
@@ -371,14 +204,16 @@ def load_sweep(
     override columns, ``label``, ``status``, ``step``, ``steps``, ``diverged_at``,
     ``final_<scalar>`` for every final scalar, ``steps_per_sec``, ``wall_time_s``,
     ``problems``) and the ``scalars``, ``activations``, ``layers`` and ``ics`` tables of all
-    runs concatenated with ``run``, the override columns and ``label`` in front.
+    runs concatenated with ``run``, the override columns, ``label`` and ``seed`` in
+    front. ``seed`` is in ``runs`` and in every table, from the override or else the
+    resolved config (it is among the override columns where a run overrides it).
     Runs with problems are kept, listed in ``Sweep.problems`` and (``warn=True``)
-    announced with a :class:`RunProblemWarning`.
+    announced with one :class:`RunProblemWarning`.
     """
     paths = find_runs(path)
     if not paths:
         raise FileNotFoundError(f"no run directories under {path}")
-    members = [load_run(p) for p in paths]
+    members = [load_run(p, warn=False) for p in paths]
     ids = _run_ids(paths)
 
     keys: list[str] = []
@@ -387,7 +222,8 @@ def load_sweep(
     # a key one run overrides may be a list in another's config (model.channels: []): text
     values = [{k: _plain(m.value(k)) for k in keys} for m in members]
     varying = [k for k in keys if len({repr(v[k]) for v in values}) > 1]
-    labels = _labels(values, varying, members)
+    seeds = [_plain(m.value(SEED)) for m in members]
+    labels = _labels(values, varying, members, seeds)
 
     rows = []
     for m, rid, v, lab in zip(members, ids, values, labels, strict=True):
@@ -418,11 +254,12 @@ def load_sweep(
     for c in ("step", "steps", "diverged_at"):
         runs[c] = pd.to_numeric(runs[c], errors="coerce").astype("Int64")
 
-    front = ["run", *keys, "label"]
+    extra = [] if SEED in keys else [SEED]  # the seed column where no run overrides it
+    front = ["run", *keys, "label", *extra]
     tables = {}
     for attr, fname in TABLES.items():
         parts = []
-        for m, rid, v, lab in zip(members, ids, values, labels, strict=True):
+        for m, rid, v, lab, seed in zip(members, ids, values, labels, seeds, strict=True):
             df = getattr(m, attr)
             if not len(df):
                 continue
@@ -431,6 +268,8 @@ def load_sweep(
             for i, k in enumerate(keys, 1):
                 df.insert(i, k, v[k])
             df.insert(len(keys) + 1, "label", lab)
+            if extra:
+                df.insert(len(keys) + 2, SEED, seed)
             parts.append(df)
         if parts:
             t = pd.concat(parts, ignore_index=True)
@@ -438,7 +277,7 @@ def load_sweep(
             t = _empty(fname)
             for i, c in enumerate(front):
                 t.insert(i, c, pd.Series(dtype="object"))
-        for k in keys:
+        for k in [*keys, *extra]:
             t[k] = _column(list(t[k])) if len(t) else t[k]
         tables[attr] = t
 
@@ -484,3 +323,61 @@ def layer_order(names: Iterable[str]) -> list[str]:
 
 def _natural_key_str(s: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
+
+
+# --------------------------------------------------------------------------- a demo sweep
+
+DEMO_MARK = "demo_sweep.json"  # in the sweep dir: the overrides it was made with
+DEMO_FIXED = ("progress=false", "figure=false")  # unless the overrides set these keys
+_SAID = ("finished", "diverged", "interrupted", "error", "already")
+
+
+def demo_sweep(
+    out_dir: str | os.PathLike,
+    overrides: Sequence[str],
+    *,
+    cwd: str | os.PathLike | None = None,
+    timeout: float | None = None,
+) -> Path:
+    """Train a small sweep for a notebook or a test; return its directory (``out_dir``).
+
+    Runs ``python -m bnlab.train -m OVERRIDES progress=false figure=false
+    hydra.sweep.dir=OUT_DIR`` in a subprocess of this interpreter (analysis code never
+    imports the trainer) and prints the command and the trainer's one-line verdicts.
+    ``out_dir`` already holding a finished sweep made with the same overrides (every
+    run finished or diverged) is reused as it is, without starting the trainer. A
+    failed command raises ``RuntimeError`` with the end of its stderr.
+    """
+    out_dir = Path(out_dir).resolve()
+    overrides = [str(o) for o in overrides]
+    mark = out_dir / DEMO_MARK
+    if mark.exists() and json.loads(mark.read_text()).get("overrides") == overrides:
+        paths = find_runs(out_dir)
+        statuses = [_status(p) for p in paths]
+        if paths and all(s in ("finished", "diverged") for s in statuses):
+            print(f"reusing the {len(paths)} finished runs in {out_dir}")
+            return out_dir
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    fixed = [o for o in DEMO_FIXED if o.split("=", 1)[0] not in given]
+    cmd = [sys.executable, "-m", "bnlab.train", "-m", *overrides, *fixed]
+    cmd.append(f"hydra.sweep.dir={out_dir}")
+    print("python " + " ".join(cmd[1:]), flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    said = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if ln.startswith("bnlab:") and any(w in ln for w in _SAID)
+    ]
+    if said:
+        print("\n".join(said), flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    mark.write_text(json.dumps({"overrides": overrides, "command": cmd[1:]}, indent=2) + "\n")
+    return out_dir
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text()).get("status")
+    except (OSError, ValueError):
+        return None

@@ -1,8 +1,11 @@
-"""The notebooks run top to bottom on a small configuration, and are stored without outputs.
+"""The notebooks run top to bottom both ways, and are stored without outputs.
 
 Like papermill: a cell with the test's parameters goes right after the cell tagged
-``parameters``; the notebook then runs in a ``python3`` kernel of this interpreter,
-training real (tiny) runs on scikit-learn's digits through ``python -m bnlab.train``.
+``parameters``; the notebook then runs in a ``python3`` kernel of this interpreter.
+Fresh (``SWEEP_DIR = ""``) it trains real (tiny) runs on scikit-learn's digits through
+``bnlab.runs.demo_sweep`` (``python -m bnlab.train``); pointed at a record
+(``SWEEP_DIR``) it reads that record, here one the test writes with several seeds,
+and trains nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_runs import fake_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -20,8 +24,9 @@ ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
 SMALL = {"DATA": "digits", "PROBE_EVERY": 50, "CHUNK_STEPS": 100, "EVAL_EVERY": 100}
 PARAMS = {
     "activation_drift.ipynb": {**SMALL, "STEPS": 200},
-    "lr_sweep.ipynb": {**SMALL, "STEPS": 100, "LRS": [0.5, 50.0], "TARGET": 0.3},
+    "lr_sweep.ipynb": {**SMALL, "STEPS": 100, "LRS": [0.5, 50.0], "SEEDS": 2, "TARGET": 0.3},
 }
+FIGURES = {"activation_drift.ipynb": 5, "lr_sweep.ipynb": 2}
 
 
 def _parameters_index(nb) -> int:
@@ -67,6 +72,16 @@ def _manager_for(python: str):
     return _Here
 
 
+def _text(nb) -> str:
+    """Everything the notebook printed or displayed as text."""
+    parts = []
+    for c in nb.cells:
+        for out in c.get("outputs", []) if c.cell_type == "code" else []:
+            parts.append(out.get("text", ""))
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
 def _images(nb) -> int:
     return sum(
         "image/png" in out.get("data", {})
@@ -100,17 +115,51 @@ def test_stored_without_outputs(path):
             assert c.outputs == [] and c.execution_count is None, f"{path.name} has outputs"
     text = path.read_text()
     assert "PLACEHOLDER" not in text
+    params = nb.cells[_parameters_index(nb)].source
+    assert 'SWEEP_DIR = ""' in params, "an empty SWEEP_DIR parameter: train, else read"
+    # one helper trains, in bnlab.runs; no copy of it (or of subprocess) in the notebook
+    assert "runs.demo_sweep(" in text and "subprocess" not in text
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path):
+    """Fresh: the notebook trains its sweep into OUT, then shows every figure."""
     params = {**PARAMS[path.name], "OUT": str(tmp_path / "out")}
     nb = execute(path, params)
-    assert not _errors(nb)
-    figures = {"activation_drift.ipynb": 5, "lr_sweep.ipynb": 2}[path.name]
-    assert _images(nb) == figures, "the notebook should show each of its figures"
-    # the runs it trained are where OUT says
-    runs = sorted((tmp_path / "out").glob("*/*/summary.json"))
-    expected = 2 if path.name == "activation_drift.ipynb" else 3 * len(PARAMS[path.name]["LRS"])
-    assert len(runs) == expected
+    assert not _errors(nb), _errors(nb)
+    assert _images(nb) == FIGURES[path.name], "the notebook should show each of its figures"
+    # the runs it trained are where OUT says (lr_sweep: vectorized members in each job)
+    if path.name == "activation_drift.ipynb":
+        runs = sorted((tmp_path / "out").glob("*/*/summary.json"))
+        assert len(runs) == 2
+    else:
+        runs = sorted((tmp_path / "out").glob("*/*/*/summary.json"))
+        p = PARAMS[path.name]
+        assert len(runs) == 3 * len(p["LRS"]) * p["SEEDS"]
+        assert "(n=2, min-max)" in _text(nb)  # the table of means over the 2 seeds
+    # run again: the finished sweep is reused, nothing retrains
+    again = execute(path, params)
+    assert not _errors(again) and "reusing the" in _text(again)
+
+
+# a record with 5 seeds per configuration (the runs differ in accuracy by seed)
+RECORDS = {
+    "activation_drift.ipynb": dict(norms=("none", "bn"), lrs=(0.5,)),
+    "lr_sweep.ipynb": dict(norms=("none", "bn", "bn_noaffine"), lrs=(0.5, 2.0)),
+}
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_notebook_reads_a_record(path, tmp_path):
+    """Pointed at an existing record (SWEEP_DIR) the notebook reads it, trains nothing,
+    and draws the seeds' means with their intervals."""
+    record = fake_sweep(tmp_path / "record", seeds=range(5), **RECORDS[path.name])
+    out = tmp_path / "out"
+    nb = execute(path, {**PARAMS[path.name], "SWEEP_DIR": str(record), "OUT": str(out)})
+    assert not _errors(nb), _errors(nb)
+    assert _images(nb) == FIGURES[path.name]
+    assert not out.exists(), "a notebook pointed at a record must not train"
+    text = _text(nb)
+    assert f"reading the record in {record}" in text
+    assert "(n=5, 95% t)" in text  # the final accuracies as mean ± interval

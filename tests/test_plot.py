@@ -1,21 +1,16 @@
-"""Figures (bnlab.plot): axes and lines per table, PNG files, the CLI."""
+"""Figures (bnlab.plot): axes, lines and bands per table (files: test_report.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+import numpy as np
 import pytest
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
+from scipy import stats as sps
 from test_runs import fake_run, fake_sweep
 
 from bnlab import plot
-from bnlab.record import ACTIVATIONS, FIGURES, SCALARS, RunRecord
-from bnlab.runs import load_run, load_sweep
-
-ROOT = Path(__file__).resolve().parents[1]
+from bnlab.runs import load_sweep
 
 
 @pytest.fixture(scope="module")
@@ -107,95 +102,6 @@ def test_gamma_beta(sweep):
         plot.gamma_beta(none_only)
 
 
-def test_save_run_figures(tmp_path):
-    fake_run(tmp_path / "r", norm="bn")
-    paths = plot.save_run_figures(tmp_path / "r")
-    names = sorted(p.name for p in paths)
-    assert names == [
-        "drift_layer3_pre.png",
-        "gamma_beta.png",
-        "layer_moments_pre.png",
-        "learning_curves.png",
-    ]
-    for p in paths:
-        assert p.parent == tmp_path / "r" / FIGURES and p.stat().st_size > 5000
-
-
-def test_save_run_figures_diverged_and_empty(tmp_path):
-    # diverged after one probe interval: few rows, no gamma/beta (norm=none)
-    fake_run(tmp_path / "d", norm="none", status="diverged", diverged_at=2, steps=200)
-    paths = plot.save_run_figures(tmp_path / "d")
-    # (the step-0 test accuracy still makes a learning-curve figure)
-    assert {p.name for p in paths} == {
-        "drift_layer3_pre.png", "layer_moments_pre.png", "learning_curves.png",
-    }  # fmt: skip
-    # empty tables (diverged on the first step before any rows): no figures, no error
-    e = tmp_path / "e"
-    rec = RunRecord(e)
-    rec.write_tables()
-    rec.write_summary(status="diverged", step=1, steps=100, diverged_at=1, final={})
-    assert plot.save_run_figures(e) == []
-    # tables missing altogether
-    (e / ACTIVATIONS).unlink()
-    (e / SCALARS).unlink()
-    assert plot.save_run_figures(e) == []
-
-
-def test_save_sweep_figures(sweep, tmp_path):
-    paths = plot.save_sweep_figures(sweep, tmp_path / "figs")
-    assert {p.name for p in paths} == {
-        "drift_layer3_pre.png", "layer_moments_pre.png", "learning_curves.png",
-        "gamma_beta.png", "sweep_summary.png",
-    }  # fmt: skip
-    assert all(p.stat().st_size > 5000 for p in paths)
-
-
-def _cli(*args):
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run(
-        [sys.executable, "-m", "bnlab.plot", *map(str, args)],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-
-
-def test_cli_run_and_sweep(tmp_path):
-    run = fake_run(tmp_path / "run", norm="bn")
-    p = _cli(run)
-    assert p.returncode == 0, p.stderr
-    printed = [Path(line) for line in p.stdout.split()]
-    assert len(printed) == 4
-    assert all(f.parent == run / FIGURES and f.stat().st_size > 5000 for f in printed)
-
-    root = fake_sweep(tmp_path / "sweep")
-    p = _cli(root, "--target", "0.5")
-    assert p.returncode == 0, p.stderr
-    printed = [Path(line) for line in p.stdout.split()]
-    assert {f.name for f in printed} >= {"drift_layer3_pre.png", "sweep_summary.png"}
-    assert all(f.parent == root / FIGURES and f.stat().st_size > 5000 for f in printed)
-
-    p = _cli(tmp_path / "nothing-here")
-    assert p.returncode == 2 and "does not exist" in p.stderr
-
-
-def test_cli_glob_of_runs(tmp_path):
-    fake_run(tmp_path / "a", norm="none")
-    fake_run(tmp_path / "b", norm="bn")
-    p = _cli(str(tmp_path / "*"), "--out", tmp_path / "out", "--target", "none")
-    assert p.returncode == 0, p.stderr
-    printed = [Path(line) for line in p.stdout.split()]
-    assert printed and all(f.parent == tmp_path / "out" for f in printed)
-    assert "sweep_summary.png" not in {f.name for f in printed}  # lr does not vary
-
-
-def test_real_run_figures_loaded(tmp_path):
-    """save_run_figures on a record re-read by load_run keeps the run's label."""
-    fake_run(tmp_path / "r", norm="bn_noaffine")
-    run = load_run(tmp_path / "r")
-    assert run.label == "bn_noaffine"
-    paths = plot.save_run_figures(run.path)
-    assert "gamma_beta.png" not in {p.name for p in paths}
-
-
 def test_drift_bands_unshared_when_one_run_blows_up(sweep):
     acts = sweep.activations.copy()
     first = acts["run"] == acts["run"].iloc[0]
@@ -213,3 +119,127 @@ def test_many_runs_get_distinct_colours_by_norm(tmp_path):
     fig = plot.learning_curves(big.scalars)
     colours = [tuple(ln.get_color()) for ln in fig.axes[0].lines]
     assert len(colours) == 12 and len(set(colours)) == 12
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    """norm in {none, bn} x lr in {0.1, 0.5} x 5 seeds: 20 runs, 4 configurations."""
+    root = fake_sweep(tmp_path_factory.mktemp("seeds") / "s", lrs=(0.1, 0.5), seeds=range(5))
+    return load_sweep(root)
+
+
+CONFIGS = [
+    "norm=none, optimizer.lr=0.1",
+    "norm=none, optimizer.lr=0.5",
+    "norm=bn, optimizer.lr=0.1",
+    "norm=bn, optimizer.lr=0.5",
+]
+
+
+def _bands(ax):
+    return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def _band_edges(band, xs):
+    """The lower and upper edge of a fill_between polygon at each x."""
+    verts = band.get_paths()[0].vertices
+    edges = [verts[np.isclose(verts[:, 0], x), 1] for x in xs]
+    return np.array([e.min() for e in edges]), np.array([e.max() for e in edges])
+
+
+def test_learning_curves_mean_and_t_band_over_five_seeds(seeds):
+    fig = plot.learning_curves(seeds.scalars)
+    for ax in fig.axes:
+        assert len(ax.lines) == 4 and len(_bands(ax)) == 4  # one per configuration
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"{c} (n=5, 95% t)" for c in CONFIGS]
+    # the numbers: the mean over the seeds at each step and the 95% t interval
+    sc = seeds.scalars
+    rows = sc[(sc["label"] == CONFIGS[0]) & (sc["name"] == "test_accuracy")]
+    wide = rows.pivot(index="step", columns="run", values="value")
+    assert wide.shape[1] == 5 and (wide.std(axis=1) > 0).all()
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), wide.index)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), wide.mean(axis=1))
+    lo, hi = sps.t.interval(0.95, 4, loc=wide.mean(axis=1), scale=sps.sem(wide, axis=1))
+    got_lo, got_hi = _band_edges(_bands(ax)[0], wide.index)
+    np.testing.assert_allclose(got_lo, lo)
+    np.testing.assert_allclose(got_hi, hi)
+
+
+def test_three_seeds_band_is_min_max_and_errorbar_options(tmp_path):
+    sweep = load_sweep(fake_sweep(tmp_path / "s", norms=("bn",), lrs=(0.5,), seeds=range(3)))
+    assert list(sweep.runs["label"]) == ["bn"] * 3  # only the seed varies
+    fig = plot.learning_curves(sweep.scalars, metrics=["test_accuracy"])
+    (ax,) = fig.axes
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bn (n=3, min-max)"]
+    wide = sweep.scalars[sweep.scalars["name"] == "test_accuracy"].pivot(
+        index="step", columns="run", values="value"
+    )
+    got_lo, got_hi = _band_edges(_bands(ax)[0], wide.index)
+    np.testing.assert_allclose(got_lo, wide.min(axis=1))
+    np.testing.assert_allclose(got_hi, wide.max(axis=1))
+    # sd band; no band at all; every run on its own
+    fig = plot.learning_curves(sweep.scalars, metrics=["test_accuracy"], errorbar="sd")
+    got_lo, _ = _band_edges(_bands(fig.axes[0])[0], wide.index)
+    np.testing.assert_allclose(got_lo, wide.mean(axis=1) - wide.std(axis=1))
+    assert "(n=3, sd)" in fig.legends[0].get_texts()[0].get_text()
+    fig = plot.learning_curves(sweep.scalars, metrics=["test_accuracy"], errorbar=None)
+    assert len(fig.axes[0].lines) == 1 and not _bands(fig.axes[0])
+    fig = plot.learning_curves(sweep.scalars, metrics=["test_accuracy"], by="run")
+    assert len(fig.axes[0].lines) == 3 and not _bands(fig.axes[0])
+
+
+def test_single_seed_draws_no_band(sweep):
+    for fig in (
+        plot.learning_curves(sweep.scalars),
+        plot.layer_moments(sweep.activations, "pre"),
+        plot.layer_curves(sweep.layers, ["weight_norm"]),
+    ):
+        assert all(not _bands(ax) for ax in fig.axes)
+        assert not any("(n=" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_per_layer_figures_band_over_seeds(seeds):
+    fig = plot.layer_moments(seeds.activations, "pre")
+    assert len(fig.axes) == 6
+    assert all(len(ax.lines) == 4 and len(_bands(ax)) == 4 for ax in fig.axes)
+    fig = plot.layer_curves(seeds.layers, ["weight_norm", "grad_norm"], smooth=3)
+    assert all(len(ax.lines) == 4 and len(_bands(ax)) == 4 for ax in fig.axes)
+    fig = plot.gamma_beta(seeds.layers)  # only the bn configurations learn gamma/beta
+    assert all(len(ax.lines) == 2 and len(_bands(ax)) == 2 for ax in fig.axes)
+    assert fig.axes[0].get_ylabel() == "gamma (mean over units)"
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"{c} (n=5, 95% t)" for c in CONFIGS[2:]]
+
+
+def test_drift_bands_over_seeds(seeds):
+    fig = plot.drift_bands(seeds.activations, "layer3", "pre")
+    assert len(fig.axes) == 4  # a panel per configuration, not per run
+    for ax in fig.axes:
+        assert [ln.get_label() for ln in ax.lines] == ["p15", "p50", "p85"]
+        assert len(_bands(ax)) == 3  # each percentile's interval over the seeds
+        assert "mean of n=5, 95% t" in ax.get_title()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[-1].startswith("over seeds: 95% t interval")
+
+
+def test_sweep_summary_error_bars_over_seeds(seeds):
+    fig = plot.sweep_summary(seeds.runs)
+    (ax,) = fig.axes
+    assert [ln.get_label() for ln in ax.lines] == ["none", "bn"]
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(bars) == 2
+    runs = seeds.runs
+    acc = runs[runs["norm"] == "none"].groupby("optimizer.lr")["final_test_accuracy"]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), acc.mean())
+    lo, hi = sps.t.interval(0.95, 4, loc=acc.mean(), scale=acc.sem())
+    segs = bars[0].get_segments()
+    np.testing.assert_allclose([s[0][1] for s in segs], lo)
+    np.testing.assert_allclose([s[1][1] for s in segs], hi)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:2] == ["none (n=5)", "bn (n=5)"]
+    assert legend[2].startswith("bars over seeds: 95% t interval")

@@ -43,6 +43,7 @@ def fake_run(
     diverged_at: int | None = None,
     overrides: list[str] | None = None,
     seed: int = 0,
+    acc_offset: float = 0.0,
 ) -> Path:
     """A run record in the schema of bnlab.record, with plausible synthetic values."""
     rng = np.random.default_rng(seed)
@@ -76,6 +77,7 @@ def fake_run(
         rec.scalars(train_steps, "lr", np.full(len(train_steps), lr))
     eval_steps = probe_steps[:: max(1, len(probe_steps) // 3)]
     acc = 0.95 - 0.85 * np.exp(-3 * eval_steps / steps) - (0.1 if norm == "none" else 0)
+    acc = acc + acc_offset
     rec.scalars(eval_steps, "test_accuracy", acc)
     rec.scalars(eval_steps, "test_loss", 2.3 * np.exp(-2 * eval_steps / steps))
     rec.write_tables()
@@ -99,14 +101,28 @@ def fake_run(
     return path
 
 
-def fake_sweep(root: Path, norms=("none", "bn"), lrs=(0.1, 0.5), **kw) -> Path:
+# test accuracy offset of each seed in fake_sweep(seeds=...): seeds differ in accuracy
+SEED_OFFSETS = (0.0, 0.012, -0.007, 0.004, -0.015, 0.009, -0.002)
+
+
+def fake_sweep(root: Path, norms=("none", "bn"), lrs=(0.1, 0.5), seeds=None, **kw) -> Path:
+    """A multirun directory of fake runs, norm x lr (x seed: ``seed=`` overrides, test
+    accuracy shifted by ``SEED_OFFSETS[seed]``), jobs numbered in that order."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "multirun.yaml").write_text("hydra: {}\n")
     job = 0
     for norm in norms:
         for lr in lrs:
-            fake_run(root / str(job), norm=norm, lr=lr, **kw)
-            job += 1
+            for seed in seeds if seeds is not None else [None]:
+                if seed is None:
+                    fake_run(root / str(job), norm=norm, lr=lr, **kw)
+                else:
+                    fake_run(
+                        root / str(job), norm=norm, lr=lr, seed=seed,
+                        acc_offset=SEED_OFFSETS[seed],
+                        overrides=[f"norm={norm}", f"optimizer.lr={lr}", f"seed={seed}"], **kw,
+                    )  # fmt: skip
+                job += 1
     return root
 
 
@@ -137,7 +153,8 @@ def test_load_run_tables_and_config(tmp_path):
 def test_load_run_missing_pieces_are_reported(tmp_path):
     fake_run(tmp_path / "r", status="running", steps=200)
     (tmp_path / "r" / LAYERS).unlink()
-    run = load_run(tmp_path / "r")
+    with pytest.warns(RunProblemWarning, match="status 'running'"):
+        run = load_run(tmp_path / "r")
     assert len(run.layers) == 0 and list(run.layers.columns) == ["step", "layer", "stat", "value"]
     text = " ".join(run.problems)
     assert "running" in text and LAYERS in text
@@ -145,11 +162,34 @@ def test_load_run_missing_pieces_are_reported(tmp_path):
         load_run(tmp_path)
 
 
+def test_load_run_warns_on_truncated_table(tmp_path):
+    """A truncated parquet file (a copy cut short): a RunProblemWarning naming it, the
+    table empty with the schema's columns, the rest of the run loaded."""
+    fake_run(tmp_path / "r")
+    data = (tmp_path / "r" / ACTIVATIONS).read_bytes()
+    (tmp_path / "r" / ACTIVATIONS).write_bytes(data[: len(data) // 2])
+    with pytest.warns(RunProblemWarning, match=f"unreadable {ACTIVATIONS}"):
+        run = load_run(tmp_path / "r")
+    assert any(ACTIVATIONS in p for p in run.problems)
+    assert run.activations.empty
+    assert list(run.activations.columns) == ["step", "layer", "site", "unit", "stat", "value"]
+    assert len(run.scalars) and run.status == "finished"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_run(tmp_path / "r", warn=False).problems == run.problems
+    # a sweep announces it once, as its own warning (not once per run as well)
+    fake_run(tmp_path / "ok")
+    with pytest.warns(RunProblemWarning) as caught:
+        load_sweep([tmp_path / "r", tmp_path / "ok"])
+    assert len(caught) == 1 and "1 of 2 runs" in str(caught[0].message)
+
+
 def test_load_run_hydra_only(tmp_path):
     """A job that crashed before writing anything: only .hydra/ exists."""
     (tmp_path / "j" / ".hydra").mkdir(parents=True)
     (tmp_path / "j" / ".hydra" / "overrides.yaml").write_text("- norm=none\n")
-    run = load_run(tmp_path / "j")
+    with pytest.warns(RunProblemWarning, match="no summary.json"):
+        run = load_run(tmp_path / "j")
     assert run.status == "missing"
     assert any(SUMMARY in p for p in run.problems)
     assert run.scalars.empty and run.activations.empty
@@ -194,6 +234,75 @@ def test_labels_norm_only_and_config_fill(tmp_path):
     assert list(sweep.runs["label"]) == ["none", "bn"]
     assert list(sweep.runs["norm"]) == ["none", "bn"]
     assert list(sweep.scalars.groupby("run", sort=False)["label"].first()) == ["none", "bn"]
+
+
+def test_seed_column_in_every_table(tmp_path):
+    """``seed`` is a tidy column of runs and of every table: from the override where a
+    run has one, else from its resolved config."""
+    root = fake_sweep(tmp_path / "s", norms=("bn",), lrs=(0.1,), seeds=(3, 4))
+    fake_run(tmp_path / "s" / "2", norm="bn", lr=0.1, seed=7)  # seed only in its config
+    sweep = load_sweep(root)
+    assert "seed" in sweep.keys and "seed" in sweep.varying and sweep.settings == []
+    assert list(sweep.runs["seed"]) == [3, 4, 7]
+    assert pd.api.types.is_integer_dtype(sweep.runs["seed"])
+    for t in (sweep.scalars, sweep.activations, sweep.layers):
+        assert t.groupby("run")["seed"].unique().map(list).to_dict() == {
+            "0": [3], "1": [4], "2": [7],
+        }  # fmt: skip
+    # no run overrides the seed: the column still comes (from the configs), after label
+    plain = load_sweep(fake_sweep(tmp_path / "p"))
+    assert "seed" not in plain.keys
+    assert list(plain.runs["seed"]) == [0, 0, 0, 0]
+    for t in (plain.scalars, plain.activations, plain.layers, plain.ics):
+        assert list(t.columns[:5]) == ["run", "norm", "optimizer.lr", "label", "seed"]
+    assert (plain.scalars["seed"] == 0).all()
+
+
+def test_labels_name_configurations_not_seeds(tmp_path):
+    """Runs that differ only by their seed share a label (the figures average them)."""
+    root = fake_sweep(tmp_path / "s", norms=("none", "bn"), lrs=(0.1,), seeds=(0, 1, 2))
+    sweep = load_sweep(root)
+    assert sweep.varying == ["norm", "seed"] and sweep.settings == ["norm"]
+    assert list(sweep.runs["label"]) == ["none"] * 3 + ["bn"] * 3
+    assert sweep.runs["run"].nunique() == 6
+    both = load_sweep(fake_sweep(tmp_path / "t", lrs=(0.1, 0.5), seeds=(0, 1)))
+    assert list(both.runs["label"])[:2] == ["norm=none, optimizer.lr=0.1"] * 2
+
+
+def test_sweep_aggregate_over_seeds(tmp_path):
+    """Sweep.aggregate: final test accuracy per configuration, mean over seeds with a
+    95% t interval (5 seeds) or min-max (3 seeds), diverged runs left out and counted."""
+    from scipy import stats as sps
+
+    root = fake_sweep(tmp_path / "s", norms=("bn",), lrs=(0.1, 0.5), seeds=range(5))
+    # the last configuration: 3 seeds, plus one diverged
+    for j in (8, 9):
+        (tmp_path / "s" / str(j)).rename(tmp_path / f"gone{j}")
+    fake_run(
+        root / "10", norm="bn", lr=0.5, seed=6, status="diverged", diverged_at=150,
+        overrides=["norm=bn", "optimizer.lr=0.5", "seed=6"],
+    )  # fmt: skip
+    sweep = load_sweep(root)
+    agg = sweep.aggregate().set_index("optimizer.lr")
+    assert list(agg.columns) == [
+        "label", "mean", "lo", "hi", "n", "method", "level", "diverged", "text",
+    ]  # fmt: skip
+    assert list(agg["label"]) == ["optimizer.lr=0.1", "optimizer.lr=0.5"]
+    five = sweep.runs.loc[sweep.runs["optimizer.lr"] == 0.1, "final_test_accuracy"]
+    assert len(five) == 5 and five.std() > 0
+    lo, hi = sps.t.interval(0.95, df=4, loc=five.mean(), scale=sps.sem(five))
+    row = agg.loc[0.1]
+    assert (row["n"], row["method"], row["level"], row["diverged"]) == (5, "t", 95.0, 0)
+    assert row["mean"] == pytest.approx(five.mean()) and row["lo"] == pytest.approx(lo)
+    assert row["hi"] == pytest.approx(hi)
+    assert row["text"].endswith("(n=5, 95% t)") and " ± " in row["text"]
+    ok = sweep.runs[(sweep.runs["optimizer.lr"] == 0.5) & (sweep.runs["status"] == "finished")]
+    three = ok["final_test_accuracy"]
+    row = agg.loc[0.5]
+    assert (row["n"], row["method"], row["diverged"]) == (3, "min-max", 1)
+    assert (row["lo"], row["hi"]) == (three.min(), three.max())
+    assert row["text"].endswith("(n=3, min-max)")
+    assert sweep.aggregate(diverged=True).set_index("optimizer.lr").loc[0.5, "n"] == 4
 
 
 def test_identical_runs_get_distinct_labels(tmp_path):
@@ -293,6 +402,10 @@ def test_load_sweep_real_2x2_multirun(tmp_path):
     assert set(acts.loc[acts["norm"] == "bn", "site"]) >= {"prenorm", "pre", "post"}
     summary = json.loads((sweep_dir / "0" / SUMMARY).read_text())
     assert summary["steps"] == 100
+    # the end-of-sweep callback (configs/train.yaml: bnlab.report.SweepSummary) ran
+    assert len(pd.read_csv(sweep_dir / "summary.csv")) == 4
+    assert (sweep_dir / "figures" / "sweep_summary.png").exists()
+    assert (r["seed"] == 0).all() and (sweep.scalars["seed"] == 0).all()
     assert (sweep_dir / "0" / ACTIVATIONS).exists()
 
 
@@ -307,3 +420,19 @@ def test_ics_table_is_optional(tmp_path):
     assert sweep.problems == []
     assert list(sweep.ics.columns[-4:]) == ["step", "layer", "stat", "value"]
     assert list(load_run(tmp_path / "b").ics.columns) == ["step", "layer", "stat", "value"]
+
+
+def test_demo_sweep_reuses_a_finished_sweep_and_reports_failure(tmp_path, capsys):
+    """demo_sweep: a sweep it made (same overrides, every run done) is reused without
+    starting the trainer; a command the trainer refuses is a RuntimeError with its words."""
+    from bnlab.runs import DEMO_MARK, demo_sweep
+
+    root = fake_sweep(tmp_path / "s")
+    (root / DEMO_MARK).write_text(json.dumps({"overrides": ["norm=none,bn", "steps=200"]}))
+    assert demo_sweep(root, ["norm=none,bn", "steps=200"]) == root.resolve()
+    assert "reusing the 4 finished runs" in capsys.readouterr().out
+    # other overrides: the trainer runs (and here refuses an unknown key)
+    with pytest.raises(RuntimeError, match="training failed") as err:
+        demo_sweep(tmp_path / "bad", ["no_such_key=1", "data=digits", "steps=10"], timeout=300)
+    assert "no_such_key" in str(err.value)
+    assert not (tmp_path / "bad" / DEMO_MARK).exists()

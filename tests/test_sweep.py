@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 from trainer import COMPILE_CACHE, CONFIGS, QUICK, cli, tables, train
 
-from bnlab import members, record, sweep_summary
+from bnlab import members, record, report
 from bnlab.errors import UserError
 from bnlab.runs import load_sweep
 
@@ -120,10 +120,10 @@ def test_cli_vectorized_sweep(tmp_path, single):
     assert cfg.optimizer.lr == 0.5 and list(cfg.sweep.lr) == [] and cfg.sweep.seeds == 0
     overrides = list(OmegaConf.load(run / "1" / ".hydra" / "overrides.yaml"))
     assert "optimizer.lr=1000000.0" in overrides and not any("sweep" in o for o in overrides)
-    summary = pd.read_csv(run / sweep_summary.SUMMARY_CSV)
+    summary = pd.read_csv(run / report.SUMMARY_CSV)
     assert list(summary["status"]) == ["finished", "diverged"]
     assert list(summary["optimizer.lr"]) == [0.5, 1e6]
-    assert (run / "figures" / sweep_summary.SWEEP_PNG).stat().st_size > 0
+    assert (run / "figures" / report.SWEEP_PNG).stat().st_size > 0
     for i, lr in enumerate((0.5, 1e6)):
         assert json.loads((run / str(i) / record.SUMMARY).read_text())["probe_device"]
         assert_same_run(run / str(i), single(lr, 0))
@@ -147,9 +147,9 @@ def test_joblib_sweep_runs_two_jobs_in_parallel(tmp_path, single):
         assert_same_run(sweep_dir / str(job), single(lr, 0))
         hydra_cfg = OmegaConf.load(sweep_dir / str(job) / ".hydra" / "hydra.yaml")
         assert "--xla_cpu_multi_thread_eigen=false" in hydra_cfg.hydra.job.env_set.XLA_FLAGS
-    summary = pd.read_csv(sweep_dir / sweep_summary.SUMMARY_CSV)
+    summary = pd.read_csv(sweep_dir / report.SUMMARY_CSV)
     assert list(summary["status"]) == ["finished", "diverged"]
-    assert (sweep_dir / "figures" / sweep_summary.SWEEP_PNG).exists()
+    assert (sweep_dir / "figures" / report.SWEEP_PNG).exists()
 
 
 def _hydra_compose(overrides: list[str]):
@@ -253,9 +253,9 @@ def test_optuna_lr_search(tmp_path):
     assert results.best_params["optimizer.lr"] == best["optimizer.lr"]
     assert results.best_value == pytest.approx(best["final_test_accuracy"])
     assert 0.1 < results.best_value <= 1
-    summary = pd.read_csv(sweep_dir / sweep_summary.SUMMARY_CSV)
+    summary = pd.read_csv(sweep_dir / report.SUMMARY_CSV)
     assert sorted(summary["optimizer.lr"]) == sorted(lrs)
-    assert (sweep_dir / "figures" / sweep_summary.SWEEP_PNG).stat().st_size > 0
+    assert (sweep_dir / "figures" / report.SWEEP_PNG).stat().st_size > 0
 
 
 def test_optuna_ranks_a_diverged_run(tmp_path):
@@ -276,5 +276,5 @@ def test_summary_callback_never_fails_the_sweep(tmp_path, caplog):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}})
     (tmp_path / "empty").mkdir()
     with caplog.at_level(logging.WARNING, logger="bnlab"):
-        sweep_summary.SweepSummary().on_multirun_end(config=config)
+        report.SweepSummary().on_multirun_end(config=config)
     assert "no sweep summary" in caplog.text

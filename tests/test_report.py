@@ -1,0 +1,142 @@
+"""Files (bnlab.report): PNG figures of runs and sweeps, the sweep summary, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_runs import fake_run, fake_sweep
+
+from bnlab import report
+from bnlab.record import ACTIVATIONS, FIGURES, SCALARS, RunRecord
+from bnlab.runs import load_run, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """norm in {none, bn, bn_noaffine} x lr in {0.1, 0.5}."""
+    root = fake_sweep(
+        tmp_path_factory.mktemp("s") / "sweep", norms=("none", "bn", "bn_noaffine"), lrs=(0.1, 0.5)
+    )
+    return load_sweep(root)
+
+
+def test_save_run_figures(tmp_path):
+    fake_run(tmp_path / "r", norm="bn")
+    paths = report.save_run_figures(tmp_path / "r")
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "drift_layer3_pre.png",
+        "gamma_beta.png",
+        "layer_moments_pre.png",
+        "learning_curves.png",
+    ]
+    for p in paths:
+        assert p.parent == tmp_path / "r" / FIGURES and p.stat().st_size > 5000
+
+
+def test_save_run_figures_diverged_and_empty(tmp_path):
+    # diverged after one probe interval: few rows, no gamma/beta (norm=none)
+    fake_run(tmp_path / "d", norm="none", status="diverged", diverged_at=2, steps=200)
+    paths = report.save_run_figures(tmp_path / "d")
+    # (the step-0 test accuracy still makes a learning-curve figure)
+    assert {p.name for p in paths} == {
+        "drift_layer3_pre.png", "layer_moments_pre.png", "learning_curves.png",
+    }  # fmt: skip
+    # empty tables (diverged on the first step before any rows): no figures, no error
+    e = tmp_path / "e"
+    rec = RunRecord(e)
+    rec.write_tables()
+    rec.write_summary(status="diverged", step=1, steps=100, diverged_at=1, final={})
+    assert report.save_run_figures(e) == []
+    # tables missing altogether
+    (e / ACTIVATIONS).unlink()
+    (e / SCALARS).unlink()
+    assert report.save_run_figures(e) == []
+
+
+def test_save_sweep_figures(sweep, tmp_path):
+    paths = report.save_sweep_figures(sweep, tmp_path / "figs")
+    assert {p.name for p in paths} == {
+        "drift_layer3_pre.png", "layer_moments_pre.png", "learning_curves.png",
+        "gamma_beta.png", "sweep_summary.png",
+    }  # fmt: skip
+    assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def _cli(*args):
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    return subprocess.run(
+        [sys.executable, "-m", "bnlab.report", *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_run_and_sweep(tmp_path):
+    run = fake_run(tmp_path / "run", norm="bn")
+    p = _cli(run)
+    assert p.returncode == 0, p.stderr
+    printed = [Path(line) for line in p.stdout.split()]
+    assert len(printed) == 4
+    assert all(f.parent == run / FIGURES and f.stat().st_size > 5000 for f in printed)
+
+    root = fake_sweep(tmp_path / "sweep")
+    p = _cli(root, "--target", "0.5")
+    assert p.returncode == 0, p.stderr
+    printed = [Path(line) for line in p.stdout.split()]
+    assert {f.name for f in printed} >= {"drift_layer3_pre.png", "sweep_summary.png"}
+    assert all(f.parent == root / FIGURES and f.stat().st_size > 5000 for f in printed)
+
+    p = _cli(tmp_path / "nothing-here")
+    assert p.returncode == 2 and "does not exist" in p.stderr
+
+
+def test_cli_glob_of_runs(tmp_path):
+    fake_run(tmp_path / "a", norm="none")
+    fake_run(tmp_path / "b", norm="bn")
+    p = _cli(str(tmp_path / "*"), "--out", tmp_path / "out", "--target", "none")
+    assert p.returncode == 0, p.stderr
+    printed = [Path(line) for line in p.stdout.split()]
+    assert printed and all(f.parent == tmp_path / "out" for f in printed)
+    assert "sweep_summary.png" not in {f.name for f in printed}  # lr does not vary
+
+
+def test_real_run_figures_loaded(tmp_path):
+    """save_run_figures on a record re-read by load_run keeps the run's label."""
+    fake_run(tmp_path / "r", norm="bn_noaffine")
+    run = load_run(tmp_path / "r")
+    assert run.label == "bn_noaffine"
+    paths = report.save_run_figures(run.path)
+    assert "gamma_beta.png" not in {p.name for p in paths}
+
+
+def test_write_summary_table_and_figures(tmp_path):
+    """The end-of-sweep summary: summary.csv/.parquet (one row per run, seed included)
+    and every figure; with figures=False only the sweep summary plot."""
+    root = fake_sweep(tmp_path / "s", lrs=(0.1, 0.5), seeds=range(2))
+    paths = report.write_summary(root)
+    names = {p.name for p in paths}
+    assert {report.SUMMARY_CSV, report.SUMMARY_PARQUET, report.SWEEP_PNG} <= names
+    assert "learning_curves.png" in names
+    table = pd.read_csv(root / report.SUMMARY_CSV)
+    assert len(table) == 8 and list(table["seed"]) == [0, 1] * 4
+    assert pd.read_parquet(root / report.SUMMARY_PARQUET)["label"].nunique() == 4
+    other = fake_sweep(tmp_path / "t", lrs=(0.1, 0.5))
+    paths = report.write_summary(other, figures=False)
+    assert [p.name for p in paths] == [report.SUMMARY_CSV, report.SUMMARY_PARQUET, report.SWEEP_PNG]
+    assert sorted(p.name for p in (other / FIGURES).iterdir()) == [report.SWEEP_PNG]
+
+
+def test_swept_key_is_never_the_seed(tmp_path):
+    only_seeds = load_sweep(fake_sweep(tmp_path / "a", norms=("bn",), lrs=(0.5,), seeds=range(3)))
+    assert only_seeds.varying == ["seed"] and report.swept_key(only_seeds) is None
+    lr_and_seeds = load_sweep(fake_sweep(tmp_path / "b", norms=("bn",), seeds=range(2)))
+    assert report.swept_key(lr_and_seeds) == "optimizer.lr"
+    paths = report.save_sweep_figures(only_seeds, tmp_path / "figs")
+    assert report.SWEEP_PNG not in {p.name for p in paths}
