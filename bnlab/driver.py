@@ -25,11 +25,12 @@ import numpy as np
 from bnlab import config, data, devices, members
 from bnlab.checkpoint import Checkpoints
 from bnlab.config import TrainConfig
-from bnlab.engine import Engine, TrainState, stack, unstack
+from bnlab.engine import Engine
 from bnlab.errors import say
 from bnlab.models import make_model
 from bnlab.optim import make_optimizer
 from bnlab.record import RunRecord, activation_rows, eval_rows, metrics_rows
+from bnlab.step import Learner, TrainState, stack, unstack
 
 DONE = ("finished", "diverged")
 
@@ -107,11 +108,14 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
     keys = ["train_x", "train_y", "test_x", "test_y", "probe_x"]
     keys += ["val_x", "val_y"] if len(ds.val_y) else []
     arrays = {k: getattr(ds, k) for k in keys}
+    learner = Learner(
+        model, probe_model, tx, unit, probe_cfg=cfg.probe, diverge_loss=cfg.diverge_loss,
+        noisy=cfg.norm.noisy, shards=data_dev,
+    )  # fmt: skip
     return Engine(
-        model, probe_model, tx, unit, arrays, grid=(len(cfg.lrs), len(cfg.seeds)),
-        batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps, probe_cfg=cfg.probe,
-        diverge_loss=cfg.diverge_loss, noisy=cfg.norm.noisy, mesh=mesh,
-        probe_device=devices.probe_device(cfg.probe.overlap, mesh), probes=probes,
+        learner, arrays, grid=(len(cfg.lrs), len(cfg.seeds)), batch_size=cfg.batch_size,
+        chunk_steps=cfg.chunk_steps, every=cfg.probe.every, ics_every=cfg.probe.ics_every,
+        mesh=mesh, probe_device=devices.probe_device(cfg.probe.overlap, mesh), probes=probes,
     )  # fmt: skip
 
 

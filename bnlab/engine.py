@@ -1,30 +1,22 @@
-"""The engine: one pure training step, and the compiled chunk every run goes through.
+"""The engine: the compiled chunk every run goes through, and where its batches come from.
 
 A run is M members (a sweep's learning rates x seeds; a single run is M = 1) on a
-mesh of devices (:mod:`bnlab.devices`). Every array of a :class:`TrainState` has a
-leading member axis. A member differs from another only by data in its state: its
-parameters, its key (its seed: its initialization and its data order) and its peak
-learning rate (in the optimizer state, :mod:`bnlab.optim`). Members are laid out as
-a grid, learning rate major (member ``i`` = lr ``i // S``, seed ``i % S``);
-members of one seed share every batch, so a batch meets all their weights in one
-wide matmul.
+mesh of devices (:mod:`bnlab.devices`). Every array of a member state
+(:class:`~bnlab.step.TrainState`) has a leading member axis. A member differs from
+another only by data in its state: its parameters, its key (its seed: its
+initialization and its data order) and its peak learning rate (in the optimizer
+state, :mod:`bnlab.optim`). Members are laid out as a grid, learning rate major
+(member ``i`` = lr ``i // S``, seed ``i % S``); members of one seed share every batch,
+so a batch meets all their weights in one wide matmul.
 
-:func:`train_step` is one member's step. A member whose loss is non-finite or above
-``diverge_loss`` freezes at that step (``alive`` turns false; its parameters, running
-statistics and optimizer state keep their values), so no NaN reaches the others.
-
-A chunk is ``length`` steps: an outer ``lax.scan`` over probe intervals, each an
-inner ``lax.scan`` of ``probe.every`` steps followed by one probe of the fixed probe
-batch (:class:`Metrics`). Batches are drawn on device from the epoch permutations
-the chunk spans (:func:`batch_indices`, the one rule), so the host only wakes
-between chunks. The chunk is ``vmap``-ped over the members of a device and
-``shard_map``-ped over the mesh. With a probe device, the chunk returns the state at
-every probe and a second program computes the activation statistics there, beside
-the next chunk; the numbers are the same.
-
-Noisy BN draws the noise of step t from ``noise_key(state.key, t)``, so runs are
-reproducible and resume exactly; train-mode probes see noise from their own stream.
-Under ``parallel.data > 1`` every device draws with the same key.
+A chunk is ``length`` steps of :meth:`bnlab.step.Learner.train_step`: an outer
+``lax.scan`` over probe intervals, each an inner ``lax.scan`` of ``probe.every``
+steps followed by one probe of the fixed probe batch (:class:`Metrics`). Batches are
+drawn on device from the epoch permutations the chunk spans (:func:`batch_indices`
+is the one rule), so the host only wakes between chunks. The chunk is ``vmap``-ped
+over the members of a device and ``shard_map``-ped over the mesh. With a probe
+device, the chunk returns the state at every probe and a second program computes the
+activation statistics there, beside the next chunk; the numbers are the same.
 """
 
 from __future__ import annotations
@@ -35,24 +27,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bnlab import probe
 from bnlab.devices import DATA, MEMBERS
-from bnlab.models import activation_sources, flatten_sites, layer_names
-from bnlab.optim import peak_lr, with_lr
+from bnlab.errors import UserError
+from bnlab.step import Learner, TrainState, stack
 
 Array = jax.Array
-NOISE_STREAM, PROBE_NOISE_STREAM = 0x6E6F6973, 0x70726F62  # fold_in tags of the noise keys
-
-
-def noise_key(key: Array, step: Array | int, stream: int = NOISE_STREAM) -> Array:
-    """The noisy-BN key of training step ``step``."""
-    return jax.random.fold_in(jax.random.fold_in(key, stream), step)
 
 
 # --------------------------------------------------------------------------- batches
@@ -83,22 +67,14 @@ def batch_indices(key: Array, step: int | Array, n: int, batch_size: int) -> Arr
     ``steps_per_epoch = n // batch_size`` (the last partial batch is dropped); step s
     takes slice ``s % steps_per_epoch`` of ``epoch_permutation(key, s // steps_per_epoch)``.
     """
+    if not 1 <= batch_size <= n:
+        raise UserError(f"batch_size={batch_size} does not fit a training set of {n} examples")
     spe = n // batch_size
     step = jnp.asarray(step)
     return _take(epoch_permutation(key, step // spe, n), step, spe, batch_size)
 
 
 # --------------------------------------------------------------------------- state
-
-
-@struct.dataclass
-class TrainState:
-    step: Array  # int32: training steps done
-    params: Any
-    batch_stats: Any
-    opt_state: Any  # optax inject_hyperparams state: the peak lr is in it
-    key: Array  # uint32[2] (raw, so checkpoints hold it): data order and noise
-    alive: Array  # bool: false once the loss went bad (the member is frozen)
 
 
 @struct.dataclass
@@ -130,12 +106,6 @@ class Metrics:
             lr=pick(self.lr), layers=pick(self.layers), acts=pick(self.acts),
             ics=pick(self.ics), ics_due=None if self.ics_due is None else np.asarray(self.ics_due),
         )  # fmt: skip
-
-
-def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
-    """Mean softmax cross-entropy and accuracy."""
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    return loss.mean(), (jnp.argmax(logits, -1) == labels).mean()
 
 
 def grid_map(fn, kinds: tuple[str | None, ...], grid: tuple[int, int]):
@@ -178,32 +148,24 @@ def grid_map(fn, kinds: tuple[str | None, ...], grid: tuple[int, int]):
 
 
 class Engine:
-    """The compiled step, chunk, probes and evaluation of one model on one dataset.
+    """The compiled chunk, probes and evaluation of a learner's members on one dataset.
 
-    ``model`` trains (its BN may average statistics over the mesh's ``data`` axis);
-    ``probe_model`` is the same network with local statistics, for probes and
-    evaluation. ``grid`` is the member grid ``(L, S)``; ``mesh`` splits it over its
-    ``members`` axis (learning rates first) and each batch over its ``data`` axis.
+    ``grid`` is the member grid ``(L, S)``; ``mesh`` splits it over its ``members``
+    axis (learning rates first) and each batch over its ``data`` axis. ``arrays``: the
+    dataset (train, test, optional val splits and the probe batch), kept on device.
     """
 
-    def __init__(self, model, probe_model, tx, unit, arrays: dict[str, np.ndarray], *,
-                 grid: tuple[int, int], batch_size: int, chunk_steps: int, probe_cfg: Any,
-                 diverge_loss: float, noisy: bool, mesh=None, probe_device=None,
-                 probes: bool = True, eval_batch: int = 1000):  # fmt: skip
-        self.model, self.probe_model, self.tx, self.unit = model, probe_model, tx, unit
-        self.grid, self.mesh = grid, mesh
+    def __init__(self, learner: Learner, arrays: dict[str, np.ndarray], *,
+                 grid: tuple[int, int], batch_size: int, chunk_steps: int, every: int,
+                 ics_every: int, mesh=None, probe_device=None, probes: bool = True):  # fmt: skip
+        self.learner, self.grid, self.mesh = learner, grid, mesh
         L, S = grid
         md = mesh.shape[MEMBERS] if mesh is not None else 1
         self.shards = mesh.shape[DATA] if mesh is not None else 1
         self.local_grid = (L // md, S) if L % md == 0 else (1, S // md)
         self.batch_size, self.local_batch = batch_size, batch_size // self.shards
-        self.every, self.probes = probe_cfg.every, probes
-        self.qs = tuple(float(q) for q in probe_cfg.percentiles)
-        self.units = tuple(int(u) for u in probe_cfg.units)
-        self.probe_eval = probe_cfg.bn_mode == "eval"
-        self.ics_every = probe_cfg.ics_every if probes else 0
-        self.landscape_steps = tuple(float(c) for c in probe_cfg.landscape_steps)
-        self.diverge_loss, self.noisy, self.eval_batch = diverge_loss, noisy, eval_batch
+        self.every, self.probes = every, probes
+        self.ics_every = ics_every if probes else 0
         self.probe_device = probe_device if probes else None
         self.splits = [s for s in ("test", "val") if f"{s}_y" in arrays]  # evaluated
         self.n_train = len(arrays["train_y"])
@@ -250,94 +212,6 @@ class Engine:
         return run
 
     # -- one member ------------------------------------------------------------------
-    def rngs(self, st: TrainState, stream: int = NOISE_STREAM) -> dict | None:
-        """``rngs`` for a train-mode apply at ``st`` (noisy BN's key), else None."""
-        return {"noise": noise_key(st.key, st.step, stream)} if self.noisy else None
-
-    def loss_fn(self, params, batch_stats, x, y, rngs=None):
-        logits, upd = self.model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True,
-            mutable=["batch_stats"], rngs=rngs,
-        )  # fmt: skip
-        loss, acc = cross_entropy(logits, y)
-        new_stats = upd.get("batch_stats", batch_stats)
-        if self.shards > 1:
-            # the global batch's loss (its gradient is the device average), and one
-            # running-statistics update on every device (flax#877)
-            loss, acc, new_stats = lax.pmean((loss, acc, new_stats), DATA)
-        return loss, (new_stats, acc)
-
-    def train_step(self, st: TrainState, x: Array, y: Array):
-        """One member's step: ``(state, (loss, accuracy, gradients))``; a member that is
-        not alive, or whose loss goes bad now, keeps its state and is not alive."""
-        (loss, (bs, acc)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-            st.params, st.batch_stats, x, y, self.rngs(st)
-        )
-        ok = st.alive & (jnp.abs(loss) <= self.diverge_loss)  # NaN compares false
-        updates, opt_state = self.tx.update(grads, st.opt_state, st.params)
-        params = optax.apply_updates(st.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        new = st.replace(
-            step=st.step + ok.astype(st.step.dtype), params=keep(params, st.params),
-            batch_stats=keep(bs, st.batch_stats), opt_state=keep(opt_state, st.opt_state),
-            alive=ok,
-        )  # fmt: skip
-        return new, (loss, acc, grads)
-
-    def lr_at(self, st: TrainState, step: Array) -> Array:
-        return peak_lr(st.opt_state) * self.unit(step)
-
-    def layer_stats(self, st: TrainState, grads: Any) -> dict:
-        return probe.layer_stats(st.params, grads, st.batch_stats, layer_names(st.params))
-
-    def activations(self, st: TrainState, probe_x: Array) -> dict:
-        """Activation statistics of every site on the probe batch (running stats kept)."""
-        _, out = self.probe_model.apply(
-            {"params": st.params, "batch_stats": st.batch_stats}, probe_x,
-            train=not self.probe_eval, mutable=["sites", "batch_stats"],
-            rngs=None if self.probe_eval else self.rngs(st, PROBE_NOISE_STREAM),
-        )  # fmt: skip
-        sites = flatten_sites(out["sites"])
-        m = self.probe_model
-        derived = activation_sources(sites, m.activation, m.norm_position)
-        return probe.activation_stats(sites, self.qs, self.units, derived)
-
-    def ics(self, st: TrainState, x: Array, y: Array) -> dict:
-        """Gradient-ICS per layer and the landscape (layer ``all``) on one batch: the
-        step the optimizer would take from ``st`` on it (same noise throughout)."""
-        rngs = self.rngs(st)
-
-        def loss_fn(params, batch):
-            return self.loss_fn(params, st.batch_stats, batch[0], batch[1], rngs)[0]
-
-        grads = jax.grad(loss_fn)(st.params, (x, y))
-        updates, _ = self.tx.update(grads, st.opt_state, st.params)
-        out = probe.gradient_ics(loss_fn, st.params, (x, y), updates,
-                                 [*layer_names(st.params), "head"])  # fmt: skip
-        out["all"] = probe.landscape(loss_fn, st.params, (x, y), self.lr_at(st, st.step),
-                                     self.landscape_steps)  # fmt: skip
-        return out
-
-    def evaluate_one(self, st: TrainState, x: Array, y: Array) -> tuple[Array, Array]:
-        """Loss and accuracy on a whole split, BN in eval mode (padded fixed batches)."""
-        n = x.shape[0]
-        b = min(self.eval_batch, n)
-        pad = (-n) % b
-        x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-        y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-        mask = jnp.arange(n + pad) < n
-        variables = {"params": st.params, "batch_stats": st.batch_stats}
-
-        def one(args):
-            xb, yb, mb = args
-            logits = self.probe_model.apply(variables, xb, train=False)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb)
-            return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
-
-        shape = lambda a: a.reshape((-1, b) + a.shape[1:])  # noqa: E731
-        loss, correct = lax.map(one, (shape(x), shape(y), shape(mask)))
-        return loss.sum() / n, correct.sum() / n
-
     # -- many members ----------------------------------------------------------------
     def _members(self, fn, kinds):
         return grid_map(fn, kinds, self.local_grid)
@@ -353,16 +227,16 @@ class Engine:
 
     def _measure(self, states: TrainState, probe_x: Array) -> tuple[dict, dict]:
         zeros = jax.tree.map(jnp.zeros_like, states.params)
-        layers = self._members(self.layer_stats, ("member", "member"))(states, zeros)
-        return self._each(self.activations, states, probe_x), layers
+        layers = self._members(self.learner.layer_stats, ("member", "member"))(states, zeros)
+        return self._each(self.learner.activations, states, probe_x), layers
 
     def _evaluate(self, states: TrainState, x: Array, y: Array):
-        return self._members(self.evaluate_one, ("member", None, None))(states, x, y)
+        return self._members(self.learner.evaluate_one, ("member", None, None))(states, x, y)
 
     def _snapshot_acts(self, snaps: TrainState, probe_x: Array) -> dict:
         lead = snaps.step.shape  # (M, P)
         flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[len(lead) :]), snaps)
-        out = self._each(self.activations, flat, probe_x)
+        out = self._each(self.learner.activations, flat, probe_x)
         return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), out)
 
     def _chunk(self, states: TrainState, t0: Array, data: dict, length: int):
@@ -373,7 +247,7 @@ class Engine:
         perms = jax.vmap(lambda k: jax.vmap(lambda e: epoch_permutation(k, e, n))(
             epoch0 + jnp.arange(self.n_perms)))(seed_keys)  # fmt: skip
         offset = lax.axis_index(DATA) * self.local_batch if self.shards > 1 else 0
-        step_all = self._members(self.train_step, ("member", "seed", "seed"))
+        step_all = self._members(self.learner.train_step, ("member", "seed", "seed"))
 
         def one(carry, _):
             st, t = carry
@@ -398,15 +272,15 @@ class Engine:
             st, t = carry
             res = dict(loss=jnp.concatenate([loss, loss1[None]]),
                        acc=jnp.concatenate([acc, acc1[None]]), step=t,
-                       lr=self._members(self.lr_at, ("member", None))(st, t))  # fmt: skip
-            res["layers"] = self._members(self.layer_stats, ("member", "member"))(st, grads)
+                       lr=self._members(self.learner.lr_at, ("member", None))(st, t))  # fmt: skip
+            res["layers"] = self._members(self.learner.layer_stats, ("member", "member"))(st, grads)
             if self.probe_device is not None:  # activations later, on the probe device
                 res["snaps"] = st.replace(opt_state=None)
             elif self.probes:
-                res["acts"] = self._each(self.activations, st, data["probe_x"])
+                res["acts"] = self._each(self.learner.activations, st, data["probe_x"])
             if self.ics_every:
                 due = t % self.ics_every == 0
-                ics = self._members(self.ics, ("member", "seed", "seed"))
+                ics = self._members(self.learner.ics, ("member", "seed", "seed"))
                 shapes = jax.eval_shape(ics, st, x, y)
                 zero = jnp.zeros_like(st.step)  # per member, typed as the members vary
                 res["ics"] = lax.cond(
@@ -459,29 +333,9 @@ class Engine:
         return {s: fn(copy, arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in self.splits}
 
     def init(self, seeds: list[int], lrs: list[float], x0: np.ndarray) -> TrainState:
-        """Member states: member i initialized from seed ``seeds[i]`` (its init key and
-        data key derive from it, as in a single run) with peak lr ``lrs[i]``."""
-
-        @jax.jit
-        def init(seed: Array, lr: Array) -> TrainState:
-            root = jax.random.PRNGKey(seed)
-            variables = self.model.init(jax.random.fold_in(root, 0), x0, train=False)
-            params = variables["params"]
-            return TrainState(
-                step=jnp.zeros((), jnp.int32), params=params,
-                batch_stats=variables.get("batch_stats", {}),
-                opt_state=with_lr(self.tx.init(params), lr),
-                key=jax.random.fold_in(root, 1), alive=jnp.ones((), bool),
-            )  # fmt: skip
-
-        per = [init(jnp.asarray(s, jnp.int32), jnp.asarray(lr, jnp.float32))
+        """Member states: member i from seed ``seeds[i]`` with peak lr ``lrs[i]``, each
+        initialized as the single run with its settings."""
+        init = jax.jit(self.learner.init)
+        per = [init(jnp.asarray(s, jnp.int32), jnp.asarray(lr, jnp.float32), x0)
                for s, lr in zip(seeds, lrs, strict=True)]  # fmt: skip
         return self.place_states(stack(per))
-
-
-def stack(states: list[TrainState]) -> TrainState:
-    return jax.tree.map(lambda *a: jnp.stack(a), *states)
-
-
-def unstack(states: TrainState, m: int) -> TrainState:
-    return jax.tree.map(lambda a: a[m], states)

@@ -55,6 +55,7 @@ def main() -> None:
 
 def _one_line(e: BaseException) -> str:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.removeprefix("Error merging override ")
     cause = e.__cause__
     if cause is not None and str(cause).strip():
         first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"

@@ -22,8 +22,8 @@ from jax.sharding import PartitionSpec as P
 from trainer import COMPILE_CACHE, QUICK, compose, engine_for, train
 
 from bnlab.devices import DATA
-from bnlab.engine import unstack
 from bnlab.models import make_model
+from bnlab.step import unstack
 
 DEVICES, BATCH = 4, 64
 SMALL = [*QUICK, "steps=100", "chunk_steps=50", "probe.every=25", "eval_every=50",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from trainer import QUICK, compose, engine_for
 
-from bnlab import config, engine, norm, probe
-from bnlab.engine import unstack
+from bnlab import config, norm, probe, step
+from bnlab.step import unstack
 
 
 def trainer(features, norm_over=("norm=bn",), *, ics_every=0, steps=(0.5, 1.0, 2.0), chunk=20,
@@ -151,10 +151,9 @@ def test_noisy_bn_zero_noise_equals_bn():
 def test_noisy_bn_noise_moves_every_step_and_is_reproducible():
     key = jax.random.PRNGKey(0)
     per_step = [
-        jax.device_get(norm.noise_params(engine.noise_key(key, t), (5,), 0.5, 0.5))
-        for t in range(3)
+        jax.device_get(norm.noise_params(step.noise_key(key, t), (5,), 0.5, 0.5)) for t in range(3)
     ]
-    again = jax.device_get(norm.noise_params(engine.noise_key(key, 1), (5,), 0.5, 0.5))
+    again = jax.device_get(norm.noise_params(step.noise_key(key, 1), (5,), 0.5, 0.5))
     for a, b in zip(per_step[1], again, strict=True):
         np.testing.assert_array_equal(a, b)  # a function of the key and the step only
     for t in (1, 2):

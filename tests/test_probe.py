@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from trainer import QUICK, engine_for
 
-from bnlab.engine import unstack
 from bnlab.models import ACTIVATIONS, MONOTONE, activation_sources, flatten_sites
 from bnlab.probe import activation_stats, order_statistics, percentiles, percentiles_through
+from bnlab.step import unstack
 
 QS = [0, 1, 15, 50, 85, 99, 100]
 
@@ -119,7 +119,7 @@ def test_loop_probes_equal_numpy(bn_mode, act):
     acts = jax.tree.map(lambda a: a[0, 0], measured.acts)
     layers = jax.tree.map(lambda a: a[0, 0], measured.layers)
     out = jax.device_get(out)
-    state, model, ds = unstack(jax.device_get(states), 0), tr.model, tr.data
+    state, model, ds = unstack(jax.device_get(states), 0), tr.learner.model, tr.data
 
     _, v = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats},

@@ -1,0 +1,178 @@
+"""One member's functions: its loss, its training step, its probes and its evaluation.
+
+Pure functions of a single member's :class:`TrainState` (no member axis): the
+:class:`~bnlab.engine.Engine` maps them over the members of a device and the devices
+of a mesh. :meth:`Learner.train_step` freezes a member whose loss is non-finite or
+above ``diverge_loss`` (``alive`` turns false; its parameters, running statistics and
+optimizer state keep their values), so no NaN reaches the others.
+
+Noisy BN draws the noise of step t from ``noise_key(state.key, t)``, so runs are
+reproducible and resume exactly; train-mode probes see noise from their own stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax import lax
+
+from bnlab import probe
+from bnlab.devices import DATA
+from bnlab.models import activation_sources, flatten_sites, layer_names
+from bnlab.optim import peak_lr, with_lr
+
+Array = jax.Array
+NOISE_STREAM, PROBE_NOISE_STREAM = 0x6E6F6973, 0x70726F62  # fold_in tags of the noise keys
+
+
+def noise_key(key: Array, step: Array | int, stream: int = NOISE_STREAM) -> Array:
+    """The noisy-BN key of training step ``step``."""
+    return jax.random.fold_in(jax.random.fold_in(key, stream), step)
+
+
+@struct.dataclass
+class TrainState:
+    step: Array  # int32: training steps done
+    params: Any
+    batch_stats: Any
+    opt_state: Any  # optax inject_hyperparams state: the peak lr is in it
+    key: Array  # uint32[2] (raw, so checkpoints hold it): data order and noise
+    alive: Array  # bool: false once the loss went bad (the member is frozen)
+
+
+def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """Mean softmax cross-entropy and accuracy."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return loss.mean(), (jnp.argmax(logits, -1) == labels).mean()
+
+
+class Learner:
+    """The per-member functions of one model and optimizer.
+
+    ``model`` trains (its BN may average statistics over the mesh's ``data`` axis, of
+    ``shards`` devices); ``probe_model`` is the same network with local statistics, for
+    probes and evaluation. ``unit`` is the optimizer's unit schedule (:mod:`bnlab.optim`).
+    """
+
+    def __init__(self, model, probe_model, tx, unit, *, probe_cfg: Any, diverge_loss: float,
+                 noisy: bool, shards: int = 1, eval_batch: int = 1000):  # fmt: skip
+        self.model, self.probe_model, self.tx, self.unit = model, probe_model, tx, unit
+        self.qs = tuple(float(q) for q in probe_cfg.percentiles)
+        self.units = tuple(int(u) for u in probe_cfg.units)
+        self.probe_eval = probe_cfg.bn_mode == "eval"
+        self.landscape_steps = tuple(float(c) for c in probe_cfg.landscape_steps)
+        self.diverge_loss, self.noisy, self.eval_batch = diverge_loss, noisy, eval_batch
+        self.shards = shards
+
+    def rngs(self, st: TrainState, stream: int = NOISE_STREAM) -> dict | None:
+        """``rngs`` for a train-mode apply at ``st`` (noisy BN's key), else None."""
+        return {"noise": noise_key(st.key, st.step, stream)} if self.noisy else None
+
+    def loss_fn(self, params, batch_stats, x, y, rngs=None):
+        logits, upd = self.model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True,
+            mutable=["batch_stats"], rngs=rngs,
+        )  # fmt: skip
+        loss, acc = cross_entropy(logits, y)
+        new_stats = upd.get("batch_stats", batch_stats)
+        if self.shards > 1:
+            # the global batch's loss (its gradient is the device average), and one
+            # running-statistics update on every device (flax#877)
+            loss, acc, new_stats = lax.pmean((loss, acc, new_stats), DATA)
+        return loss, (new_stats, acc)
+
+    def train_step(self, st: TrainState, x: Array, y: Array):
+        """One member's step: ``(state, (loss, accuracy, gradients))``; a member that is
+        not alive, or whose loss goes bad now, keeps its state and is not alive."""
+        (loss, (bs, acc)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+            st.params, st.batch_stats, x, y, self.rngs(st)
+        )
+        ok = st.alive & (jnp.abs(loss) <= self.diverge_loss)  # NaN compares false
+        updates, opt_state = self.tx.update(grads, st.opt_state, st.params)
+        params = optax.apply_updates(st.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        new = st.replace(
+            step=st.step + ok.astype(st.step.dtype), params=keep(params, st.params),
+            batch_stats=keep(bs, st.batch_stats), opt_state=keep(opt_state, st.opt_state),
+            alive=ok,
+        )  # fmt: skip
+        return new, (loss, acc, grads)
+
+    def lr_at(self, st: TrainState, step: Array) -> Array:
+        return peak_lr(st.opt_state) * self.unit(step)
+
+    def layer_stats(self, st: TrainState, grads: Any) -> dict:
+        return probe.layer_stats(st.params, grads, st.batch_stats, layer_names(st.params))
+
+    def activations(self, st: TrainState, probe_x: Array) -> dict:
+        """Activation statistics of every site on the probe batch (running stats kept)."""
+        _, out = self.probe_model.apply(
+            {"params": st.params, "batch_stats": st.batch_stats}, probe_x,
+            train=not self.probe_eval, mutable=["sites", "batch_stats"],
+            rngs=None if self.probe_eval else self.rngs(st, PROBE_NOISE_STREAM),
+        )  # fmt: skip
+        sites = flatten_sites(out["sites"])
+        m = self.probe_model
+        derived = activation_sources(sites, m.activation, m.norm_position)
+        return probe.activation_stats(sites, self.qs, self.units, derived)
+
+    def ics(self, st: TrainState, x: Array, y: Array) -> dict:
+        """Gradient-ICS per layer and the landscape (layer ``all``) on one batch: the
+        step the optimizer would take from ``st`` on it (same noise throughout)."""
+        rngs = self.rngs(st)
+
+        def loss_fn(params, batch):
+            return self.loss_fn(params, st.batch_stats, batch[0], batch[1], rngs)[0]
+
+        grads = jax.grad(loss_fn)(st.params, (x, y))
+        updates, _ = self.tx.update(grads, st.opt_state, st.params)
+        out = probe.gradient_ics(loss_fn, st.params, (x, y), updates,
+                                 [*layer_names(st.params), "head"])  # fmt: skip
+        out["all"] = probe.landscape(loss_fn, st.params, (x, y), self.lr_at(st, st.step),
+                                     self.landscape_steps)  # fmt: skip
+        return out
+
+    def evaluate_one(self, st: TrainState, x: Array, y: Array) -> tuple[Array, Array]:
+        """Loss and accuracy on a whole split, BN in eval mode (padded fixed batches)."""
+        n = x.shape[0]
+        b = min(self.eval_batch, n)
+        pad = (-n) % b
+        x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+        y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+        mask = jnp.arange(n + pad) < n
+        variables = {"params": st.params, "batch_stats": st.batch_stats}
+
+        def one(args):
+            xb, yb, mb = args
+            logits = self.probe_model.apply(variables, xb, train=False)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb)
+            return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
+
+        shape = lambda a: a.reshape((-1, b) + a.shape[1:])  # noqa: E731
+        loss, correct = lax.map(one, (shape(x), shape(y), shape(mask)))
+        return loss.sum() / n, correct.sum() / n
+
+    def init(self, seed: Array, lr: Array, x0: Array) -> TrainState:
+        """A member's initial state: its init key and data key derive from ``seed``;
+        its peak learning rate is ``lr``."""
+        root = jax.random.PRNGKey(seed)
+        variables = self.model.init(jax.random.fold_in(root, 0), x0, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=with_lr(self.tx.init(params), lr),
+            key=jax.random.fold_in(root, 1), alive=jnp.ones((), bool),
+        )  # fmt: skip
+
+
+def stack(states: list[TrainState]) -> TrainState:
+    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+
+def unstack(states: TrainState, m: int) -> TrainState:
+    return jax.tree.map(lambda a: a[m], states)
