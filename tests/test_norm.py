@@ -37,6 +37,7 @@ from bnlab.norm import (
     biased_var,
     torch_momentum,
     unbiased_var,
+    values_per_feature,
 )
 
 FIXTURE = Path(__file__).parent / "data" / "torch_batchnorm_reference.json"
@@ -567,34 +568,45 @@ def test_constant_feature_gives_finite_outputs(shape, axis, value):
         np.testing.assert_allclose(y_c, float(bias[c]), rtol=0, atol=atol)
 
 
-def test_batch_of_one_is_a_clear_error():
-    x = jnp.ones((1, 5))
-    p = jnp.ones(5)
-    with pytest.raises(ValueError, match="at least 2 values per feature"):
-        batch_norm(x, p, p, p, p, use_running_average=False)
-    with pytest.raises(ValueError, match="at least 2 values per feature"):
-        jax.jit(lambda x: batch_norm(x, p, p, p, p, use_running_average=False))(x)
-    with pytest.raises(ValueError, match="at least 2 values per feature"):
-        BatchNorm().init(jax.random.key(0), x, use_running_average=False)
-    variables = BatchNorm().init(jax.random.key(0), jnp.ones((2, 5)), use_running_average=False)
-    with pytest.raises(ValueError, match="use_running_average=True"):
-        BatchNorm().apply(variables, x, use_running_average=False, mutable=["batch_stats"])
-    # eval mode needs no batch statistics; a single conv image has H*W values per map
-    assert np.all(np.isfinite(BatchNorm().apply(variables, x, use_running_average=True)))
-    y, _, _ = batch_norm(
-        jnp.ones((1, 3, 3, 2)).at[0, 0, 0, 0].set(2.0),
-        None,
-        None,
-        jnp.zeros(2),
-        jnp.ones(2),
-        use_running_average=False,
-    )
-    assert np.all(np.isfinite(y))
+def test_one_value_per_feature_returns_the_bias_as_flax():
+    """A batch of one (dense) or a 1x1 map of batch one: the batch variance is 0 and
+    train-mode BN returns beta, as flax does (the trainer, not the layer, refuses such
+    a setup; values_per_feature counts what a statistic sees)."""
+    rng = np.random.default_rng(0)
+    s = jnp.asarray(rng.normal(1.0, 0.3, 5), jnp.float32)
+    b = jnp.asarray(rng.normal(0.0, 0.3, 5), jnp.float32)
+    for shape in [(1, 5), (1, 1, 1, 5)]:
+        x = jnp.asarray(rng.normal(2.0, 3.0, shape), jnp.float32)
+        assert values_per_feature(shape) == 1
+        y, m, v = train_bn(x, s, b, momentum=0.5)
+        np.testing.assert_array_equal(y, jnp.broadcast_to(b, shape))
+        np.testing.assert_allclose(m, 0.5 * x.reshape(5), rtol=1e-6)
+        np.testing.assert_allclose(v, jnp.full(5, 0.5), rtol=1e-6)  # 0.5 * 1 + 0.5 * 0
+        variables = {"params": {"scale": s, "bias": b}, "batch_stats": {"mean": m, "var": v}}
+        for module in (BatchNorm(), nn.BatchNorm()):
+            y_mod, _ = module.apply(
+                variables, x, use_running_average=False, mutable=["batch_stats"]
+            )
+            np.testing.assert_array_equal(y_mod, y)
+            # init on such an input works, as flax's
+            init = module.init(jax.random.key(0), jnp.ones(shape), use_running_average=False)
+            assert init["params"]["scale"].shape == (5,)
+    # eval mode needs no batch statistics
+    y_eval = BatchNorm().apply(variables, jnp.ones((1, 5)), use_running_average=True)
+    assert np.all(np.isfinite(y_eval))
+    assert values_per_feature((8, 4, 4, 3)) == 128
+    assert values_per_feature((8, 3, 4, 4), axis=1, ghost_batch_size=2) == 32
 
 
-def test_feature_axis_zero_is_rejected():
+def test_feature_axis_zero_is_allowed_except_with_ghost_batches():
+    """As in flax any axis may hold the features (axis 0: nothing is reduced there);
+    ghost batches split axis 0, so there it is an error."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+    mean, var = batch_stats(x, axis=0)
+    np.testing.assert_allclose(mean, x.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(var, x.var(1), rtol=1e-5)
     with pytest.raises(ValueError, match="batch axis"):
-        batch_stats(jnp.ones((4, 3)), axis=0)
+        batch_stats(x, axis=0, ghost_batch_size=2)
 
 
 def test_eval_mode_uses_and_keeps_the_running_averages():
@@ -688,9 +700,15 @@ def test_ghost_size_must_divide_the_batch(ghost):
         batch_norm(x, p, p, p, p, use_running_average=False, ghost_batch_size=ghost)
 
 
-def test_ghost_size_one_is_a_clear_error():
-    with pytest.raises(ValueError, match="at least 2 values per feature"):
-        batch_stats(jnp.ones((4, 3)), ghost_batch_size=1)
+def test_ghost_size_one_gives_one_value_per_statistic():
+    """Ghost batches of one example (dense): every statistic sees one value, so the
+    output is beta, the degenerate case the trainer refuses up front."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+    assert values_per_feature(x.shape, ghost_batch_size=1) == 1
+    b = jnp.asarray([0.5, -1.0, 2.0])
+    y, m, _ = train_bn(x, jnp.ones(3), b, ghost_batch_size=1, momentum=0.0)
+    np.testing.assert_array_equal(y, jnp.broadcast_to(b, x.shape))
+    np.testing.assert_allclose(m, x.mean(0), rtol=1e-6)
 
 
 def test_sync_bn_over_a_named_axis_equals_bn_over_the_whole_batch():
