@@ -1,8 +1,9 @@
 """Tests of the batch-norm core (:mod:`bnlab.norm`).
 
-References: ``flax.linen.BatchNorm(use_fast_variance=False)`` (a property-based test
-over shapes, feature axes, momentum, epsilon, dtypes and several running-average
-steps), PyTorch's ``BatchNorm1d``/``BatchNorm2d`` (outputs stored in
+References: ``flax.linen.BatchNorm`` (a property-based test over shapes, feature
+axes, momentum, epsilon, dtypes, both variance formulas, masks and several
+running-average steps; flax's own BatchNorm tests, complex input and NNX are in
+``test_norm_flax.py`` and ``test_norm_nnx.py``), PyTorch's ``BatchNorm1d``/``BatchNorm2d`` (outputs stored in
 ``tests/data/torch_batchnorm_reference.json``), float64 central finite differences,
 and numpy in float64.
 
@@ -118,7 +119,8 @@ def test_module_variables_match_flax():
 
 
 def test_matches_flax_batchnorm_property(record_property):
-    """bnlab's module == flax's (two-pass variance) in train and eval mode, step after step."""
+    """bnlab's module == flax's in train and eval mode, step after step, with either
+    variance formula and with or without a mask."""
     worst: dict[str, float] = {}
     cases: Counter = Counter()
 
@@ -146,6 +148,8 @@ def test_matches_flax_batchnorm_property(record_property):
         use_scale=st.booleans(),
         use_bias=st.booleans(),
         seed=st.integers(0, 2**32 - 1),
+        fast=st.booleans(),
+        mask_kind=st.sampled_from([None, None, "full", "batch"]),
     )
     def check(
         layout,
@@ -160,6 +164,8 @@ def test_matches_flax_batchnorm_property(record_property):
         use_scale,
         use_bias,
         seed,
+        fast,
+        mask_kind,
     ):
         shape, axis = layout
         dt = DTYPES[dtype]
@@ -171,6 +177,14 @@ def test_matches_flax_batchnorm_property(record_property):
             x = loc + 10.0**log10_spread * rng.standard_normal(shape)
             return jnp.asarray(x, dt)
 
+        def draw_mask():  # example 0 always counts, so no feature is left without values
+            if mask_kind is None:
+                return None
+            m = rng.random(shape if mask_kind == "full" else shape[:1] + (1,) * (len(shape) - 1))
+            m = m < 0.6
+            m[0] = True
+            return jnp.asarray(m)
+
         kw = dict(
             axis=axis,
             momentum=momentum,
@@ -180,8 +194,8 @@ def test_matches_flax_batchnorm_property(record_property):
             param_dtype=pdt,
             dtype=out_dtype and DTYPES[out_dtype],  # None: inferred from x and params
         )
-        ours = BatchNorm(**kw)
-        ref = nn.BatchNorm(use_fast_variance=False, **kw)
+        ours = BatchNorm(use_fast_variance=fast, **kw)
+        ref = nn.BatchNorm(use_fast_variance=fast, **kw)
         fshape = feature_shape(shape, axis)
         params = {}
         if use_scale:
@@ -193,12 +207,14 @@ def test_matches_flax_batchnorm_property(record_property):
         v_ref = {"params": params, "batch_stats": stats0}
 
         for step in range(steps + 1):
-            x = draw_x()
+            x, mask = draw_x(), draw_mask()
             train = step < steps  # `steps` train steps, then one eval step
             if train:
-                y, upd = ours.apply(v_ours, x, use_running_average=False, mutable=["batch_stats"])
+                y, upd = ours.apply(
+                    v_ours, x, use_running_average=False, mutable=["batch_stats"], mask=mask
+                )
                 y_ref, upd_ref = ref.apply(
-                    v_ref, x, use_running_average=False, mutable=["batch_stats"]
+                    v_ref, x, use_running_average=False, mutable=["batch_stats"], mask=mask
                 )
                 v_ours = {**v_ours, **upd}
                 v_ref = {**v_ref, **upd_ref}
@@ -207,8 +223,8 @@ def test_matches_flax_batchnorm_property(record_property):
                     assert a.dtype == b.dtype
                     track("batch_stats", rel_err(a, b), STATS_TOL, f"step {step} running {k}")
             else:
-                y = ours.apply(v_ours, x, use_running_average=True)
-                y_ref = ref.apply(v_ref, x, use_running_average=True)
+                y = ours.apply(v_ours, x, use_running_average=True, mask=mask)  # mask unused
+                y_ref = ref.apply(v_ref, x, use_running_average=True, mask=mask)
             assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
             out = jnp.dtype(y_ref.dtype).name
             key = f"{dtype}->{out}"
@@ -219,15 +235,18 @@ def test_matches_flax_batchnorm_property(record_property):
                 f"step {step} ({'train' if train else 'eval'}) y",
             )
         cases[dtype] += 1
+        cases["fast variance"] += fast
+        cases["masked"] += mask_kind is not None
 
     check()
     summary = (
-        f"{sum(cases.values())} hypothesis cases ({dict(cases)}); worst rel err vs flax: "
+        f"{sum(cases[d] for d in DTYPES)} hypothesis cases ({dict(cases)}); worst rel err vs flax: "
         + ", ".join(f"{k}: {v:.3g}" for k, v in sorted(worst.items()))
     )
     print(summary)
     record_property("summary", summary)
-    assert sum(cases.values()) >= 300
+    assert sum(cases[d] for d in DTYPES) >= 300
+    assert cases["fast variance"] >= 100 and cases["masked"] >= 100
 
 
 X64_MIXES = [  # (input dtype, module dtype, param dtype), with x64 enabled
