@@ -1,8 +1,9 @@
 """Batch normalization as a pure function, and the Flax modules (linen and NNX) that wrap it.
 
-Layout: :mod:`bnlab.norm.core` (the pure functions) and :mod:`bnlab.norm.linen`
-(``BatchNorm``, a drop-in for ``flax.linen.BatchNorm``, and ``NoNorm``), all
-re-exported here.
+Layout: :mod:`bnlab.norm.core` (the pure functions), :mod:`bnlab.norm.linen`
+(``BatchNorm``, a drop-in for ``flax.linen.BatchNorm``, and ``NoNorm``) and
+:mod:`bnlab.norm.nnx` (``BatchNorm``, a drop-in for ``flax.nnx.BatchNorm``, and
+``NoNorm``), all re-exported here; the NNX pair as ``NNXBatchNorm`` and ``NNXNoNorm``.
 
 Conventions (the one place they are written down):
 
@@ -56,11 +57,14 @@ Conventions (the one place they are written down):
       y_noisy = y * scale + shift
 
   so the noise has non-zero mean and non-unit variance and its distribution moves
-  every step; m = s = 0 is plain BN. The :class:`BatchNorm` module draws the key from
-  the ``noise`` rng stream (``apply(..., rngs={'noise': key})``) in train mode only;
-  in eval mode (running averages) there is no noise.
+  every step; m = s = 0 is plain BN. In train mode only (no noise in eval mode), the
+  linen :class:`BatchNorm` draws the key from the ``noise`` rng stream
+  (``apply(..., rngs={'noise': key})``); :class:`NNXBatchNorm` takes it at call time
+  (``noise_key=key``, or ``noise_key=nnx.Rngs(noise=key)`` to give each layer its own
+  key), so no key lives in the model and a step is a function of explicit keys.
 """
-from bnlab.norm import core, linen
+
+from bnlab.norm import core, linen, nnx
 from bnlab.norm.core import (
     batch_norm,
     batch_stats,
@@ -74,9 +78,13 @@ from bnlab.norm.core import (
     values_per_feature,
 )
 from bnlab.norm.linen import BatchNorm, NoNorm
+from bnlab.norm.nnx import BatchNorm as NNXBatchNorm
+from bnlab.norm.nnx import NoNorm as NNXNoNorm
 
 __all__ = [
     "BatchNorm",
+    "NNXBatchNorm",
+    "NNXNoNorm",
     "NoNorm",
     "batch_norm",
     "batch_stats",
@@ -85,6 +93,7 @@ __all__ = [
     "feature_axes",
     "inject_noise",
     "linen",
+    "nnx",
     "noise_params",
     "result_dtype",
     "torch_momentum",
