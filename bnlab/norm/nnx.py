@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.module import first_from
 from flax.nnx.nn import dtypes as nnx_dtypes
 
 from bnlab.norm.core import Axes, batch_norm, feature_axes, inject_noise
@@ -148,9 +149,7 @@ class BatchNorm(nnx.Module):
         ``mask`` (broadcastable to ``x``): take the statistics over the masked values
         only. ``noise_key``: noisy BN's key (see the class docstring).
         """
-        use_ra = nnx.module.first_from(
-            use_running_average, self.use_running_average, error_msg=_NO_MODE
-        )
+        use_ra = first_from(use_running_average, self.use_running_average, error_msg=_NO_MODE)
         x = jnp.asarray(x)
         feat = feature_axes(self.axis, x.ndim)
         fshape = tuple(x.shape[a] for a in feat)
