@@ -1,8 +1,9 @@
 """Tests of the batch-norm core (:mod:`bnlab.norm`).
 
-References: ``flax.linen.BatchNorm(use_fast_variance=False)`` (a property-based test
-over shapes, feature axes, momentum, epsilon, dtypes and several running-average
-steps), PyTorch's ``BatchNorm1d``/``BatchNorm2d`` (outputs stored in
+References: ``flax.linen.BatchNorm`` (a property-based test over shapes, feature
+axes, momentum, epsilon, dtypes, both variance formulas, masks and several
+running-average steps; flax's own BatchNorm tests, complex input and NNX are in
+``test_norm_flax.py`` and ``test_norm_nnx.py``), PyTorch's ``BatchNorm1d``/``BatchNorm2d`` (outputs stored in
 ``tests/data/torch_batchnorm_reference.json``), float64 central finite differences,
 and numpy in float64.
 
@@ -37,6 +38,7 @@ from bnlab.norm import (
     biased_var,
     torch_momentum,
     unbiased_var,
+    values_per_feature,
 )
 
 FIXTURE = Path(__file__).parent / "data" / "torch_batchnorm_reference.json"
@@ -117,7 +119,8 @@ def test_module_variables_match_flax():
 
 
 def test_matches_flax_batchnorm_property(record_property):
-    """bnlab's module == flax's (two-pass variance) in train and eval mode, step after step."""
+    """bnlab's module == flax's in train and eval mode, step after step, with either
+    variance formula and with or without a mask."""
     worst: dict[str, float] = {}
     cases: Counter = Counter()
 
@@ -145,6 +148,8 @@ def test_matches_flax_batchnorm_property(record_property):
         use_scale=st.booleans(),
         use_bias=st.booleans(),
         seed=st.integers(0, 2**32 - 1),
+        fast=st.booleans(),
+        mask_kind=st.sampled_from([None, None, "full", "batch"]),
     )
     def check(
         layout,
@@ -159,6 +164,8 @@ def test_matches_flax_batchnorm_property(record_property):
         use_scale,
         use_bias,
         seed,
+        fast,
+        mask_kind,
     ):
         shape, axis = layout
         dt = DTYPES[dtype]
@@ -170,6 +177,14 @@ def test_matches_flax_batchnorm_property(record_property):
             x = loc + 10.0**log10_spread * rng.standard_normal(shape)
             return jnp.asarray(x, dt)
 
+        def draw_mask():  # example 0 always counts, so no feature is left without values
+            if mask_kind is None:
+                return None
+            m = rng.random(shape if mask_kind == "full" else shape[:1] + (1,) * (len(shape) - 1))
+            m = m < 0.6
+            m[0] = True
+            return jnp.asarray(m)
+
         kw = dict(
             axis=axis,
             momentum=momentum,
@@ -179,8 +194,8 @@ def test_matches_flax_batchnorm_property(record_property):
             param_dtype=pdt,
             dtype=out_dtype and DTYPES[out_dtype],  # None: inferred from x and params
         )
-        ours = BatchNorm(**kw)
-        ref = nn.BatchNorm(use_fast_variance=False, **kw)
+        ours = BatchNorm(use_fast_variance=fast, **kw)
+        ref = nn.BatchNorm(use_fast_variance=fast, **kw)
         fshape = feature_shape(shape, axis)
         params = {}
         if use_scale:
@@ -192,12 +207,14 @@ def test_matches_flax_batchnorm_property(record_property):
         v_ref = {"params": params, "batch_stats": stats0}
 
         for step in range(steps + 1):
-            x = draw_x()
+            x, mask = draw_x(), draw_mask()
             train = step < steps  # `steps` train steps, then one eval step
             if train:
-                y, upd = ours.apply(v_ours, x, use_running_average=False, mutable=["batch_stats"])
+                y, upd = ours.apply(
+                    v_ours, x, use_running_average=False, mutable=["batch_stats"], mask=mask
+                )
                 y_ref, upd_ref = ref.apply(
-                    v_ref, x, use_running_average=False, mutable=["batch_stats"]
+                    v_ref, x, use_running_average=False, mutable=["batch_stats"], mask=mask
                 )
                 v_ours = {**v_ours, **upd}
                 v_ref = {**v_ref, **upd_ref}
@@ -206,8 +223,8 @@ def test_matches_flax_batchnorm_property(record_property):
                     assert a.dtype == b.dtype
                     track("batch_stats", rel_err(a, b), STATS_TOL, f"step {step} running {k}")
             else:
-                y = ours.apply(v_ours, x, use_running_average=True)
-                y_ref = ref.apply(v_ref, x, use_running_average=True)
+                y = ours.apply(v_ours, x, use_running_average=True, mask=mask)  # mask unused
+                y_ref = ref.apply(v_ref, x, use_running_average=True, mask=mask)
             assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
             out = jnp.dtype(y_ref.dtype).name
             key = f"{dtype}->{out}"
@@ -218,15 +235,18 @@ def test_matches_flax_batchnorm_property(record_property):
                 f"step {step} ({'train' if train else 'eval'}) y",
             )
         cases[dtype] += 1
+        cases["fast variance"] += fast
+        cases["masked"] += mask_kind is not None
 
     check()
     summary = (
-        f"{sum(cases.values())} hypothesis cases ({dict(cases)}); worst rel err vs flax: "
+        f"{sum(cases[d] for d in DTYPES)} hypothesis cases ({dict(cases)}); worst rel err vs flax: "
         + ", ".join(f"{k}: {v:.3g}" for k, v in sorted(worst.items()))
     )
     print(summary)
     record_property("summary", summary)
-    assert sum(cases.values()) >= 300
+    assert sum(cases[d] for d in DTYPES) >= 300
+    assert cases["fast variance"] >= 100 and cases["masked"] >= 100
 
 
 X64_MIXES = [  # (input dtype, module dtype, param dtype), with x64 enabled
@@ -567,34 +587,45 @@ def test_constant_feature_gives_finite_outputs(shape, axis, value):
         np.testing.assert_allclose(y_c, float(bias[c]), rtol=0, atol=atol)
 
 
-def test_batch_of_one_is_a_clear_error():
-    x = jnp.ones((1, 5))
-    p = jnp.ones(5)
-    with pytest.raises(ValueError, match="at least 2 values per feature"):
-        batch_norm(x, p, p, p, p, use_running_average=False)
-    with pytest.raises(ValueError, match="at least 2 values per feature"):
-        jax.jit(lambda x: batch_norm(x, p, p, p, p, use_running_average=False))(x)
-    with pytest.raises(ValueError, match="at least 2 values per feature"):
-        BatchNorm().init(jax.random.key(0), x, use_running_average=False)
-    variables = BatchNorm().init(jax.random.key(0), jnp.ones((2, 5)), use_running_average=False)
-    with pytest.raises(ValueError, match="use_running_average=True"):
-        BatchNorm().apply(variables, x, use_running_average=False, mutable=["batch_stats"])
-    # eval mode needs no batch statistics; a single conv image has H*W values per map
-    assert np.all(np.isfinite(BatchNorm().apply(variables, x, use_running_average=True)))
-    y, _, _ = batch_norm(
-        jnp.ones((1, 3, 3, 2)).at[0, 0, 0, 0].set(2.0),
-        None,
-        None,
-        jnp.zeros(2),
-        jnp.ones(2),
-        use_running_average=False,
-    )
-    assert np.all(np.isfinite(y))
+def test_one_value_per_feature_returns_the_bias_as_flax():
+    """A batch of one (dense) or a 1x1 map of batch one: the batch variance is 0 and
+    train-mode BN returns beta, as flax does (the trainer, not the layer, refuses such
+    a setup; values_per_feature counts what a statistic sees)."""
+    rng = np.random.default_rng(0)
+    s = jnp.asarray(rng.normal(1.0, 0.3, 5), jnp.float32)
+    b = jnp.asarray(rng.normal(0.0, 0.3, 5), jnp.float32)
+    for shape in [(1, 5), (1, 1, 1, 5)]:
+        x = jnp.asarray(rng.normal(2.0, 3.0, shape), jnp.float32)
+        assert values_per_feature(shape) == 1
+        y, m, v = train_bn(x, s, b, momentum=0.5)
+        np.testing.assert_array_equal(y, jnp.broadcast_to(b, shape))
+        np.testing.assert_allclose(m, 0.5 * x.reshape(5), rtol=1e-6)
+        np.testing.assert_allclose(v, jnp.full(5, 0.5), rtol=1e-6)  # 0.5 * 1 + 0.5 * 0
+        variables = {"params": {"scale": s, "bias": b}, "batch_stats": {"mean": m, "var": v}}
+        for module in (BatchNorm(), nn.BatchNorm()):
+            y_mod, _ = module.apply(
+                variables, x, use_running_average=False, mutable=["batch_stats"]
+            )
+            np.testing.assert_array_equal(y_mod, y)
+            # init on such an input works, as flax's
+            init = module.init(jax.random.key(0), jnp.ones(shape), use_running_average=False)
+            assert init["params"]["scale"].shape == (5,)
+    # eval mode needs no batch statistics
+    y_eval = BatchNorm().apply(variables, jnp.ones((1, 5)), use_running_average=True)
+    assert np.all(np.isfinite(y_eval))
+    assert values_per_feature((8, 4, 4, 3)) == 128
+    assert values_per_feature((8, 3, 4, 4), axis=1, ghost_batch_size=2) == 32
 
 
-def test_feature_axis_zero_is_rejected():
+def test_feature_axis_zero_is_allowed_except_with_ghost_batches():
+    """As in flax any axis may hold the features (axis 0: nothing is reduced there);
+    ghost batches split axis 0, so there it is an error."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+    mean, var = batch_stats(x, axis=0)
+    np.testing.assert_allclose(mean, x.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(var, x.var(1), rtol=1e-5)
     with pytest.raises(ValueError, match="batch axis"):
-        batch_stats(jnp.ones((4, 3)), axis=0)
+        batch_stats(x, axis=0, ghost_batch_size=2)
 
 
 def test_eval_mode_uses_and_keeps_the_running_averages():
@@ -688,9 +719,15 @@ def test_ghost_size_must_divide_the_batch(ghost):
         batch_norm(x, p, p, p, p, use_running_average=False, ghost_batch_size=ghost)
 
 
-def test_ghost_size_one_is_a_clear_error():
-    with pytest.raises(ValueError, match="at least 2 values per feature"):
-        batch_stats(jnp.ones((4, 3)), ghost_batch_size=1)
+def test_ghost_size_one_gives_one_value_per_statistic():
+    """Ghost batches of one example (dense): every statistic sees one value, so the
+    output is beta, the degenerate case the trainer refuses up front."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+    assert values_per_feature(x.shape, ghost_batch_size=1) == 1
+    b = jnp.asarray([0.5, -1.0, 2.0])
+    y, m, _ = train_bn(x, jnp.ones(3), b, ghost_batch_size=1, momentum=0.0)
+    np.testing.assert_array_equal(y, jnp.broadcast_to(b, x.shape))
+    np.testing.assert_allclose(m, x.mean(0), rtol=1e-6)
 
 
 def test_sync_bn_over_a_named_axis_equals_bn_over_the_whole_batch():
