@@ -102,8 +102,9 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
     """The engine of ``cfg`` on ``ds`` over ``data_dev`` x ``mem_dev`` devices."""
     mesh = devices.make_mesh(data_dev, mem_dev)
     sync = data_dev > 1 and cfg.norm.sync and cfg.norm.ghost_batch_size is None
-    model = make_model(cfg.model, cfg.norm, ds.num_classes, devices.DATA if sync else None)
-    probe_model = make_model(cfg.model, cfg.norm, ds.num_classes) if sync else model
+    split = devices.DATA if data_dev > 1 else None
+    model = make_model(cfg.model, cfg.norm, ds.num_classes, split if sync else None, split)
+    probe_model = make_model(cfg.model, cfg.norm, ds.num_classes) if split else model
     tx, unit = make_optimizer(cfg.optimizer, cfg.steps)
     keys = ["train_x", "train_y", "test_x", "test_y", "probe_x"]
     keys += ["val_x", "val_y"] if len(ds.val_y) else []

@@ -140,8 +140,11 @@ class CNN(nn.Module):
         return _dense_tail(self, x, train, first=i + 1)
 
 
-def make_norm(cfg: NormConfig, axis_name: str | None = None) -> Callable[..., nn.Module]:
-    """The norm factory a model plugs into every hidden layer (``axis_name``: sync BN)."""
+def make_norm(
+    cfg: NormConfig, axis_name: str | None = None, noise_axis: str | None = None
+) -> Callable[..., nn.Module]:
+    """The norm factory a model plugs into every hidden layer (``axis_name``: sync BN;
+    ``noise_axis``: the axis a batch is split over, for noisy BN's global noise)."""
     if not cfg.normalizes:
         return NoNorm
     return partial(
@@ -156,18 +159,20 @@ def make_norm(cfg: NormConfig, axis_name: str | None = None) -> Callable[..., nn
         center_only=cfg.center_only,
         noise_mean=cfg.noise_mean,
         noise_std=cfg.noise_std,
+        noise_axis=noise_axis,
     )
 
 
 def make_model(
-    cfg: ModelConfig, norm: NormConfig, num_classes: int, axis_name: str | None = None
-) -> nn.Module:
+    cfg: ModelConfig, norm: NormConfig, num_classes: int, axis_name: str | None = None,
+    noise_axis: str | None = None,
+) -> nn.Module:  # fmt: skip
     """The model of ``cfg`` with the norm of ``norm`` in every hidden layer."""
     common = dict(
         features=tuple(cfg.features),
         num_classes=num_classes,
         activation=str(cfg.activation),
-        norm=make_norm(norm, axis_name),
+        norm=make_norm(norm, axis_name, noise_axis),
         norm_position=str(cfg.norm_position),
         init_std=cfg.init_std,
         use_bias=cfg.use_bias,

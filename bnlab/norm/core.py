@@ -240,11 +240,14 @@ def noise_params(key: Array, shape: tuple[int, ...], noise_mean: float, noise_st
 
 
 def inject_noise(
-    y: Array, key: Array, *, axis: Axes = -1, noise_mean: float, noise_std: float
-) -> Array:
+    y: Array, key: Array, *, axis: Axes = -1, noise_mean: float, noise_std: float,
+    noise_axis: str | None = None,
+) -> Array:  # fmt: skip
     """Noisy BN's perturbation of a BN output ``y``: ``y * scale + shift`` with i.i.d.
     per-example, per-activation noise from this key's distribution (:func:`noise_params`).
-    The noise is real (for complex ``y`` too)."""
+    The noise is real (for complex ``y`` too). ``noise_axis``: inside ``shard_map`` over
+    that axis, ``y`` is this device's slice (along axis 0) of a global batch; the noise
+    is drawn for the global batch and sliced, so it equals the single-device noise."""
     feat = feature_axes(axis, y.ndim)
     shape = tuple(y.shape[a] for a in feat)
     k_params, k_scale, k_shift = jax.random.split(key, 3)
@@ -253,8 +256,16 @@ def inject_noise(
     )
     ys = y.astype(jnp.promote_types(y.dtype, jnp.float32))
     real = jnp.finfo(ys.dtype).dtype
-    scale = mu_s + sd_s * jax.random.normal(k_scale, y.shape, real)
-    shift = mu_a + sd_a * jax.random.normal(k_shift, y.shape, real)
+
+    def normal(k: Array) -> Array:
+        if noise_axis is None:
+            return jax.random.normal(k, y.shape, real)
+        n = y.shape[0]
+        whole = jax.random.normal(k, (n * lax.axis_size(noise_axis),) + y.shape[1:], real)
+        return lax.dynamic_slice_in_dim(whole, lax.axis_index(noise_axis) * n, n, axis=0)
+
+    scale = mu_s + sd_s * normal(k_scale)
+    shift = mu_a + sd_a * normal(k_shift)
     return (ys * scale + shift).astype(y.dtype)
 
 

@@ -57,6 +57,7 @@ class BatchNorm(nn.Module):
     center_only: bool = False
     noise_mean: float = 0.0  # noisy BN magnitudes (0, 0: no noise; see inject_noise)
     noise_std: float = 0.0
+    noise_axis: str | None = None  # inside shard_map: the axis the batch is split over
 
     normalizes = True  # models sow the pre-norm site only for norms that normalize
 
@@ -119,6 +120,7 @@ class BatchNorm(nn.Module):
                 y = inject_noise(
                     y, self.make_rng("noise"), axis=feat,
                     noise_mean=self.noise_mean, noise_std=self.noise_std,
+                    noise_axis=self.noise_axis,
                 )  # fmt: skip
         return y
 
