@@ -317,6 +317,9 @@ class Loop:
                 self.sums[i].update(diverged_at=at, diverge_reason=reason)
                 self.running.remove(i)
                 diverged.append((i, at))
+                if len(self.ms) > 1:
+                    m = self.ms[i]
+                    say(f"member {i} (lr {m.lr:g}, seed {m.seed}) diverged at step {at} ({reason})")
         return keeps, diverged
 
     def _flush(self) -> None:

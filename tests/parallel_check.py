@@ -29,21 +29,20 @@ DEVICES, BATCH = 4, 64
 SMALL = [*QUICK, "steps=100", "chunk_steps=50", "probe.every=25", "eval_every=50",
          "checkpoint_every=50", "model.features=[16,16]", "batch_size=32", "data.probe_size=160",
          "probe.landscape_steps=[0.5,2]"]  # fmt: skip
+# Two BN variants, so that combinations share their single runs: noisy BN with ICS probes,
+# and ghost BN with per-device statistics
+NOISY = ["norm=bn_noisy", "probe.ics_every=50"]
+GHOST = ["norm=bn_ghost", "norm.ghost_batch_size=8", "norm.sync=false"]
 # (name, overrides, devices as "data x members"): every sweep axis, device layout, probe
 # placement and BN variant appears, and each in more than one combination
 COMBOS = [
-    ("lr_seeds_overlap_ics_noisy", ["sweep.lr=[0.05,0.5]", "sweep.seeds=2", "probe.overlap=true",
-                                    "probe.ics_every=50", "norm=bn_noisy"], "1x1"),
-    ("lr_members4_ghost", ["sweep.lr=[0.05,0.1,0.5,1e6]", "norm=bn_ghost",
-                           "norm.ghost_batch_size=8"], "1x4"),
-    ("seeds_members2_data2_ics", ["sweep.seeds=2", "probe.ics_every=50"], "2x2"),
-    ("lr_seeds_data4_ics_noisy", ["sweep.lr=[0.05,0.5]", "sweep.seeds=2", "norm=bn_noisy",
-                                  "probe.ics_every=25"], "4x1"),
-    ("lr_seeds_members2_data2_ghost_unsync", ["sweep.lr=[0.05,0.5]", "sweep.seeds=2",
-                                              "norm=bn_ghost", "norm.ghost_batch_size=8",
-                                              "norm.sync=false"], "2x2"),
-    ("single_data4_ghost_overlap", ["norm=bn_ghost", "norm.ghost_batch_size=8",
-                                    "probe.overlap=true", "probe.ics_every=50"], "4x1"),
+    ("lr_seeds_overlap_ics_noisy", [*NOISY, "sweep.lr=[0.05,0.5]", "sweep.seeds=2",
+                                    "probe.overlap=true"], "1x1"),
+    ("lr_seeds_data4_ics_noisy", [*NOISY, "sweep.lr=[0.05,0.5]", "sweep.seeds=2"], "4x1"),
+    ("seeds_members2_data2_ics_noisy", [*NOISY, "sweep.seeds=2"], "2x2"),
+    ("lr_members4_ghost_diverging", [*GHOST, "sweep.lr=[0.05,0.1,0.5,1e6]"], "1x4"),
+    ("lr_seeds_members2_data2_ghost", [*GHOST, "sweep.lr=[0.05,0.5]", "sweep.seeds=2"], "2x2"),
+    ("single_data4_ghost_overlap", [*GHOST, "probe.overlap=true"], "4x1"),
 ]  # fmt: skip
 
 
@@ -66,7 +65,7 @@ def compare_step(model: str, sync: bool) -> dict[str, float]:
     x, y = e1.data["train_x"][:BATCH], e1.data["train_y"][:BATCH]
     state = unstack(states, 0)
     # one step first, so that the compared step starts from non-trivial running stats
-    state = jax.jit(e1.train_step)(state, e1.data["train_x"][BATCH : 2 * BATCH],
+    state = jax.jit(e1.learner.train_step)(state, e1.data["train_x"][BATCH : 2 * BATCH],
                                    e1.data["train_y"][BATCH : 2 * BATCH])[0]  # fmt: skip
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -76,8 +75,8 @@ def compare_step(model: str, sync: bool) -> dict[str, float]:
     spmd = lambda f, ins, outs: jax.jit(  # noqa: E731
         jax.shard_map(f, mesh=e4.mesh, in_specs=ins, out_specs=outs)
     )
-    logits1 = jax.jit(forward, static_argnums=0)(e1.model, x)
-    logits4 = spmd(lambda xb: forward(e4.model, xb), P(DATA), P(DATA))(x)
+    logits1 = jax.jit(forward, static_argnums=0)(e1.learner.model, x)
+    logits4 = spmd(lambda xb: forward(e4.learner.model, xb), P(DATA), P(DATA))(x)
     # the other statistics (sync: ghost 16; not sync: the whole 64), to show they differ
     other = compose([*over, f"norm.ghost_batch_size={BATCH // DEVICES}"] if sync else over)
     from bnlab.config import typed
@@ -85,8 +84,10 @@ def compare_step(model: str, sync: bool) -> dict[str, float]:
     other = typed(other)
     other_model = make_model(other.model, other.norm, 10)
     logits_other = jax.jit(forward, static_argnums=0)(other_model, x)
-    new1, (loss1, _, grads1) = jax.jit(e1.train_step)(state, x, y)
-    new4, (loss4, _, grads4) = spmd(e4.train_step, (P(), P(DATA), P(DATA)), P())(state, x, y)
+    new1, (loss1, _, grads1) = jax.jit(e1.learner.train_step)(state, x, y)
+    new4, (loss4, _, grads4) = spmd(e4.learner.train_step, (P(), P(DATA), P(DATA)), P())(
+        state, x, y
+    )
     return dict(
         outputs=max_err(logits1, logits4),
         running_stats=max_err(new1.batch_stats, new4.batch_stats),

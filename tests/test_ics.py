@@ -37,7 +37,7 @@ def test_gradient_ics_zero_for_one_layer_model_and_first_layer():
     for features, nrm in (((), "norm=none"), ((16, 8), "norm=bn")):
         tr, st = trainer(features, [nrm])
         x, y = tr.data["train_x"][:30], tr.data["train_y"][:30]
-        out = jax.device_get(jax.jit(tr.ics)(member(st), x, y))
+        out = jax.device_get(jax.jit(tr.learner.ics)(member(st), x, y))
         first = "layer1" if features else "head"
         assert out[first]["grad_diff_l2"] == 0.0
         np.testing.assert_allclose(out[first]["grad_cos"], 1.0, rtol=1e-6)
@@ -93,7 +93,7 @@ def test_landscape_equals_python_loop():
     x, y = tr.data["train_x"][:30], tr.data["train_y"][:30]
 
     def loss_fn(p, batch):
-        return tr.loss_fn(p, st.batch_stats, batch[0], batch[1])[0]
+        return tr.learner.loss_fn(p, st.batch_stats, batch[0], batch[1])[0]
 
     lr = 0.5
     got = jax.device_get(probe.landscape(loss_fn, st.params, (x, y), lr, [0.25, 1.0, 4.0]))

@@ -29,7 +29,7 @@ def _compile_cache():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: not rebuilt when xdist interleaves modules
 def single(tmp_path_factory):
     """``single(lr, seed)``: the run directory of that single run (trained once)."""
     root = tmp_path_factory.mktemp("single")
