@@ -108,14 +108,23 @@ class Learner:
     def layer_stats(self, st: TrainState, grads: Any) -> dict:
         return probe.layer_stats(st.params, grads, st.batch_stats, layer_names(st.params))
 
-    def activations(self, st: TrainState, probe_x: Array) -> dict:
-        """Activation statistics of every site on the probe batch (running stats kept)."""
+    def sites(self, st: TrainState, probe_x: Array) -> dict[str, Array]:
+        """The raw values of every activation site on the probe batch (``{site: array}``,
+        BN as ``probe.bn_mode`` says; the running statistics are not updated)."""
         _, out = self.probe_model.apply(
             {"params": st.params, "batch_stats": st.batch_stats}, probe_x,
             train=not self.probe_eval, mutable=["sites", "batch_stats"],
             rngs=None if self.probe_eval else self.rngs(st, PROBE_NOISE_STREAM),
         )  # fmt: skip
-        sites = flatten_sites(out["sites"])
+        return flatten_sites(out["sites"])
+
+    def histograms(self, st: TrainState, probe_x: Array, bins: int) -> dict:
+        """``{site: probe.histogram(values, bins)}`` of every site on the probe batch."""
+        return {k: probe.histogram(v, bins) for k, v in self.sites(st, probe_x).items()}
+
+    def activations(self, st: TrainState, probe_x: Array) -> dict:
+        """Activation statistics of every site on the probe batch (running stats kept)."""
+        sites = self.sites(st, probe_x)
         m = self.probe_model
         derived = activation_sources(sites, m.activation, m.norm_position)
         return probe.activation_stats(sites, self.qs, self.units, derived)
