@@ -129,6 +129,45 @@ class SweepConfig:
 
 
 @dataclass
+class TensorBoardLogger:
+    dir: str = MISSING
+
+
+WandbMode = Choice("WandbMode", {n: n for n in ("auto", "online", "offline", "disabled")})
+
+
+@dataclass
+class WandbLogger:
+    project: str = MISSING
+    entity: str | None = MISSING
+    mode: WandbMode = MISSING
+    tags: list[str] = MISSING
+
+
+@dataclass
+class MlflowLogger:
+    tracking_uri: str = MISSING
+    experiment: str = MISSING
+
+
+@dataclass
+class CsvLogger:
+    dir: str = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    """The loggers (:mod:`bnlab.loggers`): each None unless chosen (``logger=[...]``)."""
+
+    histogram_every: int = MISSING
+    histogram_bins: int = MISSING
+    tensorboard: TensorBoardLogger | None = None
+    wandb: WandbLogger | None = None
+    mlflow: MlflowLogger | None = None
+    csv: CsvLogger | None = None
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -148,6 +187,7 @@ class TrainConfig:
     figure: bool = MISSING
     compile_cache: str | None = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     @property
     def is_sweep(self) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bnlab import config, data, devices, members
+from bnlab import config, data, devices, loggers, members
 from bnlab.checkpoint import Checkpoints
 from bnlab.config import TrainConfig
 from bnlab.engine import Engine
@@ -135,6 +135,7 @@ def train_and_evaluate(
     cfg = config.typed(cfg)
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
     data.check_settings(**data_settings(cfg))
+    loggers.check(cfg)  # loggers (issue 16)
     workdir = Path(workdir)
     ms = members.members(cfg, workdir)
     records = [RunRecord(m.dir) for m in ms]
@@ -152,6 +153,7 @@ def train_and_evaluate(
             f" in one program on {data_dev * mem_dev} device(s)")  # fmt: skip
     loop = Loop(cfg, engine, ms, records, previous, t0)
     loop.base.update(devices=data_dev * mem_dev, data_source=ds.source)
+    loop.loggers = loggers.Loggers.create(cfg, ms, workdir, hydra_cfg)  # loggers (issue 16)
     summaries = loop.run()
     if cfg.is_sweep:
         _sweep_summary(workdir, figures=cfg.figure)
@@ -181,6 +183,7 @@ class Loop:
         self.pending: tuple | None = None  # a chunk's activation probes, maybe still running
         self.t_start = self.t_steady = None
         self.start = self.steady_steps = 0
+        self.loggers = loggers.Loggers()  # loggers (issue 16): none unless set
 
     # -- signals ---------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -222,6 +225,7 @@ class Loop:
         cfg, e = self.cfg, self.engine
         self.start, states = self._start()
         step = self.start
+        self.loggers.begin(step, e, states, self.done)  # loggers (issue 16)
         for i in self.running:
             self.sums[i] = dict(self.base, step=step)
             self.records[i].write_summary(**self.sums[i])
@@ -247,6 +251,7 @@ class Loop:
                 evals = None
                 if due_eval and self.running:
                     evals = e.evaluate(states, beside=True)
+                self.loggers.request(step, e, states)  # loggers (issue 16): histograms
                 if not last and self.running and not self.stop_requested:
                     ahead = e.chunk(states, step, lengths[c])  # overlaps what follows
                 self._flush()
@@ -255,6 +260,7 @@ class Loop:
                 self.pending = (metrics.step, metrics.acts, keeps)
                 if evals is not None:
                     self._eval_rows(step, jax.device_get(evals))
+                self.loggers.write(self.records)  # loggers (issue 16): the chunk's rows
                 if diverged:
                     self._flush()
                     for i, at in diverged:
@@ -278,6 +284,7 @@ class Loop:
                 self.sums[i].update(status="interrupted", step=saved_at)
                 self.records[i].write_summary(**self.sums[i])
         finally:
+            self.loggers.close_all(self.records, self.sums)  # loggers (issue 16)
             bar.close()
             for s, h in zip((signal.SIGINT, signal.SIGTERM), old, strict=True):
                 signal.signal(s, h)
@@ -362,6 +369,7 @@ class Loop:
         s["final"] = dict(self.records[i].last)
         self.records[i].write_tables()
         self.records[i].write_summary(**s)
+        self.loggers.close(i, self.records[i], s)  # loggers (issue 16)
         if i in self.running:
             self.running.remove(i)
 
