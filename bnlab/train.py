@@ -1,6 +1,7 @@
-"""``python -m bnlab.train``: the Hydra entry point.
+"""``python -m bnlab.train`` and ``bnlab-train``: the Hydra entry point.
 
-Hydra composes ``configs/train.yaml`` with the command line; :func:`bnlab.driver.train_and_evaluate`
+Hydra composes ``configs/train.yaml`` with the command line (the checkout's
+``configs/`` tree; an installed wheel carries the same tree as ``bnlab/configs``); :func:`bnlab.driver.train_and_evaluate`
 trains and writes the run record into Hydra's output directory. Mistakes in the
 command line or the config end in one ``bnlab: error: ...`` line and exit 2.
 """
@@ -13,6 +14,7 @@ _T0 = time.perf_counter()  # before the heavy imports: time-to-first-chunk count
 
 import os  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -22,7 +24,18 @@ from bnlab import config  # noqa: E402
 from bnlab.errors import UserError, say  # noqa: E402
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def config_dir() -> str:
+    """The config tree: the wheel's ``bnlab/configs``, else the checkout's ``configs/``
+    (absolute, so Hydra finds it however the entry is started: ``python -m``, the
+    console script, or an import)."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "configs", here.parent / "configs"):
+        if (d / "train.yaml").is_file():
+            return str(d)
+    return str(here.parent / "configs")  # Hydra then names what it could not find
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
     """One job: train, report, and return what Hydra's sweepers rank (the final test
     accuracy; 0.0 when every member diverged)."""
@@ -49,6 +62,11 @@ def main() -> None:
     try:
         app()
     except (HydraException, OmegaConfBaseException) as e:
+        say(f"error: {_one_line(e)}")
+        sys.exit(2)
+    except ValueError as e:  # Hydra's check of its own flags (e.g. -m with --info)
+        if not str(e).startswith("Only one of --run"):
+            raise
         say(f"error: {_one_line(e)}")
         sys.exit(2)
 
