@@ -59,6 +59,9 @@ def main() -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us, not Hydra's printer
+    # hydra/launcher=ray_cluster: Ray's workers use this environment (with its extras),
+    # not a fresh one Ray would build for a `uv run` driver (configs/hydra/launcher/)
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         app()
     except (HydraException, OmegaConfBaseException) as e:
