@@ -204,8 +204,12 @@ class TrainConfig:
 
 
 def register() -> None:
-    """Register the schema as ``train_schema`` (named first in ``configs/train.yaml``)."""
+    """Register the schema as ``train_schema`` (named first in ``configs/train.yaml``),
+    and the resolver ``${gcd:a,b,...}`` (the greatest common divisor: a probe interval
+    that divides ``steps`` and ``chunk_steps``, as ``hparams_search/lr_optuna`` derives)."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("gcd"):
+        OmegaConf.register_new_resolver("gcd", lambda *v: math.gcd(*(int(x) for x in v)))
 
 
 def typed(cfg: DictConfig | TrainConfig) -> TrainConfig:

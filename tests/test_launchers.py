@@ -123,3 +123,16 @@ def test_submitit_local_sweep(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert list((sweep_dir / ".submitit").glob("*/*_submitted.pkl"))  # submitit ran them
     check_sweep(sweep_dir)
+
+
+@pytest.mark.parametrize(("steps", "every"), [(50000, 250), (5000, 250), (300, 50), (7, 1)])
+def test_optuna_preset_probe_interval_fits_any_steps(steps, every):
+    from trainer import compose
+
+    from bnlab import config
+
+    cfg = config.typed(compose(["hparams_search=lr_optuna", f"steps={steps}"]))
+    assert cfg.probe.every == every
+    config.check(cfg, 1)  # steps and chunk_steps are multiples of it
+    override = config.typed(compose(["hparams_search=lr_optuna", "probe.every=100"]))
+    assert override.probe.every == 100
