@@ -23,22 +23,26 @@ PREFIX = {ACTIVATIONS: "acts", LAYERS: "layers", ICS: "ics"}
 # --------------------------------------------------------------------------- rows and sinks
 
 
-def tagged(table: str, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """A block of a record table as ``(steps, tags, values)``, one tag per row."""
-    steps, values = np.asarray(cols["step"]), np.asarray(cols["value"], np.float64)
+def _tag(table: str, row: dict[str, Any]) -> str:
     if table == SCALARS:
-        tags = [str(n) for n in cols["name"]]
-    elif table == ACTIVATIONS:
-        tags = [
-            f"acts/{la}/{si}/{st}" if int(u) < 0 else f"acts/{la}/{si}/u{int(u)}/{st}"
-            for la, si, u, st in zip(
-                cols["layer"], cols["site"], cols["unit"], cols["stat"], strict=True
-            )  # fmt: skip
-        ]
-    else:
-        tags = [f"{PREFIX[table]}/{la}/{st}" for la, st in zip(cols["layer"], cols["stat"],
-                                                               strict=True)]  # fmt: skip
-    return steps, tags, values
+        return str(row["name"])
+    if table == ACTIVATIONS:
+        unit = int(row["unit"])
+        sub = f"u{unit}/" if unit >= 0 else ""
+        return f"acts/{row['layer']}/{row['site']}/{sub}{row['stat']}"
+    return f"{PREFIX[table]}/{row['layer']}/{row['stat']}"
+
+
+def tagged(table: str, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """A block of a record table as ``(steps, tags, values)``, one tag per row. A
+    block whose labels are one value repeated (as the host loop adds them) is tagged
+    once."""
+    steps, values = np.asarray(cols["step"]), np.asarray(cols["value"], np.float64)
+    labels = {c: np.asarray(v) for c, v in cols.items() if c not in ("step", "value")}
+    n = len(steps)
+    if n and all(v.strides == (0,) or (v == v[0]).all() for v in labels.values()):
+        return steps, [_tag(table, {c: v[0] for c, v in labels.items()})] * n, values
+    return steps, [_tag(table, {c: v[i] for c, v in labels.items()}) for i in range(n)], values
 
 
 def by_step(rows: list[tuple[np.ndarray, list[str], np.ndarray]]) -> dict[int, dict[str, float]]:
@@ -88,7 +92,9 @@ class TensorBoard(Sink):
 
         self.Summary = Summary
         logdir = Path(info["dir"]) / cfg.dir
-        self.writer = SummaryWriter(logdir=str(logdir), purge_step=floor + 1, flush_secs=10)
+        self.writer = SummaryWriter(
+            logdir=str(logdir), purge_step=floor + 1, flush_secs=10, max_queue=1000
+        )
         self.pending: list = []
 
     def rows(self, table: str, cols: dict[str, np.ndarray]) -> None:
