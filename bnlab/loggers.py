@@ -88,9 +88,18 @@ def _member_info(cfg: TrainConfig, member: Any, run_dir: Path, group: str | None
 
 
 def make_sinks(cfg: TrainConfig, member: Any, group: str | None, floor: int) -> list[Sink]:
-    """The sinks of one member, in the order of :data:`EXTRAS`."""
+    """The sinks of one member, in the order of :data:`EXTRAS`; one that cannot start
+    (a tracking server that refuses, a W&B login that fails) is a one-line
+    :class:`UserError`."""
     info = _member_info(cfg, member, Path(member.dir), group)
-    return [MAKERS[name](getattr(cfg.logger, name), info, floor) for name in chosen(cfg)]
+    sinks = []
+    for name in chosen(cfg):
+        try:
+            sinks.append(MAKERS[name](getattr(cfg.logger, name), info, floor))
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(f"logger={name} could not start: {type(e).__name__}: {first}") from e
+    return sinks
 
 
 # --------------------------------------------------------------------------- the host side
@@ -166,14 +175,22 @@ class Loggers:
                 continue
             for table in COLUMNS:
                 for cols in self._new_blocks(i, records[i], table):
-                    for s in self.sinks[i]:
-                        s.rows(table, cols)
+                    self._each(i, "rows", table, cols)
             for step, hist in hists:
                 mine = {k: {n: np.asarray(a)[i] for n, a in h.items()} for k, h in hist.items()}
-                for s in self.sinks[i]:
-                    s.histograms(step, mine)
-            for s in self.sinks[i]:
-                s.flush()
+                self._each(i, "histograms", step, mine)
+            self._each(i, "flush")
+
+    def _each(self, i: int, method: str, *args: Any) -> None:
+        """``sink.method(*args)`` for member ``i``'s sinks; one that fails is said once
+        and left out from then on (a logger must never cost the run its record)."""
+        for s in list(self.sinks[i]):
+            try:
+                getattr(s, method)(*args)
+            except Exception as e:
+                say(f"logger {type(s).__name__} failed ({type(e).__name__}: {e}); "
+                    "it is off for the rest of this run")  # fmt: skip
+                self.sinks[i].remove(s)
 
     def _new_blocks(self, i: int, rec: RunRecord, table: str) -> list[dict[str, np.ndarray]]:
         blocks = rec.tables[table].blocks

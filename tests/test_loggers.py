@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import shutil
 import socket
 import struct
@@ -209,3 +210,21 @@ def test_wandb_groups_a_sweeps_members(tmp_path):
         conf = {u.key: json.loads(u.value_json) for u in r.config.update}
         assert conf["optimizer"]["lr"] == [0.05, 0.5][i] and conf["sweep"]["lr"] == []
     assert groups == {str(tmp_path.resolve())} and names == ["0", "1"]
+
+
+def test_a_logger_that_cannot_start_is_one_line(tmp_path):
+    """An MLflow server that is not there (a free port on 127.0.0.1): one line, exit 2."""
+    from trainer import cli
+
+    port = _free_port()
+    res = cli([*BASE, "logger=mlflow", f"logger.mlflow.tracking_uri=http://127.0.0.1:{port}",
+               f"hydra.run.dir={tmp_path}"], timeout=300,
+              env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith("bnlab: error: logger=mlflow could not start: ")
+    )
