@@ -36,7 +36,6 @@ from bnlab.config import TrainConfig
 from bnlab.engine import Engine
 from bnlab.errors import UserError, say
 from bnlab.record import RunRecord, activation_rows, eval_rows, metrics_rows
-from bnlab.session import DONE  # noqa: E402
 from bnlab.step import TrainState, stack, unstack
 
 CHUNK_SECONDS = 7.0  # chunk_steps=auto: a chunk's target running time
@@ -59,12 +58,12 @@ def train_and_evaluate(
     data.check_settings(**data_settings(cfg))
     workdir = Path(workdir)
     ms = members.members(cfg, workdir)
+    if cfg.resume.enabled:  # read-only: a refused command touches nothing
+        guard.check_saved_config(cfg, workdir)
     with guard.RunLock(workdir):
-        if cfg.resume.enabled:
-            guard.check_saved_config(cfg, workdir)
         records = [RunRecord(m.dir) for m in ms]
         previous = [_summary(r) if cfg.resume.enabled else None for r in records]
-        if all(p and p["status"] in DONE for p in previous):
+        if all(ended(p, cfg.steps) for p in previous):
             what = "sweep already done" if cfg.is_sweep else f"run already {previous[0]['status']}"
             say(f"{what}; record: {workdir}")
             session.complete(cfg, workdir, records, previous)  # type: ignore[arg-type]
@@ -86,6 +85,16 @@ def train_and_evaluate(
             (workdir / "summary.csv").unlink()  # stale: the sweep moved on
         session.complete(cfg, workdir, records, summaries)
     return summaries
+
+
+def ended(summary: dict[str, Any] | None, steps: int) -> bool:
+    """Whether a member's record is complete for a run of ``steps`` steps (a finished
+    run asked for more steps continues)."""
+    if not summary:
+        return False
+    return summary["status"] == "diverged" or (
+        summary["status"] == "finished" and summary["step"] >= steps
+    )
 
 
 def _summary(record: RunRecord) -> dict[str, Any] | None:
@@ -112,7 +121,7 @@ class Loop:
                  records: list[RunRecord], previous: list, t0: float):  # fmt: skip
         self.cfg, self.engine, self.ms, self.t0 = cfg, engine, ms, t0
         self.records = records
-        self.done = [bool(p and p["status"] in DONE) for p in previous]
+        self.done = [ended(p, cfg.steps) for p in previous]
         self.sums: list[dict[str, Any]] = [
             p if d else {} for p, d in zip(previous, self.done, strict=True)
         ]

@@ -101,6 +101,8 @@ class Table:
         if not self.blocks:
             return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in self.columns})
         df = pd.DataFrame({c: np.concatenate([b[c] for b in self.blocks]) for c in self.columns})
+        # rows in step order (stable: within a step, as added), whatever the chunk sizes
+        df = df.sort_values("step", kind="stable", ignore_index=True)
         return df.astype({c: _dtype(c) for c in self.columns})
 
     def load(self, df: pd.DataFrame) -> None:

@@ -39,6 +39,7 @@ def app(cfg: DictConfig) -> float:
         )
     except UserError as e:
         say(f"error: {e}")
+        _remove_if_untouched(hc.runtime.output_dir)
         sys.exit(2)
     return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
 
@@ -61,6 +62,22 @@ def main(argv: list[str] | None = None) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         say(f"error: {_one_line(e)}")
         sys.exit(2)
+    except OSError as e:  # e.g. Hydra making an output directory where it cannot
+        say(f"error: {e.strerror or type(e).__name__}: {e.filename or ''}")
+        sys.exit(2)
+
+
+def _remove_if_untouched(path: str) -> None:
+    """The output directory Hydra made for a run that was refused: nothing was written
+    there but Hydra's empty log and the run's lock, so it goes (a record stays)."""
+    from pathlib import Path
+
+    d = Path(path)
+    files = list(d.iterdir()) if d.is_dir() else []
+    if all(f.name == ".lock" or (f.suffix == ".log" and f.stat().st_size == 0) for f in files):
+        for f in files:
+            f.unlink()
+        d.rmdir()
 
 
 def _one_line(e: BaseException) -> str:
