@@ -31,8 +31,9 @@ def setup_process(cfg: Any) -> None:
     if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
         jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    if cfg.probe.overlap and cfg.parallel.data == 1 and cfg.parallel.members == 1:
-        devices.request_cpu_devices(2)  # a probe device beside the training one
+    # on a CPU, as many devices as the mesh needs, or two: a probe device beside training
+    wanted = max(cfg.parallel.data, 1) * cfg.parallel.members
+    devices.request_cpu_devices(max(wanted, 2 if cfg.probe.overlap and wanted == 1 else 1))
 
 
 def complete(cfg: TrainConfig, workdir: Path, records: list[RunRecord], sums: list) -> None:
