@@ -33,17 +33,20 @@ A run directory (Hydra's output dir) holds:
   (the norm of the whole gradient there). May hold
   non-finite values (a loss that overflows along the path is a result).
 - ``summary.json``: ``status`` (``running``, ``finished``, ``diverged``,
-  ``interrupted``), ``step`` (steps done), ``steps`` (steps asked for),
+  ``interrupted``), ``step`` (steps done and recorded), ``steps`` (steps asked for),
   ``diverged_at`` (first step whose training loss was non-finite or above
-  ``diverge_loss``, or null),
-  ``final`` (last value of every scalar), ``steps_per_sec``, ``wall_time_s``,
-  ``devices``, ``data_source``.
+  ``diverge_loss``, or null) and ``diverge_reason`` (``nonfinite`` or
+  ``loss_above_limit``), ``final`` (last finite value of every scalar),
+  ``steps_per_sec`` (steps over the loop's wall time, compilation left out),
+  ``wall_time_s``, ``first_chunk_s`` (process start to the end of the first chunk),
+  ``compile_s``, ``chunk_steps`` (the chunk length used), ``devices``, ``platform``,
+  ``probe_device``, ``data_source``, and ``figures`` (true once drawn).
 - ``checkpoints/``: Orbax checkpoints of the train state (for resume).
 - ``figures/``: PNG figures made at the end of the run.
 
-Tables are rewritten whole and atomically (temp file, then rename) at each
-checkpoint and at the end, so a killed run leaves a consistent record up to its
-last checkpoint.
+Tables are rewritten whole and atomically (temp file, then rename), rows in step
+order, at each checkpoint and at the end; a checkpoint is written only after the rows
+up to its step, so a killed run leaves a consistent record up to its last checkpoint.
 """
 
 from __future__ import annotations
