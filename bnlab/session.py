@@ -86,3 +86,23 @@ def report(
         sys.exit(130)
     accs = [s["final"].get("test_accuracy") for s in summaries if s["status"] == "finished"]
     return max((a for a in accs if a is not None), default=0.0)
+
+
+def remove_if_untouched(path: str) -> None:
+    """The output directory Hydra made for a run that was refused: nothing was written
+    there but Hydra's empty log and the run's lock, so it goes (a record stays)."""
+    d = Path(path)
+    files = list(d.iterdir()) if d.is_dir() else []
+    if all(f.name == ".lock" or (f.suffix == ".log" and f.stat().st_size == 0) for f in files):
+        for f in files:
+            f.unlink()
+        d.rmdir()
+
+
+def one_line(e: BaseException) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.removeprefix("Error merging override ")
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return first

@@ -39,7 +39,7 @@ def app(cfg: DictConfig) -> float:
         )
     except UserError as e:
         say(f"error: {e}")
-        _remove_if_untouched(hc.runtime.output_dir)
+        session.remove_if_untouched(hc.runtime.output_dir)
         sys.exit(2)
     return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from bnlab.resume import expand
+    from bnlab.session import one_line
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us, not Hydra's printer
     try:
@@ -60,33 +61,11 @@ def main(argv: list[str] | None = None) -> None:
         say(f"error: {e}")
         sys.exit(2)
     except (HydraException, OmegaConfBaseException) as e:
-        say(f"error: {_one_line(e)}")
+        say(f"error: {one_line(e)}")
         sys.exit(2)
     except OSError as e:  # e.g. Hydra making an output directory where it cannot
         say(f"error: {e.strerror or type(e).__name__}: {e.filename or ''}")
         sys.exit(2)
-
-
-def _remove_if_untouched(path: str) -> None:
-    """The output directory Hydra made for a run that was refused: nothing was written
-    there but Hydra's empty log and the run's lock, so it goes (a record stays)."""
-    from pathlib import Path
-
-    d = Path(path)
-    files = list(d.iterdir()) if d.is_dir() else []
-    if all(f.name == ".lock" or (f.suffix == ".log" and f.stat().st_size == 0) for f in files):
-        for f in files:
-            f.unlink()
-        d.rmdir()
-
-
-def _one_line(e: BaseException) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    first = first.removeprefix("Error merging override ")
-    cause = e.__cause__
-    if cause is not None and str(cause).strip():
-        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
-    return first
 
 
 config.register()
