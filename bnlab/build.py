@@ -51,6 +51,6 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
     )  # fmt: skip
     return Engine(
         learner, arrays, grid=(len(cfg.lrs), len(cfg.seeds)), batch_size=cfg.batch_size,
-        every=cfg.probe.every, ics_every=cfg.probe.ics_every,
+        every=cfg.probe.every, ics_every=cfg.probe.ics_every, ics_at=str(cfg.probe.ics_at),
         mesh=mesh, probe_device=devices.probe_device(cfg.probe.overlap, mesh), probes=probes,
     )  # fmt: skip

@@ -37,6 +37,7 @@ NormPosition = Choice("NormPosition", {n: n for n in ("before", "after")})
 OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam")})
 Schedule = Choice("Schedule", {n: n for n in ("constant", "cosine", "step")})
 BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
+IcsAt = Choice("IcsAt", {n: n for n in ("before", "after")})
 
 
 @dataclass
@@ -112,7 +113,9 @@ class ProbeConfig:
     units: list[int] = MISSING
     bn_mode: BnMode = MISSING
     ics_every: int = MISSING
+    ics_at: IcsAt = MISSING
     landscape_steps: list[float] = MISSING
+    landscape_lengths: list[float] = MISSING
     overlap: bool = MISSING
 
 

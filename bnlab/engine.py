@@ -159,7 +159,8 @@ class Engine:
 
     def __init__(self, learner: Learner, arrays: dict[str, np.ndarray], *,
                  grid: tuple[int, int], batch_size: int, every: int,
-                 ics_every: int, mesh=None, probe_device=None, probes: bool = True):  # fmt: skip
+                 ics_every: int, ics_at: str = "before", mesh=None, probe_device=None,
+                 probes: bool = True):  # fmt: skip
         self.learner, self.grid, self.mesh = learner, grid, mesh
         L, S = grid
         md = mesh.shape[MEMBERS] if mesh is not None else 1
@@ -168,6 +169,7 @@ class Engine:
         self.batch_size, self.local_batch = batch_size, batch_size // self.shards
         self.every, self.probes = every, probes
         self.ics_every = ics_every if probes else 0
+        self.ics_before = ics_at == "before"
         self.probe_device = probe_device if probes else None
         self.splits = [s for s in ("test", "val") if f"{s}_y" in arrays]  # evaluated
         self.n_train = len(arrays["train_y"])
@@ -251,15 +253,17 @@ class Engine:
         offset = lax.axis_index(DATA) * self.local_batch if self.shards > 1 else 0
         step_all = self._members(self.learner.train_step, ("member", "seed", "seed"))
 
-        def one(carry, _):
-            st, t = carry
-
-            def take(perm):  # this device's share of batch t
+        def batch(t):  # this device's share of batch t, per seed
+            def take(perm):
                 return _take(perm[t // spe - epoch0], t, spe, self.batch_size, offset,
                              self.local_batch)  # fmt: skip
 
             idx = jax.vmap(take)(perms)
-            x, y = data["train_x"][idx], data["train_y"][idx]
+            return data["train_x"][idx], data["train_y"][idx]
+
+        def one(carry, _):
+            st, t = carry
+            x, y = batch(t)
             st, (loss, acc, grads) = step_all(st, x, y)
             return (st, t + 1), (loss, acc, grads, (x, y))
 
@@ -281,6 +285,8 @@ class Engine:
             elif self.probes:
                 res["acts"] = self._each(self.learner.activations, st, data["probe_x"])
             if self.ics_every:
+                if self.ics_before:  # at W(t) on the batch step t + 1 is about to use
+                    x, y = batch(t)
                 due = t % self.ics_every == 0
                 ics = self._members(self.learner.ics, ("member", "seed", "seed"))
                 shapes = jax.eval_shape(ics, st, x, y)

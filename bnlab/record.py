@@ -23,15 +23,18 @@ A run directory (Hydra's output dir) holds:
 - ``ics.parquet``, one row per step x layer x statistic, columns ``step``, ``layer``,
   ``stat``, ``value``: the gradient-ICS and landscape probes of Santurkar et al. 2018
   (:func:`bnlab.probe.gradient_ics`, :func:`bnlab.probe.landscape`), every
-  ``probe.ics_every`` steps (empty when it is 0), measured on the last training batch
-  before ``step`` at the parameters after ``step`` steps. Per layer (``layer1``...,
-  ``head``): ``grad_diff_l2`` (``||G - G'||_2``) and ``grad_cos`` (``cos(G, G')``), G
-  the loss gradient w.r.t. the layer's weight matrix and G' the same after the
-  earlier layers take the step's update. For ``layer`` = ``all``: ``loss_range``,
-  ``grad_predictiveness`` and ``beta_smoothness`` along the gradient at
-  ``probe.landscape_steps`` multiples of the lr-scaled gradient step, and ``grad_l2``
-  (the norm of the whole gradient there). May hold
-  non-finite values (a loss that overflows along the path is a result).
+  ``probe.ics_every`` steps (empty when it is 0), measured at the parameters after
+  ``step`` steps, on the batch step ``step + 1`` is about to use (``probe.ics_at=before``,
+  the paper's convention) or on step ``step``'s own batch (``after``). Per layer
+  (``layer1``..., ``head``): ``grad_diff_l2`` (``||G - G'||_2``), ``grad_diff_rel``
+  (``||G - G'||_2 / ||G||_2``) and ``grad_cos`` (``cos(G, G')``), G the loss gradient
+  w.r.t. the layer's weight matrix and G' the same after the earlier layers take the
+  step's update. For ``layer`` = ``all``: ``loss_range``, ``grad_predictiveness`` and
+  ``beta_smoothness`` along the gradient at ``probe.landscape_steps`` multiples of the
+  lr-scaled gradient step, the same with suffix ``_len`` at ``probe.landscape_lengths``
+  distances along the descent direction (equal step length for every network), and
+  ``grad_l2`` (the norm of the whole gradient there). May hold non-finite values (a
+  loss that overflows along the path is a result).
 - ``summary.json``: ``status`` (``running``, ``finished``, ``diverged``,
   ``interrupted``), ``step`` (steps done and recorded), ``steps`` (steps asked for),
   ``diverged_at`` (first step whose training loss was non-finite or above
