@@ -64,7 +64,8 @@ def report(
     summaries: list[dict[str, Any]], workdir: str | Path, sweep_dir: str | None = None
 ) -> float:
     """Say how the run ended; exit 130 if interrupted. Returns what Hydra's sweepers
-    rank: the best final test accuracy, 0.0 when no member finished (never None)."""
+    rank: the best final validation accuracy (test accuracy without a validation
+    split), 0.0 when no member finished (never None)."""
     statuses = [s["status"] for s in summaries]
     if len(summaries) > 1:
         counts = ", ".join(f"{statuses.count(k)} {k}" for k in dict.fromkeys(statuses))
@@ -84,7 +85,11 @@ def report(
         again = sweep_dir or workdir  # a multirun continues as a whole
         say(f"interrupted at step {step}; continue with: python -m bnlab.train resume={again}")
         sys.exit(130)
-    accs = [s["final"].get("test_accuracy") for s in summaries if s["status"] == "finished"]
+    # chosen on validation where there is a validation split; the test split only reports
+    key = (
+        "val_accuracy" if any("val_accuracy" in s["final"] for s in summaries) else "test_accuracy"
+    )
+    accs = [s["final"].get(key) for s in summaries if s["status"] == "finished"]
     return max((a for a in accs if a is not None), default=0.0)
 
 
