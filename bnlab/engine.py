@@ -76,7 +76,7 @@ def batch_indices(key: Array, step: int | Array, n: int, batch_size: int) -> Arr
     return _take(epoch_permutation(key, step // spe, n), step, spe, batch_size)
 
 
-# --------------------------------------------------------------------------- state
+# --------------------------------------------------------------------------- measurements
 
 
 @struct.dataclass
