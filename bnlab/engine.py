@@ -21,6 +21,8 @@ activation statistics there, beside the next chunk; the numbers are the same.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jax import lax
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from bnlab.devices import DATA, MEMBERS
@@ -74,7 +76,7 @@ def batch_indices(key: Array, step: int | Array, n: int, batch_size: int) -> Arr
     return _take(epoch_permutation(key, step // spe, n), step, spe, batch_size)
 
 
-# --------------------------------------------------------------------------- state
+# --------------------------------------------------------------------------- measurements
 
 
 @struct.dataclass
@@ -156,8 +158,9 @@ class Engine:
     """
 
     def __init__(self, learner: Learner, arrays: dict[str, np.ndarray], *,
-                 grid: tuple[int, int], batch_size: int, chunk_steps: int, every: int,
-                 ics_every: int, mesh=None, probe_device=None, probes: bool = True):  # fmt: skip
+                 grid: tuple[int, int], batch_size: int, every: int,
+                 ics_every: int, ics_at: str = "before", mesh=None, probe_device=None,
+                 probes: bool = True):  # fmt: skip
         self.learner, self.grid, self.mesh = learner, grid, mesh
         L, S = grid
         md = mesh.shape[MEMBERS] if mesh is not None else 1
@@ -166,11 +169,11 @@ class Engine:
         self.batch_size, self.local_batch = batch_size, batch_size // self.shards
         self.every, self.probes = every, probes
         self.ics_every = ics_every if probes else 0
+        self.ics_before = ics_at == "before"
         self.probe_device = probe_device if probes else None
         self.splits = [s for s in ("test", "val") if f"{s}_y" in arrays]  # evaluated
         self.n_train = len(arrays["train_y"])
         self.steps_per_epoch = self.n_train // batch_size
-        self.n_perms = chunk_steps // self.steps_per_epoch + 2  # epochs a chunk can touch
         self.data = self._place({k: jnp.asarray(v) for k, v in arrays.items()}, P())
         if self.probe_device is not None:
             self.remote = jax.device_put(
@@ -189,6 +192,7 @@ class Engine:
         self._snap_acts_jit = jax.jit(self._snapshot_acts)
         self._eval_beside_jit = jax.jit(self._evaluate)
         self._hist_jit: dict[int, Any] = {}  # histograms(), per number of bins
+        self._compiled: dict[tuple, Any] = {}  # (program, length or split) -> compiled
 
     # -- placement and sharding ----------------------------------------------------
     def _place(self, tree: Any, spec: P) -> Any:
@@ -246,19 +250,21 @@ class Engine:
         epoch0 = t0 // spe
         seed_keys = states.key.reshape((L, S) + states.key.shape[1:])[0]
         perms = jax.vmap(lambda k: jax.vmap(lambda e: epoch_permutation(k, e, n))(
-            epoch0 + jnp.arange(self.n_perms)))(seed_keys)  # fmt: skip
+            epoch0 + jnp.arange(length // spe + 2)))(seed_keys)  # the epochs it can touch  # fmt: skip
         offset = lax.axis_index(DATA) * self.local_batch if self.shards > 1 else 0
         step_all = self._members(self.learner.train_step, ("member", "seed", "seed"))
 
-        def one(carry, _):
-            st, t = carry
-
-            def take(perm):  # this device's share of batch t
+        def batch(t):  # this device's share of batch t, per seed
+            def take(perm):
                 return _take(perm[t // spe - epoch0], t, spe, self.batch_size, offset,
                              self.local_batch)  # fmt: skip
 
             idx = jax.vmap(take)(perms)
-            x, y = data["train_x"][idx], data["train_y"][idx]
+            return data["train_x"][idx], data["train_y"][idx]
+
+        def one(carry, _):
+            st, t = carry
+            x, y = batch(t)
             st, (loss, acc, grads) = step_all(st, x, y)
             return (st, t + 1), (loss, acc, grads, (x, y))
 
@@ -280,6 +286,8 @@ class Engine:
             elif self.probes:
                 res["acts"] = self._each(self.learner.activations, st, data["probe_x"])
             if self.ics_every:
+                if self.ics_before:  # at W(t) on the batch step t + 1 is about to use
+                    x, y = batch(t)
                 due = t % self.ics_every == 0
                 ics = self._members(self.learner.ics, ("member", "seed", "seed"))
                 shapes = jax.eval_shape(ics, st, x, y)
@@ -301,22 +309,65 @@ class Engine:
         )  # fmt: skip
         return states, metrics, first(out.get("snaps"))
 
+    # -- compilation ----------------------------------------------------------------
+    def compile(self, states: TrainState, lengths: list[int]) -> float:
+        """Compile, ahead of time and concurrently, every program not compiled yet: the
+        chunk of each length (with its probe program on the probe device), the probe
+        and the evaluations. Returns the seconds it took."""
+        start = time.perf_counter()
+        jobs: list[tuple[tuple, Any]] = []
+        t0 = jnp.zeros((), jnp.int32)
+        pd = self.probe_device
+        on_pd = lambda tree: jax.tree.map(  # noqa: E731
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=SingleDeviceSharding(pd)),
+            tree,
+        )
+        for n in lengths:
+            if ("chunk", n) in self._compiled:
+                continue
+            low = self._chunk_jit.lower(states, t0, self.data, length=n)
+            jobs.append((("chunk", n), low))
+            if pd is not None:
+                snaps = on_pd(low.out_info[2])
+                jobs.append(
+                    (("snaps", n), self._snap_acts_jit.lower(snaps, self.remote["probe_x"]))
+                )
+        if ("measure",) not in self._compiled:
+            jobs.append((("measure",), self._measure_jit.lower(states, self.data["probe_x"])))
+            for s in self.splits:
+                x, y = self.data[f"{s}_x"], self.data[f"{s}_y"]
+                jobs.append((("eval", s), self._eval_jit.lower(states, x, y)))
+                if pd is not None:
+                    x, y = self.remote[f"{s}_x"], self.remote[f"{s}_y"]
+                    low = self._eval_beside_jit.lower(on_pd(states), x, y)
+                    jobs.append((("eval_beside", s), low))
+        if jobs:  # XLA compiles outside the GIL: the programs compile side by side
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                done = list(pool.map(lambda job: job[1].compile(), jobs))
+            self._compiled.update({key: exe for (key, _), exe in zip(jobs, done, strict=True)})
+        return time.perf_counter() - start
+
+    def compiled(self, length: int) -> bool:
+        return ("chunk", length) in self._compiled
+
     # -- public calls (futures) -------------------------------------------------------
     def chunk(self, states: TrainState, t0: int, length: int) -> tuple[TrainState, Metrics]:
         """``length`` steps of every member from global step ``t0`` (donates
         ``states``). With a probe device, ``acts`` is computed there once the chunk is
         done: dispatch the next chunk before reading it, and the two overlap."""
+        self.compile(states, [length])
         t = jnp.asarray(t0, jnp.int32)
-        states, metrics, snaps = self._chunk_jit(states, t, self.data, length=length)
+        states, metrics, snaps = self._compiled["chunk", length](states, t, self.data)
         if snaps is not None:
-            acts = self._snap_acts_jit(jax.device_put(snaps, self.probe_device),
-                                       self.remote["probe_x"])  # fmt: skip
+            snaps = jax.device_put(snaps, self.probe_device)
+            acts = self._compiled["snaps", length](snaps, self.remote["probe_x"])
             metrics = metrics.replace(acts=acts)
         return states, metrics
 
     def measure(self, states: TrainState) -> Metrics:
         """The probe of ``states`` (gradient norms read as zero: no step was taken)."""
-        acts, layers = self._measure_jit(states, self.data["probe_x"])
+        self.compile(states, [])
+        acts, layers = self._compiled["measure",](states, self.data["probe_x"])
         step = jnp.zeros((1,), jnp.int32)
         add = lambda tree: jax.tree.map(lambda a: a[:, None], tree)  # noqa: E731
         return Metrics(step=step, loss=None, acc=None, lr=None, layers=add(layers), acts=add(acts))
@@ -326,12 +377,16 @@ class Engine:
         split where there is one, BN in eval mode. ``beside``: on the probe device where
         there is one (on a copy of ``states``, made now, before the caller donates them
         to the next chunk)."""
+        self.compile(states, [])
         if beside and self.probe_device is not None:
             copy = jax.block_until_ready(jax.device_put(states, self.probe_device))
-            fn, arrays = self._eval_beside_jit, self.remote
+            kind, arrays = "eval_beside", self.remote
         else:
-            copy, fn, arrays = states, self._eval_jit, self.data
-        return {s: fn(copy, arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in self.splits}
+            copy, kind, arrays = states, "eval", self.data
+        return {
+            s: self._compiled[kind, s](copy, arrays[f"{s}_x"], arrays[f"{s}_y"])
+            for s in self.splits
+        }
 
     def histograms(self, states: TrainState, bins: int, beside: bool = True) -> dict:
         """For the loggers: ``{site: probe.histogram}`` (each array with a leading member
