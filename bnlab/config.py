@@ -215,10 +215,13 @@ class TrainConfig:
 def register() -> None:
     """Register the schema as ``train_schema`` (named first in ``configs/train.yaml``),
     and the resolver ``${gcd:a,b,...}`` (the greatest common divisor: a probe interval
-    that divides ``steps`` and ``chunk_steps``, as ``hparams_search/lr_optuna`` derives)."""
+    that divides ``steps`` and ``chunk_steps``, as ``hparams_search/lr_optuna`` derives;
+    a value that is not a number, such as ``chunk_steps=auto``, is left out)."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("gcd"):
-        OmegaConf.register_new_resolver("gcd", lambda *v: math.gcd(*(int(x) for x in v)))
+        OmegaConf.register_new_resolver(
+            "gcd", lambda *v: math.gcd(*(int(x) for x in v if str(x).isdigit()))
+        )
 
 
 def typed(cfg: DictConfig | TrainConfig) -> TrainConfig:
