@@ -2,7 +2,7 @@
 write, with SIGKILL, SIGTERM and SIGINT (and a second signal during the save), then
 resumed; every table must equal the uninterrupted run's, and nothing may be lost.
 
-``BNLAB_FAULT_CASES=N`` runs N cases (default 8, the CI set: every signal and every trigger); the cases are seeded,
+``BNLAB_FAULT_CASES=N`` runs N cases (default 20, the CI set: every signal with every trigger); the cases are seeded,
 so a failure names the case that reproduces it.
 """
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.faults
 STEPS = 400
 RUN = [*QUICK, f"steps={STEPS}", "chunk_steps=50", "probe.every=25", "eval_every=50",
        "checkpoint_every=100", "model.features=[16,16]", "norm=bn_noisy"]  # fmt: skip
-N = int(os.environ.get("BNLAB_FAULT_CASES", "8"))
+N = int(os.environ.get("BNLAB_FAULT_CASES", "20"))
 SIGNALS = ["SIGKILL", "SIGTERM", "SIGINT", "SIGTERM+SIGINT"]
 # what the killer waits for: a moment after start, or a file being written
 TRIGGERS = ["time", "table.tmp", "summary.tmp", "orbax-tmp"]
