@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ from flax import serialization
 from bnlab.errors import say
 
 
-def _import_orbax() -> Any:
-    """``orbax.checkpoint``, imported without a root log handler: at import it logs
+@functools.cache
+def _ocp() -> Any:
+    """``orbax.checkpoint``, imported when first needed (start-up: see
+    :func:`bnlab.driver.preload`) and without a root log handler: at import it logs
     through absl (``ArrayHandler``), and absl calls ``logging.basicConfig()`` when the
     root logger has no handler, which then printed every line of Hydra's ``--info``
     and ``--cfg`` twice. A placeholder handler during the import keeps root as it was."""
@@ -25,37 +28,47 @@ def _import_orbax() -> Any:
     return ocp
 
 
-ocp = _import_orbax()
-
-
 class Checkpoints:
     """Keeps the latest two checkpoints of a train state under ``directory``."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 2):
-        logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs every save at INFO
-        self._mngr = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        )
+        self.directory, self.max_to_keep = Path(directory).absolute(), max_to_keep
+        self._m = None
+
+    @property
+    def _mngr(self) -> Any:
+        """Orbax's manager, made at first use (a fresh run needs it only at its first
+        checkpoint)."""
+        if self._m is None:
+            ocp = _ocp()
+            logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs saves at INFO
+            self._m = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True),
+            )
+        return self._m
 
     def latest_step(self) -> int | None:
-        return self._mngr.latest_step()
+        return max(self.steps(), default=None)
 
     def steps(self) -> list[int]:
-        """The steps with a checkpoint, oldest first."""
+        """The steps with a checkpoint, oldest first (none, without orbax, where there
+        is no checkpoint folder yet)."""
+        if self._m is None and not self.directory.is_dir():
+            return []
         return sorted(self._mngr.all_steps())
 
     def save(self, state: Any, step: int) -> None:
         """Save ``state`` as step ``step`` and wait until it is on disk."""
-        if self._mngr.latest_step() == step:
+        if self.latest_step() == step:
             return
-        self._mngr.save(step, args=ocp.args.StandardSave(serialization.to_state_dict(state)))
+        self._mngr.save(step, args=_ocp().args.StandardSave(serialization.to_state_dict(state)))
         self._mngr.wait_until_finished()
 
     def restore(self, like: Any, step: int) -> Any:
         """The state saved at ``step``, with the structure of ``like``."""
         target = serialization.to_state_dict(like)
-        restored = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+        restored = self._mngr.restore(step, args=_ocp().args.StandardRestore(target))
         return serialization.from_state_dict(like, restored)
 
     def drop_after(self, step: int) -> None:

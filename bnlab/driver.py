@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ def train_and_evaluate(
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
     data.check_settings(**data_settings(cfg))
     loggers.check(cfg)  # loggers (issue 16)
+    preload()
     workdir = Path(workdir)
     ms = members.members(cfg, workdir)
     if cfg.resume.enabled:  # read-only: a refused command touches nothing
@@ -87,6 +89,25 @@ def train_and_evaluate(
             (workdir / "summary.csv").unlink()  # stale: the sweep moved on
         session.complete(cfg, workdir, records, summaries)
     return summaries
+
+
+def preload() -> None:
+    """Import, in a background thread, what the loop needs only after its first chunk
+    (pandas and pyarrow for the tables, orbax for checkpoints) while this thread loads
+    the data and XLA compiles: start-up (issue 17)."""
+
+    def work() -> None:
+        try:
+            import pandas  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+
+            from bnlab.checkpoint import _ocp
+
+            _ocp()
+        except Exception:  # the loop imports them again, and says what is wrong
+            pass
+
+    threading.Thread(target=work, name="bnlab-preload", daemon=True).start()
 
 
 def ended(summary: dict[str, Any] | None, steps: int) -> bool:

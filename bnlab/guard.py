@@ -21,7 +21,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from omegaconf import OmegaConf
 
 from bnlab.config import TrainConfig, to_yaml_dict
@@ -162,6 +161,8 @@ def table_coverage(run_dir: Path, needs_ics: bool) -> dict[str, int | str]:
             out[name] = "missing"
             continue
         try:
+            import pandas as pd
+
             df = pd.read_parquet(path, columns=COLUMNS[name])
         except Exception as e:
             out[name] = f"unreadable ({type(e).__name__})"

@@ -58,10 +58,12 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCALARS = "scalars.parquet"
 ACTIVATIONS = "activations.parquet"
@@ -104,6 +106,8 @@ class Table:
         self.blocks.append({c: np.broadcast_to(np.asarray(cols[c]), (n,)) for c in self.columns})
 
     def frame(self) -> pd.DataFrame:
+        import pandas as pd  # imported when first needed: start-up (driver.preload)
+
         if not self.blocks:
             return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in self.columns})
         df = pd.DataFrame({c: np.concatenate([b[c] for b in self.blocks]) for c in self.columns})
@@ -170,6 +174,8 @@ class RunRecord:
 
     def truncate(self, step: int) -> None:
         """Keep only rows up to ``step`` (after a resume from a checkpoint at ``step``)."""
+        import pandas as pd
+
         for name, table in self.tables.items():
             path = self.dir / name
             if path.exists():

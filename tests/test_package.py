@@ -124,7 +124,10 @@ def test_info_and_cfg_print_once(flag):
 
 
 def test_importing_orbax_adds_no_root_handler():
-    code = "import logging, bnlab.checkpoint; print(len(logging.getLogger().handlers))"
+    code = (
+        "import logging, bnlab.checkpoint; bnlab.checkpoint._ocp(); "
+        "print(len(logging.getLogger().handlers))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)  # fmt: skip
     assert res.stdout.strip() == "0", res.stderr
