@@ -23,14 +23,14 @@ import jax
 import numpy as np
 
 from bnlab import config, data, devices, members
+from bnlab.build import build_engine
 from bnlab.checkpoint import Checkpoints
 from bnlab.config import TrainConfig
 from bnlab.engine import Engine
 from bnlab.errors import say
-from bnlab.models import make_model
-from bnlab.optim import make_optimizer
+from bnlab.models import check_model
 from bnlab.record import RunRecord, activation_rows, eval_rows, metrics_rows
-from bnlab.step import Learner, TrainState, stack, unstack
+from bnlab.step import TrainState, stack, unstack
 
 DONE = ("finished", "diverged")
 
@@ -97,29 +97,6 @@ def load_data(cfg: TrainConfig) -> data.Dataset:
     return ds
 
 
-def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int,
-                 probes: bool = True) -> Engine:  # fmt: skip
-    """The engine of ``cfg`` on ``ds`` over ``data_dev`` x ``mem_dev`` devices."""
-    mesh = devices.make_mesh(data_dev, mem_dev)
-    sync = data_dev > 1 and cfg.norm.sync and cfg.norm.ghost_batch_size is None
-    split = devices.DATA if data_dev > 1 else None
-    model = make_model(cfg.model, cfg.norm, ds.num_classes, split if sync else None, split)
-    probe_model = make_model(cfg.model, cfg.norm, ds.num_classes) if split else model
-    tx, unit = make_optimizer(cfg.optimizer, cfg.steps)
-    keys = ["train_x", "train_y", "test_x", "test_y", "probe_x"]
-    keys += ["val_x", "val_y"] if len(ds.val_y) else []
-    arrays = {k: getattr(ds, k) for k in keys}
-    learner = Learner(
-        model, probe_model, tx, unit, probe_cfg=cfg.probe, diverge_loss=cfg.diverge_loss,
-        noisy=cfg.norm.noisy, shards=data_dev,
-    )  # fmt: skip
-    return Engine(
-        learner, arrays, grid=(len(cfg.lrs), len(cfg.seeds)), batch_size=cfg.batch_size,
-        chunk_steps=cfg.chunk_steps, every=cfg.probe.every, ics_every=cfg.probe.ics_every,
-        mesh=mesh, probe_device=devices.probe_device(cfg.probe.overlap, mesh), probes=probes,
-    )  # fmt: skip
-
-
 def train_and_evaluate(
     cfg: Any, workdir: str | Path, overrides: list[str] | None = None, *,
     hydra_cfg: Any = None, t0: float | None = None,
@@ -134,6 +111,7 @@ def train_and_evaluate(
     t0 = time.perf_counter() if t0 is None else t0
     cfg = config.typed(cfg)
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
+    check_model(cfg.model, cfg.import_path)
     data.check_settings(**data_settings(cfg))
     workdir = Path(workdir)
     ms = members.members(cfg, workdir)
@@ -145,8 +123,8 @@ def train_and_evaluate(
         return previous  # type: ignore[return-value]
     ds = load_data(cfg)
     config.check_data(cfg, len(ds.train_y), len(ds.probe_x), ds.train_x.ndim)
+    engine = build_engine(cfg, ds, data_dev, mem_dev)  # the model's errors, before any file
     members.write_hydra_files(cfg, workdir, ms, list(overrides or []), hydra_cfg)
-    engine = build_engine(cfg, ds, data_dev, mem_dev)
     if cfg.is_sweep:
         say(f"vectorized sweep: {len(ms)} members ({len(cfg.lrs)} lr x {len(cfg.seeds)} seed)"
             f" in one program on {data_dev * mem_dev} device(s)")  # fmt: skip

@@ -119,7 +119,7 @@ def test_loop_probes_equal_numpy(bn_mode, act):
     acts = jax.tree.map(lambda a: a[0, 0], measured.acts)
     layers = jax.tree.map(lambda a: a[0, 0], measured.layers)
     out = jax.device_get(out)
-    state, model, ds = unstack(jax.device_get(states), 0), tr.learner.model, tr.data
+    state, model, ds = unstack(jax.device_get(states), 0), tr.learner.net.module, tr.data
 
     _, v = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats},
