@@ -115,7 +115,9 @@ def model_class(model: dict) -> type:
 
 
 def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
-    params = dict(inspect.signature(cls).parameters)
+    # NNX's metaclass hides __init__'s signature behind (*args, **kwargs)
+    fn = cls.__init__ if issubclass(cls, nnx.Module) else cls
+    params = dict(inspect.signature(fn).parameters)
     for k in ("parent", "name", "self"):
         params.pop(k, None)
     var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
