@@ -14,11 +14,14 @@ finds their sites by interception (:mod:`bnlab.models.sites`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax.traverse_util import flatten_dict
 
 from bnlab.models.activations import is_monotone, resolve
@@ -28,9 +31,24 @@ SITES = ("prenorm", "pre", "post")
 NORM_POSITIONS = ("before", "after")
 
 
+def flat_init(init: Callable) -> Callable:
+    """``init`` (a variance-scaling initializer with flax's default axes, or a fixed-scale
+    one) drawn as a (fan_in, out) matrix and reshaped: the same values as drawing the
+    kernel's own shape (JAX's partitionable threefry draws by flat position, and the
+    fans are the same), but XLA:CPU compiles a rank-4 draw ~10x slower."""
+
+    def draw(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
+        if len(shape) <= 2:
+            return init(key, shape, dtype)
+        return init(key, (math.prod(shape[:-1]), shape[-1]), dtype).reshape(shape)
+
+    return draw
+
+
 def kernel_init(init_std: float | None) -> Callable:
     """Gaussian N(0, init_std^2) weights, or LeCun normal when ``init_std`` is None."""
-    return nn.initializers.lecun_normal() if init_std is None else nn.initializers.normal(init_std)
+    init = nn.initializers.lecun_normal() if init_std is None else nn.initializers.normal(init_std)
+    return flat_init(init)
 
 
 def _check(activation: str | Callable, norm_position: str) -> None:
@@ -140,7 +158,7 @@ def flatten_sites(sites: dict) -> dict[str, jax.Array]:
 
 def layer_names(params: dict) -> list[str]:
     """The hidden layers' names (``layer1``, ``layer2``, ...) in order."""
-    names = [k for k in params if k.startswith("layer")]
+    names = [k for k in params if k.startswith("layer") and k[len("layer") :].isdigit()]
     return sorted(names, key=lambda k: int(k[len("layer") :]))
 
 

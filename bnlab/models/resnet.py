@@ -19,7 +19,6 @@ No site is sown: bnlab finds them by interception, named by module path
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -27,19 +26,12 @@ import jax
 import jax.numpy as jnp
 
 from bnlab.models.activations import resolve
+from bnlab.models.builtin import flat_init
 from bnlab.norm import NoNorm
 
 SHORTCUTS = ("pad", "projection")
-_he = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-def he_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    """He-normal weights (truncated normal, variance 2 / fan_in), drawn as a flat vector
-    and reshaped: the same distribution, but XLA:CPU compiles JAX's random bits for a
-    rank-4 kernel shape in seconds per shape, a flat one in a fraction of a second."""
-    fan_in = math.prod(shape[:-1])
-    flat = _he(key, (fan_in, shape[-1]), dtype)  # fan_in as the kernel's
-    return flat.reshape(shape)
+# He-normal (truncated normal, variance 2 / fan_in), drawn flat (see flat_init)
+he_normal = flat_init(nn.initializers.variance_scaling(2.0, "fan_in", "normal"))
 
 
 def blocks_per_stage(depth: int) -> int:
