@@ -14,6 +14,8 @@ per-run figures off:
   after another, in one process;
 - ``joblib``: the same on ``hydra/launcher=parallel`` with ``--workers`` processes;
 - ``vectorized``: ``sweep.lr=[...]``: 8 members in one compiled program;
+- ``members``: the same with ``parallel.members=--workers``: the members split over
+  that many devices (on a CPU, cores), each training its share, one program;
 - ``combined``: ``-m hydra/launcher=parallel sweep.lr=[4 lrs],[4 lrs]``: the workers
   each train a vectorized sweep of 8 / workers learning rates.
 
@@ -42,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # configs/experiment/lr_sweep.yaml
-WAYS = ("one", "sequential", "joblib", "vectorized", "combined")
+WAYS = ("one", "sequential", "joblib", "vectorized", "members", "combined")
 
 
 def _lr_list(lrs) -> str:
@@ -65,6 +67,8 @@ def command(way: str, out: Path, steps: int, workers: int, lrs=LRS) -> list[str]
         return [*multi, *parallel, *common, "optimizer.lr=" + ",".join(f"{v:g}" for v in lrs)]
     if way == "vectorized":
         return [*common, f"sweep.lr={_lr_list(lrs)}", *run]
+    if way == "members":  # the members split over `workers` devices (CPU: cores), one program
+        return [*common, f"sweep.lr={_lr_list(lrs)}", f"parallel.members={workers}", *run]
     if way == "combined":
         k = -(-len(lrs) // workers)
         groups = [_lr_list(lrs[i : i + k]) for i in range(0, len(lrs), k)]

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace as NS
 
 import flax.linen as nn
 import jax
@@ -36,51 +35,41 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnlab import data, loop, parallel
+from bnlab import config, devices
+from bnlab.build import build_engine, load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOP_PER_STEP = 26.4e6  # forward + weight grads + input grads (not of the input layer)
 
 
-def fig1_parts(ds):
-    model_cfg = NS(
-        name="mlp", features=[100, 100, 100], channels=[], activation="sigmoid",
-        norm_position="before", init_std=0.1, use_bias=True,
-    )  # fmt: skip
-    norm_cfg = NS(
-        name="bn", use_scale=True, use_bias=True, stats_grad=True,
-        momentum=0.99, epsilon=1e-5, ghost_batch_size=None,
-    )  # fmt: skip
-    opt_cfg = NS(
-        name="sgd", lr=0.5, momentum=0.0, nesterov=False, b1=0.9, b2=0.999,
-        weight_decay=0.0, schedule="constant", warmup_steps=0, decay_factor=0.1, boundaries=[],
-    )  # fmt: skip
-    model = loop.make_model(model_cfg, norm_cfg, ds.num_classes)
-    tx, sched = loop.make_optimizer(opt_cfg, 50_000)
-    return model, tx, sched
+def compose(overrides: list[str]) -> config.TrainConfig:
+    """The typed config ``python -m bnlab.train OVERRIDES`` would run."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    config.register()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return config.typed(hydra_compose("train", overrides=overrides))
 
 
 def bnlab_rate(ds, steps: int, probes: bool, overlap: bool = True, chunk: int = 1000) -> float:
-    """Steady steps/s of the trainer's chunks, read back as ``bnlab.train`` reads them:
-    with ``overlap``, a chunk's activation probes (on the second device) are fetched
-    only after the next chunk is dispatched."""
-    model, tx, sched = fig1_parts(ds)
-    probe_cfg = NS(every=50, percentiles=[15, 50, 85], units=[0], bn_mode="batch")
-    tr = loop.Trainer(
-        model, tx, sched, ds, batch_size=60, chunk_steps=chunk, probe_cfg=probe_cfg,
-        probes=probes, probe_device=parallel.probe_device(overlap, 1),
-    )  # fmt: skip
-    state = loop.init_state(model, tx, tr.data["train_x"][:2], 0)
-    state, out = tr.chunk(state, chunk)  # compile
+    """Steady steps/s of the engine's chunks (the default Fig. 1 config), read back as
+    the driver reads them: with ``overlap``, a chunk's activation probes (on the second
+    device) are fetched only after the next chunk is dispatched."""
+    cfg = compose([f"probe.overlap={str(overlap).lower()}", f"chunk_steps={chunk}"])
+    e = build_engine(cfg, ds, 1, 1, probes=probes)
+    states = e.init([cfg.seed], [cfg.optimizer.lr], ds.train_x[:2])
+    e.compile(states, [chunk])
+    states, out = e.chunk(states, 0, chunk)  # warm up
     jax.block_until_ready(out)
-    pending = None
+    pending, step = None, chunk
     t = time.perf_counter()
     for _ in range(steps // chunk):
-        state, out = tr.chunk(state, chunk)
-        acts = out.pop("acts")
-        jax.device_get(out)
+        states, out = e.chunk(states, step, chunk)
+        step += chunk
+        jax.device_get(out.replace(acts=None))
         jax.device_get(pending)  # the previous chunk's probes, done alongside this chunk
-        pending = acts
+        pending = out.acts
     jax.device_get(pending)
     return (steps // chunk) * chunk / (time.perf_counter() - t)
 
@@ -154,7 +143,7 @@ def first_chunk(cache_dir: str, out_dir: str) -> tuple[float, float]:
     t = time.perf_counter()
     subprocess.run(
         [
-            sys.executable, "-m", "bnlab.train", "steps=1000", "progress=false",
+            sys.executable, "-m", "bnlab.train", "steps=1000", "chunk_steps=1000", "progress=false",
             "figure=false", f"compile_cache={cache_dir}", f"hydra.run.dir={out_dir}",
         ],
         cwd=ROOT, check=True, capture_output=True,
@@ -167,8 +156,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50_000)
     args = ap.parse_args()
-    parallel.request_cpu_devices(2)  # the probe device, as bnlab.train asks for it
-    ds = data.load("fashion_mnist")
+    devices.request_cpu_devices(2)  # the probe device, as bnlab.train asks for it
+    ds = load_data(compose([]))
     ceiling = matmul_rate()
     floor_rate = ceiling / FLOP_PER_STEP
     rates = {

@@ -1,21 +1,42 @@
-"""From a checked config and its dataset to the engine that trains it.
+"""From a checked config to a ready engine: the dataset, the model, the optimizer.
 
-:func:`build_engine` builds the networks (:mod:`bnlab.models`: the model by
-``_target_``, bnlab's BN injected or substituted, the sites found and chosen by
-``probe.sites``), the optimizer (:mod:`bnlab.optim`), the learner (:mod:`bnlab.step`)
-and the engine (:mod:`bnlab.engine`) on the mesh of :mod:`bnlab.devices`.
+:func:`build_engine` is what every run, test and benchmark uses to turn a
+:class:`~bnlab.config.TrainConfig` and a dataset into an :class:`~bnlab.engine.Engine`:
+the networks (:mod:`bnlab.models`: the model by ``_target_``, bnlab's BN injected or
+substituted, the sites found and chosen by ``probe.sites``), the optimizer
+(:mod:`bnlab.optim`), the learner (:mod:`bnlab.step`) and the engine on the mesh of
+:mod:`bnlab.devices`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 
-from bnlab import data, devices
+from bnlab import config, data, devices
 from bnlab.config import TrainConfig
 from bnlab.engine import Engine
+from bnlab.errors import say
 from bnlab.models import build_networks, check_input
 from bnlab.optim import make_optimizer
 from bnlab.step import Learner
+
+
+def data_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.data`` as :func:`bnlab.data.load` takes it (choices as their names)."""
+    return {k: str(v) if isinstance(v, config.Choice) else v for k, v in vars(cfg.data).items()}
+
+
+def load_data(cfg: TrainConfig) -> data.Dataset:
+    """The dataset of ``cfg.data``, announced in one line."""
+    ds = data.load(**data_settings(cfg))
+    val = f" / {len(ds.val_y)} validation" if len(ds.val_y) else ""
+    say(
+        f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test{val}, "
+        f"probe batch {len(ds.probe_x)}; from {ds.source}"
+    )
+    return ds
 
 
 def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int,
@@ -41,7 +62,7 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
     )  # fmt: skip
     return Engine(
         learner, arrays, grid=(len(cfg.lrs), len(cfg.seeds)), batch_size=cfg.batch_size,
-        chunk_steps=cfg.chunk_steps, every=cfg.probe.every, ics_every=cfg.probe.ics_every,
+        every=cfg.probe.every, ics_every=cfg.probe.ics_every, ics_at=str(cfg.probe.ics_at),
         mesh=mesh, probe_device=devices.probe_device(cfg.probe.overlap, mesh), probes=probes,
         host_loop=host_loop,
     )  # fmt: skip

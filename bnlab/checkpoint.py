@@ -9,6 +9,8 @@ from typing import Any
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from bnlab.errors import say
+
 
 class Checkpoints:
     """Keeps the latest two checkpoints of a train state under ``directory``."""
@@ -23,6 +25,10 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
+    def steps(self) -> list[int]:
+        """The steps with a checkpoint, oldest first."""
+        return sorted(self._mngr.all_steps())
+
     def save(self, state: Any, step: int) -> None:
         """Save ``state`` as step ``step`` and wait until it is on disk."""
         if self._mngr.latest_step() == step:
@@ -35,6 +41,24 @@ class Checkpoints:
         target = serialization.to_state_dict(like)
         restored = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
         return serialization.from_state_dict(like, restored)
+
+    def drop_after(self, step: int) -> None:
+        """Delete the checkpoints after ``step`` (a run that continues from ``step``)."""
+        for s in self.steps():
+            if s > step:
+                self._mngr.delete(s)
+
+    def restore_latest(self, like: Any, at_most: int) -> tuple[int, Any] | None:
+        """``(step, state)`` of the newest readable checkpoint at or before ``at_most``;
+        an unreadable one is skipped with a warning. None if there is none."""
+        for step in reversed([s for s in self.steps() if s <= at_most]):
+            try:
+                return step, self.restore(like, step)
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [""])[0][:120]
+                say(f"warning: the checkpoint at step {step} is unreadable "
+                    f"({type(e).__name__}: {first}); trying an older one")  # fmt: skip
+        return None
 
     def close(self) -> None:
         self._mngr.close()

@@ -35,6 +35,7 @@ NormPosition = Choice("NormPosition", {n: n for n in ("before", "after")})
 OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam")})
 Schedule = Choice("Schedule", {n: n for n in ("constant", "cosine", "step")})
 BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
+IcsAt = Choice("IcsAt", {n: n for n in ("before", "after")})
 StepLoop = Choice("StepLoop", {n: n for n in ("auto", "scan", "host")})
 
 
@@ -145,7 +146,9 @@ class ProbeConfig:
     units: list[int] = MISSING
     bn_mode: BnMode = MISSING
     ics_every: int = MISSING
+    ics_at: IcsAt = MISSING
     landscape_steps: list[float] = MISSING
+    landscape_lengths: list[float] = MISSING
     overlap: bool = MISSING
     sites: list[str] = MISSING
     sample: int | None = MISSING
@@ -165,6 +168,12 @@ class SweepConfig:
 
 
 @dataclass
+class ResumeConfig:
+    enabled: bool = MISSING
+    rebuild: bool = MISSING
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = MISSING  # a dict after typed(): {_target_: ..., constructor arguments}
@@ -175,11 +184,11 @@ class TrainConfig:
     seed: int = MISSING
     steps: int = MISSING
     batch_size: int = MISSING
-    chunk_steps: int = MISSING
+    chunk_steps: Any = MISSING  # a positive int, or "auto"
     eval_every: int = MISSING
     diverge_loss: float = MISSING
     checkpoint_every: int = MISSING
-    resume: bool = MISSING
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
     progress: bool = MISSING
     figure: bool = MISSING
     compile_cache: str | None = MISSING
@@ -256,13 +265,17 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
     """Every value and combination that needs no data; returns the device counts
     ``(data, members)`` the run uses. Raises :class:`UserError` (one line).
     ``eval_every`` and ``checkpoint_every`` are rounded up to multiples of
-    ``chunk_steps`` (with a notice)."""
+    ``chunk_steps`` (of ``probe.every`` with ``chunk_steps=auto``), with a notice."""
+    if not (cfg.chunk_steps == "auto" or isinstance(cfg.chunk_steps, int)):
+        raise UserError(f"chunk_steps={cfg.chunk_steps!r} must be a positive integer or auto")
     p, n, o = cfg.probe, cfg.norm, cfg.optimizer
+    auto = cfg.chunk_steps == "auto"
     _positive(
-        steps=cfg.steps, batch_size=cfg.batch_size, chunk_steps=cfg.chunk_steps,
-        eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+        steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
+        checkpoint_every=cfg.checkpoint_every,
         **{"probe.every": p.every, "data.probe_size": cfg.data.probe_size,
            "parallel.members": cfg.parallel.members},
+        **({} if auto else {"chunk_steps": cfg.chunk_steps}),
     )  # fmt: skip
     for key, v in (("seed", cfg.seed), ("sweep.seeds", cfg.sweep.seeds),
                    ("probe.ics_every", p.ics_every), ("parallel.data", cfg.parallel.data)):  # fmt: skip
@@ -270,15 +283,15 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
             raise UserError(f"{key}={v} must be >= 0")
     if cfg.steps % p.every:
         raise UserError(f"steps={cfg.steps} must be a multiple of probe.every={p.every}")
-    if cfg.chunk_steps % p.every:
-        raise UserError(
-            f"chunk_steps={cfg.chunk_steps} must be a multiple of probe.every={p.every}"
-        )
+    unit = p.every if auto else cfg.chunk_steps
+    if unit % p.every:
+        raise UserError(f"chunk_steps={unit} must be a multiple of probe.every={p.every}")
     for key in ("eval_every", "checkpoint_every"):  # the host acts between chunks
         v = getattr(cfg, key)
-        if v % cfg.chunk_steps:
-            up = -(-v // cfg.chunk_steps) * cfg.chunk_steps
-            say(f"{key}={v} rounded up to {up}, a multiple of chunk_steps={cfg.chunk_steps}")
+        if v % unit:
+            up = -(-v // unit) * unit
+            what = "probe.every" if auto else "chunk_steps"
+            say(f"{key}={v} rounded up to {up}, a multiple of {what}={unit}")
             setattr(cfg, key, up)
     if p.ics_every % p.every:
         raise UserError(

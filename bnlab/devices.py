@@ -21,12 +21,12 @@ MEMBERS, DATA = "members", "data"  # the mesh axes
 
 
 def request_cpu_devices(n: int) -> None:
-    """Ask JAX for ``n`` CPU devices, so a probe device can run beside the training one.
+    """Ask JAX for ``n`` CPU devices (a mesh on a CPU, or a probe device beside training).
 
     Only before JAX's backends start, and only when the user has not set the count
     (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``).
     """
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if n <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
     try:
         if jax.config.jax_num_cpu_devices < 0:

@@ -26,6 +26,8 @@ while loop several times slower (``benchmarks/RESULTS.md``). Same numbers either
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jax import lax
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from bnlab.batches import _take, batch_indices, epoch_permutation
@@ -45,7 +47,7 @@ Array = jax.Array
 __all__ = ["Engine", "Metrics", "batch_indices", "epoch_permutation", "grid_map"]  # + batches
 
 
-# --------------------------------------------------------------------------- state
+# --------------------------------------------------------------------------- measurements
 
 
 @struct.dataclass
@@ -127,9 +129,9 @@ class Engine:
     """
 
     def __init__(self, learner: Learner, arrays: dict[str, np.ndarray], *,
-                 grid: tuple[int, int], batch_size: int, chunk_steps: int, every: int,
-                 ics_every: int, mesh=None, probe_device=None, probes: bool = True,
-                 host_loop: bool = False):  # fmt: skip
+                 grid: tuple[int, int], batch_size: int, every: int,
+                 ics_every: int, ics_at: str = "before", mesh=None, probe_device=None,
+                 probes: bool = True, host_loop: bool = False):  # fmt: skip
         self.learner, self.grid, self.mesh = learner, grid, mesh
         self.host_loop = host_loop
         L, S = grid
@@ -139,6 +141,7 @@ class Engine:
         self.batch_size, self.local_batch = batch_size, batch_size // self.shards
         self.every, self.probes = every, probes
         self.ics_every = ics_every if probes else 0
+        self.ics_before = ics_at == "before"
         self.probe_device = probe_device if probes else None
         self.splits = [s for s in ("test", "val") if f"{s}_y" in arrays]  # evaluated
         self.n_train = len(arrays["train_y"])
@@ -169,8 +172,9 @@ class Engine:
             self._perms_jit = jax.jit(self._spmd(self._perms, (ps, P())), static_argnames="steps")
             self._step_jit = jax.jit(self._spmd(self._one, (pm, pm, pm, pm), (pm, P(), ps, P(), P())),
                                      donate_argnums=0)  # fmt: skip
-            self._probe_jit = jax.jit(self._spmd(self._host_probe, res_specs,
+            self._probe_jit = jax.jit(self._spmd(self._probe, res_specs,
                                                  (pm, P(), pm, ps, P(), P())))  # fmt: skip
+        self._compiled: dict[tuple, Any] = {}  # (program, length or split) -> compiled
 
     # -- placement and sharding ----------------------------------------------------
     def _place(self, tree: Any, spec: P) -> Any:
@@ -235,10 +239,14 @@ class Engine:
         spe, n = self.steps_per_epoch, self.n_train
         epoch0 = t0 // spe
         seed_keys = states.key.reshape((L, S) + states.key.shape[1:])[0]
-        count = steps // spe + 2
+        count = self._count(steps)
         perms = jax.vmap(lambda k: jax.vmap(lambda e: epoch_permutation(k, e, n))(
             epoch0 + jnp.arange(count)))(seed_keys)  # fmt: skip
         return perms, epoch0
+
+    def _count(self, steps: int) -> int:
+        """How many epochs ``steps`` consecutive steps (and the batch after them) can touch."""
+        return steps // self.steps_per_epoch + 2
 
     def _batch(self, t: Array, perms: Array, epoch0: Array, data: dict):
         """This device's share of batch ``t``, per seed."""
@@ -259,9 +267,12 @@ class Engine:
         st, (loss, acc, grads) = step_all(st, x, y)
         return st, loss, acc, grads
 
-    def _probe(self, st: TrainState, t: Array, grads: Any, x: Array, y: Array, data: dict):
-        """The measurements after step ``t`` (the state ``st``, that step's gradients and
-        batch): everything of a :class:`Metrics` row but the losses."""
+    def _probe(self, st: TrainState, t: Array, grads: Any, perms: Array, epoch0: Array,
+               data: dict):  # fmt: skip
+        """The measurements after ``t`` steps (the state ``st``, the last step's
+        gradients): everything of a :class:`Metrics` row but the losses. Gradient-ICS is
+        measured on the batch step ``t + 1`` is about to use (``ics_at=before``) or on
+        step ``t``'s own (``after``)."""
         res = dict(step=t, lr=self._members(self.learner.lr_at, ("member", None))(st, t))
         res["layers"] = self._members(self.learner.layer_stats, ("member", "member"))(st, grads)
         if self.probe_device is not None:  # activations later, on the probe device
@@ -269,6 +280,7 @@ class Engine:
         elif self.probes:
             res["acts"] = self._each(self.learner.activations, st, data["probe_x"])
         if self.ics_every:
+            x, y = self._batch(t if self.ics_before else t - 1, perms, epoch0, data)
             due = t % self.ics_every == 0
             ics = self._members(self.learner.ics, ("member", "seed", "seed"))
             shapes = jax.eval_shape(ics, st, x, y)
@@ -306,7 +318,7 @@ class Engine:
             carry, (loss, acc) = lax.scan(quiet, carry, None, length=self.every - 1)
             st, t = carry
             st, loss1, acc1, grads = self._one(st, t, perms, epoch0, data)
-            res = self._probe(st, t + 1, grads, *self._batch(t, perms, epoch0, data), data)
+            res = self._probe(st, t + 1, grads, perms, epoch0, data)
             res.update(loss=jnp.concatenate([loss, loss1[None]]),
                        acc=jnp.concatenate([acc, acc1[None]]))  # fmt: skip
             return (st, t + 1), res
@@ -316,30 +328,31 @@ class Engine:
         return states, metrics, snaps
 
     # -- the same steps dispatched from the host (host_loop) ----------------------------
-    def _host_probe(self, states: TrainState, t: Array, grads: Any, perms: Array,
-                    epoch0: Array, data: dict):  # fmt: skip
-        """The probe after step ``t - 1`` (its gradients ``grads``, its batch)."""
-        return self._probe(states, t, grads, *self._batch(t - 1, perms, epoch0, data), data)
-
     def _host_chunk(self, states: TrainState, t0: int, length: int):
-        """``_chunk`` as a loop on the host: one program per step (see the module doc)."""
-        perms, epoch0 = self._perms_jit(states, jnp.asarray(t0, jnp.int32), steps=length)
+        """``_chunk`` as a loop on the host: one program per step (see the module doc).
+        The permutations come two epochs at a time (the step's and the next, which the
+        probe's batch may reach), so every program is one whatever the chunk's length."""
+        run = lambda name: self._compiled[name,]  # noqa: E731
+        spe = self.steps_per_epoch
         rows, acts = [], []
-        t = t0
+        t, epoch = t0, None
         for _ in range(length // self.every):
             losses, accs = [], []
             for _ in range(self.every):
-                states, loss, acc, grads = self._step_jit(states, np.int32(t), perms, epoch0,
-                                                          self.data)  # fmt: skip
+                if t // spe != epoch:
+                    epoch = t // spe
+                    perms, epoch0 = run("perms")(states, np.int32(t))
+                states, loss, acc, grads = run("step")(states, np.int32(t), perms, epoch0,
+                                                       self.data)  # fmt: skip
                 losses.append(loss), accs.append(acc)
                 t += 1
-            res = self._probe_jit(states, np.int32(t), grads, perms, epoch0, self.data)
+            res = run("probe")(states, np.int32(t), grads, perms, epoch0, self.data)
             res.update(loss=jnp.stack(losses), acc=jnp.stack(accs))
             snaps = res.pop("snaps", None)
             if snaps is not None:  # this interval's probe, beside the next interval
                 snap = jax.tree.map(lambda a: a[:, None], snaps)
-                acts.append(self._snap_acts_jit(jax.device_put(snap, self.probe_device),
-                                                self.remote["probe_x"]))  # fmt: skip
+                acts.append(run("snaps")(jax.device_put(snap, self.probe_device),
+                                         self.remote["probe_x"]))  # fmt: skip
             rows.append(res)
         out = jax.tree.map(lambda *r: jnp.stack(r), *rows)
         metrics, _ = self._metrics(out)
@@ -348,24 +361,87 @@ class Engine:
             metrics = metrics.replace(acts=on_probe)
         return states, metrics
 
+    # -- compilation ----------------------------------------------------------------
+    def compile(self, states: TrainState, lengths: list[int]) -> float:
+        """Compile, ahead of time and concurrently, every program not compiled yet: the
+        chunk of each length (with its probe program on the probe device), the probe
+        and the evaluations. Returns the seconds it took."""
+        start = time.perf_counter()
+        jobs: list[tuple[tuple, Any]] = []
+        t0 = jnp.zeros((), jnp.int32)
+        pd = self.probe_device
+        on_pd = lambda tree: jax.tree.map(  # noqa: E731
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=SingleDeviceSharding(pd)),
+            tree,
+        )
+        for n in lengths:
+            if self.compiled(n):
+                continue
+            if self.host_loop:
+                self._lower_host(states, jobs, on_pd)
+                break
+            low = self._chunk_jit.lower(states, t0, self.data, length=n)
+            jobs.append((("chunk", n), low))
+            if pd is not None:
+                snaps = on_pd(low.out_info[2])
+                jobs.append(
+                    (("snaps", n), self._snap_acts_jit.lower(snaps, self.remote["probe_x"]))
+                )
+        if ("measure",) not in self._compiled:
+            jobs.append((("measure",), self._measure_jit.lower(states, self.data["probe_x"])))
+            for s in self.splits:
+                x, y = self.data[f"{s}_x"], self.data[f"{s}_y"]
+                jobs.append((("eval", s), self._eval_jit.lower(states, x, y)))
+                if pd is not None:
+                    x, y = self.remote[f"{s}_x"], self.remote[f"{s}_y"]
+                    low = self._eval_beside_jit.lower(on_pd(states), x, y)
+                    jobs.append((("eval_beside", s), low))
+        if jobs:  # XLA compiles outside the GIL: the programs compile side by side
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                done = list(pool.map(lambda job: job[1].compile(), jobs))
+            self._compiled.update({key: exe for (key, _), exe in zip(jobs, done, strict=True)})
+        return time.perf_counter() - start
+
+    def compiled(self, length: int) -> bool:
+        if self.host_loop:  # one set of programs for every length
+            return ("step",) in self._compiled
+        return ("chunk", length) in self._compiled
+
+    def _lower_host(self, states: TrainState, jobs: list, on_pd) -> None:
+        """The host loop's programs: two epochs' permutations, one step, one probe (and
+        the probe device's activations of one snapshot)."""
+        t0 = jnp.zeros((), jnp.int32)
+        low = self._perms_jit.lower(states, t0, steps=0)
+        perms, epoch0 = low.out_info
+        step = self._step_jit.lower(states, t0, perms, epoch0, self.data)
+        probe = self._probe_jit.lower(states, t0, step.out_info[3], perms, epoch0, self.data)
+        jobs += [(("perms",), low), (("step",), step), (("probe",), probe)]
+        snaps = probe.out_info.get("snaps")
+        if snaps is not None:
+            one = on_pd(jax.tree.map(lambda a: jax.ShapeDtypeStruct((a.shape[0], 1, *a.shape[1:]),
+                                                                     a.dtype), snaps))  # fmt: skip
+            jobs.append((("snaps",), self._snap_acts_jit.lower(one, self.remote["probe_x"])))
+
     # -- public calls (futures) -------------------------------------------------------
     def chunk(self, states: TrainState, t0: int, length: int) -> tuple[TrainState, Metrics]:
         """``length`` steps of every member from global step ``t0`` (donates
         ``states``). With a probe device, ``acts`` is computed there once the chunk is
         done: dispatch the next chunk before reading it, and the two overlap."""
+        self.compile(states, [length])
         if self.host_loop:
             return self._host_chunk(states, t0, length)
         t = jnp.asarray(t0, jnp.int32)
-        states, metrics, snaps = self._chunk_jit(states, t, self.data, length=length)
+        states, metrics, snaps = self._compiled["chunk", length](states, t, self.data)
         if snaps is not None:
-            acts = self._snap_acts_jit(jax.device_put(snaps, self.probe_device),
-                                       self.remote["probe_x"])  # fmt: skip
+            snaps = jax.device_put(snaps, self.probe_device)
+            acts = self._compiled["snaps", length](snaps, self.remote["probe_x"])
             metrics = metrics.replace(acts=acts)
         return states, metrics
 
     def measure(self, states: TrainState) -> Metrics:
         """The probe of ``states`` (gradient norms read as zero: no step was taken)."""
-        acts, layers = self._measure_jit(states, self.data["probe_x"])
+        self.compile(states, [])
+        acts, layers = self._compiled["measure",](states, self.data["probe_x"])
         step = jnp.zeros((1,), jnp.int32)
         add = lambda tree: jax.tree.map(lambda a: a[:, None], tree)  # noqa: E731
         return Metrics(step=step, loss=None, acc=None, lr=None, layers=add(layers), acts=add(acts))
@@ -375,12 +451,16 @@ class Engine:
         split where there is one, BN in eval mode. ``beside``: on the probe device where
         there is one (on a copy of ``states``, made now, before the caller donates them
         to the next chunk)."""
+        self.compile(states, [])
         if beside and self.probe_device is not None:
             copy = jax.block_until_ready(jax.device_put(states, self.probe_device))
-            fn, arrays = self._eval_beside_jit, self.remote
+            kind, arrays = "eval_beside", self.remote
         else:
-            copy, fn, arrays = states, self._eval_jit, self.data
-        return {s: fn(copy, arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in self.splits}
+            copy, kind, arrays = states, "eval", self.data
+        return {
+            s: self._compiled[kind, s](copy, arrays[f"{s}_x"], arrays[f"{s}_y"])
+            for s in self.splits
+        }
 
     def init(self, seeds: list[int], lrs: list[float], x0: np.ndarray) -> TrainState:
         """Member states: member i from seed ``seeds[i]`` with peak lr ``lrs[i]``, each

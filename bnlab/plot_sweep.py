@@ -30,6 +30,7 @@ def sweep_summary(
     metric: str = "final_test_accuracy",
     target: float | None = None,
     errorbar: Any = ERRORBAR,
+    select: str = "final_val_accuracy",
     title: str | None = None,
 ) -> Figure:
     """Final test accuracy versus ``x`` (the learning rate), one line per ``hue`` (norm variant).
@@ -42,7 +43,9 @@ def sweep_summary(
     finite value. With ``target`` (and ``scalars``) a second panel shows the first
     step at which test accuracy reached ``target`` (mean and bars over the runs that
     reached it); runs that never did are marked (^) along the top. Axes: 1, or 2 with
-    ``target``; lines: one per ``hue`` value in each.
+    ``target``; lines: one per ``hue`` value in each. Where the runs have ``select``
+    (a validation split: ``data.validation``), a star marks each variant's best ``x``
+    by its mean there: the choice is made on validation, the test split only reports.
     """
     require(runs, "runs")
     if x not in runs.columns:
@@ -69,6 +72,7 @@ def sweep_summary(
     xs = np.sort(runs["_x"].unique())
     logx = xs.min() > 0 and xs.max() / xs.min() >= 10
     seeds: dict[str, list[int]] = {h: [] for h in hues}  # runs behind each point
+    best = False
     for ax, (col, tgt) in zip(axes[0], panels, strict=True):
         for k, h in enumerate(hues):
             # dodge the variants sideways by a few points so equal values stay visible
@@ -90,6 +94,17 @@ def sweep_summary(
                 several = agg[agg["n"] > 1]
                 bars = ax.vlines(several["_x"], several["lo"], several["hi"], color=cmap[h], lw=1.5)
                 bars.set_transform(data_t)
+            if col != "_reach" and select in g.columns and len(agg):
+                # the best x by the mean validation accuracy (test is only reported)
+                by = aggregate(ok, select, "_x", errorbar=None).dropna(subset=["mean"])
+                if len(by):
+                    bx = by.loc[by["mean"].idxmax(), "_x"]
+                    at = agg[agg["_x"] == bx]
+                    if len(at):
+                        st = ax.scatter(at["_x"], at["mean"], marker="*", s=220, color=cmap[h],
+                                        edgecolor="black", linewidth=0.6, zorder=4)  # fmt: skip
+                        st.set_offset_transform(data_t)
+                        best = True
             if col != "_reach":
                 seeds[h] += list(agg["n"])
                 d = g[g["_div"]]
@@ -125,6 +140,10 @@ def sweep_summary(
     if errorbar is not None and any(n > 1 for ns in seeds.values() for n in ns):
         handles.append(Line2D([], [], ls="", marker="|", color="grey", ms=12, mew=1.5))
         labels.append(f"bars over seeds: {describe(errorbar)}")
+    if best:
+        handles.append(Line2D([], [], ls="", marker="*", color="grey", markeredgecolor="black",
+                              ms=12))  # fmt: skip
+        labels.append("best by validation accuracy")
     if runs["_div"].any():
         handles.append(
             Line2D([], [], ls="", marker="X", color="grey", markeredgecolor="black", ms=8)

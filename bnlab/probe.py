@@ -326,9 +326,11 @@ def gradient_ics(
     ``params``; ``G'`` the same gradient on the same batch after layers ``1..i-1``
     (``layers[:i]``) have taken ``update`` (``params + update`` for them; the optimizer's
     lr-scaled update of this step), layer i and later unchanged. Returns
-    ``{layer: {'grad_diff_l2': ||G - G'||_2, 'grad_cos': cos(G, G')}}``; both are exactly
+    ``{layer: {'grad_diff_l2': ||G - G'||_2, 'grad_diff_rel', 'grad_cos': cos(G, G')}}``; both are exactly
     0 and 1 for the first layer. All gradients come from one ``lax.map`` over the L
     shifted parameter sets (row 0: none moved), so G and G' are computed alike.
+    ``grad_diff_rel`` is ``||G - G'||_2 / ||G||_2``: the raw norm grows with the step
+    size and the gradient's size, the ratio does not.
     """
     layers = list(layers)
     n = len(layers)
@@ -356,13 +358,15 @@ def gradient_ics(
         diff = jnp.sqrt(jnp.sum(jnp.square(g - g2)))
         denom = jnp.sqrt(jnp.sum(jnp.square(g))) * jnp.sqrt(jnp.sum(jnp.square(g2)))
         cos = jnp.sum(g * g2) / jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)
-        out[name] = {"grad_diff_l2": diff, "grad_cos": cos}
+        rel = diff / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(g))), jnp.finfo(jnp.float32).tiny)
+        out[name] = {"grad_diff_l2": diff, "grad_diff_rel": rel, "grad_cos": cos}
     return out
 
 
 def landscape(
-    loss_fn, params: Mapping, batch, lr: Array | float, multiples: Sequence[float]
-) -> dict[str, Array]:
+    loss_fn, params: Mapping, batch, lr: Array | float, multiples: Sequence[float],
+    lengths: Sequence[float] = (),
+) -> dict[str, Array]:  # fmt: skip
     """The loss landscape along the gradient (Santurkar et al. 2018, Fig. 4).
 
     With ``g`` the gradient at ``params`` and ``d = -lr * g`` the lr-scaled gradient
@@ -373,23 +377,37 @@ def landscape(
     "effective" beta-smoothness), and ``grad_l2`` (``||g||_2``: the path's length is
     ``max(c) * lr * ||g||``, so nets with larger gradients travel further). Gradients
     are of every parameter.
+
+    ``lengths``: the same three measures (suffix ``_len``) at points a fixed distance
+    ``l`` along the descent direction, ``params - l * g / ||g||``, the same for every
+    network whatever its learning rate and gradient size.
     """
-    cs = jnp.asarray([0.0, *[float(c) for c in multiples]], jnp.float32)
-    vg = jax.value_and_grad(loss_fn)
     g0 = jax.grad(loss_fn)(params, batch)
     step = jax.tree.map(lambda g: -lr * g, g0)
+    out = _along(loss_fn, params, batch, g0, step, [float(c) for c in multiples], "")
+    if lengths:
+        unit = jax.tree.map(lambda g: -g / jnp.maximum(_norm(g0), 1e-30), g0)
+        out |= _along(loss_fn, params, batch, g0, unit, [float(v) for v in lengths], "_len")
+    out["grad_l2"] = _norm(g0)
+    return out
+
+
+def _along(loss_fn, params, batch, g0, direction, cs: list[float], suffix: str) -> dict:
+    """Loss range, gradient predictiveness and beta-smoothness at ``params + c *
+    direction`` for each ``c`` (and ``params``)."""
+    cs_ = jnp.asarray([0.0, *cs], jnp.float32)
+    vg = jax.value_and_grad(loss_fn)
 
     def at(c: Array):
-        p = jax.tree.map(lambda a, s: a + c.astype(a.dtype) * s, params, step)
+        p = jax.tree.map(lambda a, s: a + c.astype(a.dtype) * s, params, direction)
         loss, g = vg(p, batch)
         return loss.astype(jnp.float32), _norm(jax.tree.map(jnp.subtract, g, g0))
 
-    losses, dg = lax.map(at, cs)
-    dist = jnp.abs(cs[1:]) * _norm(step)
+    losses, dg = lax.map(at, cs_)
+    dist = jnp.abs(cs_[1:]) * _norm(direction)
     ratio = dg[1:] / jnp.maximum(dist, jnp.finfo(jnp.float32).tiny)
     return {
-        "loss_range": jnp.max(losses) - jnp.min(losses),
-        "grad_predictiveness": jnp.max(dg[1:]),
-        "beta_smoothness": jnp.max(ratio),
-        "grad_l2": _norm(g0),
+        f"loss_range{suffix}": jnp.max(losses) - jnp.min(losses),
+        f"grad_predictiveness{suffix}": jnp.max(dg[1:]),
+        f"beta_smoothness{suffix}": jnp.max(ratio),
     }

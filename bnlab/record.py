@@ -26,27 +26,33 @@ A run directory (Hydra's output dir) holds:
 - ``ics.parquet``, one row per step x layer x statistic, columns ``step``, ``layer``,
   ``stat``, ``value``: the gradient-ICS and landscape probes of Santurkar et al. 2018
   (:func:`bnlab.probe.gradient_ics`, :func:`bnlab.probe.landscape`), every
-  ``probe.ics_every`` steps (empty when it is 0), measured on the last training batch
-  before ``step`` at the parameters after ``step`` steps. Per layer (``layer1``...,
-  ``head``): ``grad_diff_l2`` (``||G - G'||_2``) and ``grad_cos`` (``cos(G, G')``), G
-  the loss gradient w.r.t. the layer's weight matrix and G' the same after the
-  earlier layers take the step's update. For ``layer`` = ``all``: ``loss_range``,
-  ``grad_predictiveness`` and ``beta_smoothness`` along the gradient at
-  ``probe.landscape_steps`` multiples of the lr-scaled gradient step, and ``grad_l2``
-  (the norm of the whole gradient there). May hold
-  non-finite values (a loss that overflows along the path is a result).
+  ``probe.ics_every`` steps (empty when it is 0), measured at the parameters after
+  ``step`` steps, on the batch step ``step + 1`` is about to use (``probe.ics_at=before``,
+  the paper's convention) or on step ``step``'s own batch (``after``). Per layer
+  (``layer1``..., ``head``): ``grad_diff_l2`` (``||G - G'||_2``), ``grad_diff_rel``
+  (``||G - G'||_2 / ||G||_2``) and ``grad_cos`` (``cos(G, G')``), G the loss gradient
+  w.r.t. the layer's weight matrix and G' the same after the earlier layers take the
+  step's update. For ``layer`` = ``all``: ``loss_range``, ``grad_predictiveness`` and
+  ``beta_smoothness`` along the gradient at ``probe.landscape_steps`` multiples of the
+  lr-scaled gradient step, the same with suffix ``_len`` at ``probe.landscape_lengths``
+  distances along the descent direction (equal step length for every network), and
+  ``grad_l2`` (the norm of the whole gradient there). May hold non-finite values (a
+  loss that overflows along the path is a result).
 - ``summary.json``: ``status`` (``running``, ``finished``, ``diverged``,
-  ``interrupted``), ``step`` (steps done), ``steps`` (steps asked for),
+  ``interrupted``), ``step`` (steps done and recorded), ``steps`` (steps asked for),
   ``diverged_at`` (first step whose training loss was non-finite or above
-  ``diverge_loss``, or null),
-  ``final`` (last value of every scalar), ``steps_per_sec``, ``wall_time_s``,
-  ``devices``, ``data_source``.
+  ``diverge_loss``, or null) and ``diverge_reason`` (``nonfinite`` or
+  ``loss_above_limit``), ``final`` (last finite value of every scalar),
+  ``steps_per_sec`` (steps over the loop's wall time, compilation left out),
+  ``wall_time_s``, ``first_chunk_s`` (process start to the end of the first chunk),
+  ``compile_s``, ``chunk_steps`` (the chunk length used), ``devices``, ``platform``,
+  ``probe_device``, ``data_source``, and ``figures`` (true once drawn).
 - ``checkpoints/``: Orbax checkpoints of the train state (for resume).
 - ``figures/``: PNG figures made at the end of the run.
 
-Tables are rewritten whole and atomically (temp file, then rename) at each
-checkpoint and at the end, so a killed run leaves a consistent record up to its
-last checkpoint.
+Tables are rewritten whole and atomically (temp file, then rename), rows in step
+order, at each checkpoint and at the end; a checkpoint is written only after the rows
+up to its step, so a killed run leaves a consistent record up to its last checkpoint.
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ class Table:
         if not self.blocks:
             return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in self.columns})
         df = pd.DataFrame({c: np.concatenate([b[c] for b in self.blocks]) for c in self.columns})
+        # rows in step order (stable: within a step, as added), whatever the chunk sizes
+        df = df.sort_values("step", kind="stable", ignore_index=True)
         return df.astype({c: _dtype(c) for c in self.columns})
 
     def load(self, df: pd.DataFrame) -> None:

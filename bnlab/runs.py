@@ -238,6 +238,7 @@ def load_sweep(
             step=s.get("step"),
             steps=s.get("steps"),
             diverged_at=s.get("diverged_at"),
+            diverge_reason=s.get("diverge_reason"),
         )
         for name, val in (s.get("final") or {}).items():
             row[f"final_{name}"] = val

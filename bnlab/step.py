@@ -72,6 +72,7 @@ class Learner:
         self.units = tuple(int(u) for u in probe_cfg.units)
         self.probe_eval = probe_cfg.bn_mode == "eval"
         self.landscape_steps = tuple(float(c) for c in probe_cfg.landscape_steps)
+        self.landscape_lengths = tuple(float(v) for v in probe_cfg.landscape_lengths)
         self.diverge_loss, self.noisy, self.eval_batch = diverge_loss, noisy, eval_batch
         self.shards = shards
 
@@ -136,7 +137,7 @@ class Learner:
         out = probe.gradient_ics(loss_fn, st.params, (x, y), updates,
                                  self.net.ics_layers(st.params))  # fmt: skip
         out["all"] = probe.landscape(loss_fn, st.params, (x, y), self.lr_at(st, st.step),
-                                     self.landscape_steps)  # fmt: skip
+                                     self.landscape_steps, self.landscape_lengths)  # fmt: skip
         return out
 
     def evaluate_one(self, st: TrainState, x: Array, y: Array) -> tuple[Array, Array]:

@@ -1,8 +1,10 @@
 """``python -m bnlab.train``: the Hydra entry point.
 
-Hydra composes ``configs/train.yaml`` with the command line; :func:`bnlab.driver.train_and_evaluate`
-trains and writes the run record into Hydra's output directory. Mistakes in the
-command line or the config end in one ``bnlab: error: ...`` line and exit 2.
+Hydra composes ``configs/train.yaml`` with the command line, and
+:func:`bnlab.driver.train_and_evaluate` trains and writes the record into Hydra's
+output directory. ``resume=DIR`` continues a run or sweep directory with the settings
+it was made with. Mistakes in the command line or the config are one
+``bnlab: error: ...`` line, exit 2.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from bnlab import config  # noqa: E402
@@ -24,42 +27,45 @@ from bnlab.errors import UserError, say  # noqa: E402
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
-    """One job: train, report, and return what Hydra's sweepers rank (the final test
-    accuracy; 0.0 when every member diverged)."""
-    from bnlab import driver
+    """One job: train, report, and return what Hydra's sweepers rank."""
+    from bnlab import driver, session
 
     hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        driver.setup_process(cfg)
+        session.setup_process(cfg)
         summaries = driver.train_and_evaluate(
             cfg, hc.runtime.output_dir, list(hc.overrides.task), hydra_cfg=hc, t0=_T0
         )
     except UserError as e:
         say(f"error: {e}")
+        session.remove_if_untouched(hc.runtime.output_dir)
         sys.exit(2)
-    return driver.report(summaries, hc.runtime.output_dir)
+    return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
 
 
-def main() -> None:
-    """The console entry: Hydra's own errors (a misspelled key, a bad choice) as one line."""
+def main(argv: list[str] | None = None) -> None:
+    """The console entry: ``resume=DIR`` expanded; Hydra's own errors (a misspelled key,
+    a bad choice) as one line."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from bnlab.resume import expand
+    from bnlab.session import one_line
+
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us, not Hydra's printer
     try:
+        sys.argv[1:] = expand(sys.argv[1:] if argv is None else argv)
         app()
-    except (HydraException, OmegaConfBaseException) as e:
-        say(f"error: {_one_line(e)}")
+    except UserError as e:
+        say(f"error: {e}")
         sys.exit(2)
-
-
-def _one_line(e: BaseException) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    first = first.removeprefix("Error merging override ")
-    cause = e.__cause__
-    if cause is not None and str(cause).strip():
-        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
-    return first
+    except (HydraException, OmegaConfBaseException) as e:
+        say(f"error: {one_line(e)}")
+        sys.exit(2)
+    except OSError as e:  # e.g. Hydra making an output directory where it cannot
+        say(f"error: {e.strerror or type(e).__name__}: {e.filename or ''}")
+        sys.exit(2)
 
 
 config.register()

@@ -44,8 +44,12 @@ def test_gradient_ics_zero_for_one_layer_model_and_first_layer():
         if features:  # later layers do see the shift
             assert out["head"]["grad_diff_l2"] > 0 and out["layer2"]["grad_diff_l2"] > 0
         assert set(out["all"]) == {
-            "loss_range", "grad_predictiveness", "beta_smoothness", "grad_l2"
+            "loss_range", "grad_predictiveness", "beta_smoothness", "grad_l2",
+            "loss_range_len", "grad_predictiveness_len", "beta_smoothness_len",
         }  # fmt: skip
+        for layer, d in out.items():  # the relative change is the raw one over ||G||
+            if layer != "all" and d["grad_diff_l2"] > 0:
+                assert 0 < d["grad_diff_rel"] < d["grad_diff_l2"] * 1e6
 
 
 def test_gradient_ics_two_layer_linear_closed_form():
@@ -113,6 +117,39 @@ def test_landscape_equals_python_loop():
     np.testing.assert_allclose(got["beta_smoothness"], max(ratios), rtol=1e-4)
     np.testing.assert_allclose(got["grad_l2"], np.linalg.norm(flat(g0)), rtol=1e-5)
     assert got["loss_range"] > 0
+    # at equal step length: points l along -g/|g|, whatever the lr and |g|
+    got = jax.device_get(probe.landscape(loss_fn, st.params, (x, y), lr, [1.0], [0.1, 0.3]))
+    norm = np.linalg.norm(flat(g0))
+    losses, dgs, ratios = [float(loss_fn(st.params, (x, y)))], [], []
+    for length in (0.1, 0.3):
+        p = jax.tree.map(lambda a, g, v=length: a - v * g / norm, st.params, g0)
+        loss, g = jax.value_and_grad(loss_fn)(p, (x, y))
+        losses.append(float(loss))
+        dgs.append(np.linalg.norm(flat(g) - flat(g0)))
+        ratios.append(dgs[-1] / length)
+    np.testing.assert_allclose(got["loss_range_len"], max(losses) - min(losses), rtol=1e-4)
+    np.testing.assert_allclose(got["grad_predictiveness_len"], max(dgs), rtol=1e-4)
+    np.testing.assert_allclose(got["beta_smoothness_len"], max(ratios), rtol=1e-3)
+
+
+@pytest.mark.parametrize("at", ["before", "after"])
+def test_ics_is_measured_on_the_batch_the_paper_says(at):
+    """``before``: at W(t) on the batch step t + 1 is about to use (Santurkar et al.);
+    ``after``: on step t's own batch. Checked against the member's ICS at the state
+    after 20 steps on that batch, drawn by the one batch rule."""
+    from bnlab.engine import batch_indices
+
+    tr, st = trainer((8,), ics_every=20, chunk=20, every=10)
+    tr_at, st_at = trainer((8,), ics_every=20, chunk=20, every=10)
+    tr_at.ics_before = at == "before"
+    tr_at._compiled.clear()
+    st, _ = tr.chunk(st, 0, 20)  # the state after 20 steps (ICS off in what we compare)
+    _, out = tr_at.chunk(st_at, 0, 20)
+    got = jax.device_get(out.ics)["head"]["grad_diff_l2"][0, -1]
+    m = member(st)
+    idx = batch_indices(m.key, 20 if at == "before" else 19, len(tr.data["train_y"]), 30)
+    want = tr.learner.ics(m, tr.data["train_x"][idx], tr.data["train_y"][idx])
+    np.testing.assert_allclose(got, want["head"]["grad_diff_l2"], rtol=1e-5)
 
 
 def test_ics_in_the_compiled_chunk_only_when_due():

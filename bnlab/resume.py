@@ -1,0 +1,45 @@
+"""``python -m bnlab.train resume=DIR``: the command line that continues DIR as it was.
+
+A run directory keeps the command line's overrides it was made with
+(``.hydra/overrides.yaml``, a vectorized sweep's in ``.hydra-sweep/``; a Hydra
+multirun's in ``multirun.yaml``). :func:`expand` turns ``resume=DIR`` into those
+overrides plus the directory, so nothing has to be retyped; arguments given beside it
+come after (they may change only what does not change results, see
+:data:`bnlab.guard.FREE`). ``resume=true|false`` is short for ``resume.enabled=...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bnlab.errors import UserError
+
+
+def expand(argv: list[str]) -> list[str]:
+    """The command line with ``resume=...`` expanded (unchanged without it)."""
+    hits = [a for a in argv if a.startswith("resume=")]
+    if not hits:
+        return argv
+    value = hits[-1].split("=", 1)[1]
+    rest = [a for a in argv if not a.startswith("resume=")]
+    if value.lower() in ("true", "false"):
+        return [*rest, f"resume.enabled={value.lower()}"]
+    d = Path(value).expanduser()
+    if (d / "multirun.yaml").is_file():
+        task = list(OmegaConf.load(d / "multirun.yaml").hydra.overrides.task)
+        return [
+            "-m",
+            *task,
+            f"hydra.sweep.dir={d}",
+            *[a for a in rest if a not in ("-m", "--multirun")],
+        ]
+    for sub in (".hydra-sweep", ".hydra"):
+        if (d / sub / "overrides.yaml").is_file():
+            saved = [str(o) for o in OmegaConf.load(d / sub / "overrides.yaml")]
+            return [*saved, f"hydra.run.dir={d}", *rest]
+    raise UserError(
+        f"resume={value}: no bnlab record there (.hydra/overrides.yaml, or multirun.yaml "
+        "for a multirun); give the directory a run or sweep wrote"
+    )

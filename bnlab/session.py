@@ -1,0 +1,113 @@
+"""Around a run: the process settings it needs, what completes it, and how it ends.
+
+:func:`setup_process` runs before JAX starts; :func:`complete` draws the figures of
+the members that ended and the sweep's summary (once: a rerun of a finished run draws
+what is missing); :func:`report` says how the run ended in one line and exits 130 if
+it was interrupted, with the one command that continues it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from bnlab.config import TrainConfig
+from bnlab.errors import say
+from bnlab.record import RunRecord
+
+DONE = ("finished", "diverged")
+
+
+def setup_process(cfg: Any) -> None:
+    """Process-wide settings a run needs before JAX starts its backends."""
+    import logging
+
+    from bnlab import devices
+
+    logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing chatter
+    if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
+        jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # on a CPU, as many devices as the mesh needs, or two: a probe device beside training
+    wanted = max(cfg.parallel.data, 1) * cfg.parallel.members
+    devices.request_cpu_devices(max(wanted, 2 if cfg.probe.overlap and wanted == 1 else 1))
+
+
+def complete(cfg: TrainConfig, workdir: Path, records: list[RunRecord], sums: list) -> None:
+    """What completes a run once its members ended: their figures (once each) and the
+    sweep's summary table and figures (made again only when missing)."""
+    from bnlab import report
+
+    drew = False
+    for rec, s in zip(records, sums, strict=True):
+        if cfg.figure and s.get("status") in DONE and not s.get("figures"):
+            try:
+                report.save_run_figures(rec.dir)
+            except Exception as e:  # a figure must never cost the run its record
+                say(f"could not draw the figures of {rec.dir} ({type(e).__name__}: {e})")
+                continue
+            s["figures"] = drew = True
+            rec.write_summary(**s)
+    ended = any(s.get("status") in DONE for s in sums)
+    if cfg.is_sweep and ended and (drew or not (workdir / report.SUMMARY_CSV).exists()):
+        try:
+            paths = report.write_summary(workdir, figures=cfg.figure)
+            say(f"sweep summary: {paths[0]}")
+        except Exception as e:  # the summary must never cost the sweep its records
+            say(f"no sweep summary ({type(e).__name__}: {e})")
+
+
+def report(
+    summaries: list[dict[str, Any]], workdir: str | Path, sweep_dir: str | None = None
+) -> float:
+    """Say how the run ended; exit 130 if interrupted. Returns what Hydra's sweepers
+    rank: the best final validation accuracy (test accuracy without a validation
+    split), 0.0 when no member finished (never None)."""
+    statuses = [s["status"] for s in summaries]
+    if len(summaries) > 1:
+        counts = ", ".join(f"{statuses.count(k)} {k}" for k in dict.fromkeys(statuses))
+        say(f"sweep of {len(summaries)} members: {counts}; records: {workdir}/<member>")
+    else:
+        s = summaries[0]
+        acc = s["final"].get("test_accuracy")
+        if s["status"] == "diverged":
+            say(f"diverged at step {s['diverged_at']} ({s.get('diverge_reason')}); "
+                f"record: {workdir}")  # fmt: skip
+        elif s["status"] == "finished":
+            rate = s.get("steps_per_sec")
+            say(f"finished {s['step']} steps" + (f" ({rate:.0f} steps/s)" if rate else "")
+                + (f", test accuracy {acc:.4f}" if acc is not None else "") + f"; record: {workdir}")  # fmt: skip
+    if "interrupted" in statuses:
+        step = min(s["step"] for s in summaries if s["status"] == "interrupted")
+        again = sweep_dir or workdir  # a multirun continues as a whole
+        say(f"interrupted at step {step}; continue with: python -m bnlab.train resume={again}")
+        sys.exit(130)
+    # chosen on validation where there is a validation split; the test split only reports
+    key = (
+        "val_accuracy" if any("val_accuracy" in s["final"] for s in summaries) else "test_accuracy"
+    )
+    accs = [s["final"].get(key) for s in summaries if s["status"] == "finished"]
+    return max((a for a in accs if a is not None), default=0.0)
+
+
+def remove_if_untouched(path: str) -> None:
+    """The output directory Hydra made for a run that was refused: nothing was written
+    there but Hydra's empty log and the run's lock, so it goes (a record stays)."""
+    d = Path(path)
+    files = list(d.iterdir()) if d.is_dir() else []
+    if all(f.name == ".lock" or (f.suffix == ".log" and f.stat().st_size == 0) for f in files):
+        for f in files:
+            f.unlink()
+        d.rmdir()
+
+
+def one_line(e: BaseException) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.removeprefix("Error merging override ")
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return first
