@@ -113,12 +113,13 @@ def test_conv_site_percentiles_over_a_fixed_sample():
 
 
 def test_host_loop_equals_scan(tmp_path, record_property):
-    """The same CNN run with its steps in a ``lax.scan`` and dispatched from the host:
-    every table equal (float32 rounding)."""
-    over = [*QUICK, "model=cnn", "model.channels=[4,8]", "model.features=[16]", "steps=100",
-            "chunk_steps=50", "probe.every=25", "eval_every=50", "checkpoint_every=50",
-            "batch_size=20", "data.probe_size=40", "norm=bn_noisy",
-            "probe.sample=100"]  # fmt: skip
+    """The same run with its steps in a ``lax.scan`` and dispatched from the host
+    (``step_loop=host``, what conv nets get on a CPU; the loop does not depend on the
+    model, so a small MLP shows it): every table equal (float32 rounding), noisy BN,
+    gradient-ICS, probes on the second device and a chunk crossing epochs included."""
+    over = [*QUICK, "model.features=[8,8]", "steps=80", "chunk_steps=40", "probe.every=20",
+            "eval_every=40", "checkpoint_every=40", "batch_size=500", "data.probe_size=40",
+            "norm=bn_noisy", "probe.ics_every=20"]  # fmt: skip
     for loop in ("scan", "host"):
         (s,) = train([*over, f"step_loop={loop}"], tmp_path / loop)
         assert s["status"] == "finished"
@@ -128,6 +129,7 @@ def test_host_loop_equals_scan(tmp_path, record_property):
         keys = [c for c in a[t].columns if c != "value"]
         pd.testing.assert_frame_equal(a[t][keys], b[t][keys])
         np.testing.assert_allclose(b[t]["value"], a[t]["value"], rtol=1e-5, atol=1e-5, err_msg=t)
-        worst = max(worst, float(np.nanmax(np.abs(a[t]["value"] - b[t]["value"]).to_numpy())))
+        diff = np.abs(a[t]["value"] - b[t]["value"]).to_numpy()
+        worst = max(worst, float(np.nanmax(diff, initial=0)))
     assert len(a["ics.parquet"]) and len(a["activations.parquet"])
-    record_property("summary", f"host loop vs scan (CNN, 100 steps): max abs diff {worst:.1e}")
+    record_property("summary", f"host loop vs scan (80 steps): max abs diff {worst:.1e}")
