@@ -268,3 +268,36 @@ def test_target_on_a_preset_drops_the_presets_keys():
     assert cfg.model == {"_target_": "own_models.FlaxBNMLP", "width": 8}
     cfg = config.typed(compose([*QUICK, "model=resnet", "model.depth=56"]))
     assert cfg.model["depth"] == 56 and cfg.model["_target_"] == "bnlab.models.ResNet"
+
+
+# --------------------------------------------------------------------------- the README's example
+
+
+def test_readme_own_model_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's own-model example: its code is ``examples/my_nets.py`` verbatim, and
+    its command (fewer steps) trains it with bnlab's BN substituted for ``nnx.BatchNorm``
+    and records the sites the README names."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Your own model") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert code == (ROOT / "examples" / "my_nets.py").read_text()
+    command = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    args = shlex.split(command)
+    assert args[:5] == ["uv", "run", "python", "-m", "bnlab.train"] and "steps=500" in args
+    args = [a for a in args[5:] if a != "steps=500"]
+    monkeypatch.chdir(ROOT)  # import_path=[examples] is relative to the working dir
+    over = [*args, "steps=100", "eval_every=100", "progress=false", "figure=false",
+            f"compile_cache={COMPILE_CACHE}", "chunk_steps=100"]  # fmt: skip
+    (summary,) = train(over, tmp_path)
+    assert summary["status"] == "finished"
+    t = tables(tmp_path)
+    acts = t["activations.parquet"]
+    assert set(acts["layer"] + "/" + acts["site"]) == {
+        "bn1/in", "bn1/out", "bn2/in", "bn2/out", "fc2/in", "head/in"
+    }  # fmt: skip
+    assert set(t["layers.parquet"]["layer"]) == {"fc1", "bn1", "fc2", "bn2", "head"}
+    cfg = config.typed(compose(args))
+    assert not cfg.norm.stats_grad  # norm=bn_nostatgrad, substituted for nnx.BatchNorm
