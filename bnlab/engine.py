@@ -21,7 +21,8 @@ activation statistics there, beside the next chunk; the numbers are the same.
 With ``host_loop`` (``step_loop=host``; ``auto``: models that convolve, on a CPU) the
 host dispatches one compiled step after another (every ``probe.every``-th with its
 probes) and stacks their rows as the scan would: XLA:CPU runs convolutions inside a
-while loop several times slower (``benchmarks/RESULTS.md``). Same numbers either way.
+while loop several times slower (issue 14; not yet measured in ``benchmarks``). Same
+numbers either way (``tests/test_conv.py``).
 """
 
 from __future__ import annotations
