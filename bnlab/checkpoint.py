@@ -6,10 +6,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import orbax.checkpoint as ocp
 from flax import serialization
 
 from bnlab.errors import say
+
+
+def _import_orbax() -> Any:
+    """``orbax.checkpoint``, imported without a root log handler: at import it logs
+    through absl (``ArrayHandler``), and absl calls ``logging.basicConfig()`` when the
+    root logger has no handler, which then printed every line of Hydra's ``--info``
+    and ``--cfg`` twice. A placeholder handler during the import keeps root as it was."""
+    root, guard = logging.getLogger(), logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        import orbax.checkpoint as ocp
+    finally:
+        root.removeHandler(guard)
+    return ocp
+
+
+ocp = _import_orbax()
 
 
 class Checkpoints:

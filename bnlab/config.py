@@ -174,6 +174,45 @@ class ResumeConfig:
 
 
 @dataclass
+class TensorBoardLogger:
+    dir: str = MISSING
+
+
+WandbMode = Choice("WandbMode", {n: n for n in ("auto", "online", "offline", "disabled")})
+
+
+@dataclass
+class WandbLogger:
+    project: str = MISSING
+    entity: str | None = MISSING
+    mode: WandbMode = MISSING
+    tags: list[str] = MISSING
+
+
+@dataclass
+class MlflowLogger:
+    tracking_uri: str = MISSING
+    experiment: str = MISSING
+
+
+@dataclass
+class CsvLogger:
+    dir: str = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    """The loggers (:mod:`bnlab.loggers`): each None unless chosen (``logger=[...]``)."""
+
+    histogram_every: int = MISSING
+    histogram_bins: int = MISSING
+    tensorboard: TensorBoardLogger | None = None
+    wandb: WandbLogger | None = None
+    mlflow: MlflowLogger | None = None
+    csv: CsvLogger | None = None
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = MISSING  # a dict after typed(): {_target_: ..., constructor arguments}
@@ -195,6 +234,7 @@ class TrainConfig:
     step_loop: StepLoop = MISSING
     import_path: list[str] = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     @property
     def is_sweep(self) -> bool:
@@ -211,12 +251,19 @@ class TrainConfig:
 
 
 def register() -> None:
-    """Register the schema as ``train_schema`` (named first in ``configs/train.yaml``) and
-    the presets' as ``model/<preset>_schema`` (named first in ``configs/model/<preset>.yaml``)."""
+    """Register the schema as ``train_schema`` (named first in ``configs/train.yaml``),
+    the presets' as ``model/<preset>_schema`` (named first in ``configs/model/<preset>.yaml``),
+    and the resolver ``${gcd:a,b,...}`` (the greatest common divisor: a probe interval
+    that divides ``steps`` and ``chunk_steps``, as ``hparams_search/lr_optuna`` derives;
+    a value that is not a number, such as ``chunk_steps=auto``, is left out)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for name, node in MODEL_SCHEMAS.items():
         cs.store(group="model", name=f"{name}_schema", node=node)
+    if not OmegaConf.has_resolver("gcd"):
+        OmegaConf.register_new_resolver(
+            "gcd", lambda *v: math.gcd(*(int(x) for x in v if str(x).isdigit()))
+        )
 
 
 def typed(cfg: DictConfig | TrainConfig) -> TrainConfig:

@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bnlab import config, data, guard, members, session
+from bnlab import config, data, guard, loggers, members, session
 from bnlab.build import build_engine, data_settings, load_data
 from bnlab.checkpoint import Checkpoints
 from bnlab.config import TrainConfig
@@ -58,6 +58,7 @@ def train_and_evaluate(
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
     check_model(cfg.model, cfg.import_path)
     data.check_settings(**data_settings(cfg))
+    loggers.check(cfg)  # loggers (issue 16)
     workdir = Path(workdir)
     ms = members.members(cfg, workdir)
     if cfg.resume.enabled:  # read-only: a refused command touches nothing
@@ -82,6 +83,7 @@ def train_and_evaluate(
                 f"{len(cfg.seeds)} seed) in one program on {data_dev * mem_dev} device(s)")  # fmt: skip
         loop = Loop(cfg, engine, ms, records, previous, t0)
         loop.base.update(devices=data_dev * mem_dev, data_source=ds.source)
+        loop.loggers = loggers.Loggers.create(cfg, ms, workdir, hydra_cfg)
         summaries = loop.run()
         if cfg.is_sweep and (workdir / "summary.csv").exists():
             (workdir / "summary.csv").unlink()  # stale: the sweep moved on
@@ -143,6 +145,7 @@ class Loop:
         self.t_start, self.start = 0.0, 0
         self.compiling = 0.0  # seconds spent compiling after the loop started
         self.chunk = None if cfg.chunk_steps == "auto" else int(cfg.chunk_steps)
+        self.loggers = loggers.Loggers()  # none unless set
 
     # -- signals ---------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -235,6 +238,7 @@ class Loop:
         cfg, e = self.cfg, self.engine
         self.start, states = self._start()
         step = self.start
+        self.loggers.begin(step, e, states, self.done)  # loggers (issue 16)
         for i in self.running:
             self.sums[i] = dict(self.base, step=step)
             self.records[i].write_summary(**self.sums[i])
@@ -261,6 +265,7 @@ class Loop:
                 evals = None
                 if self.running and (step % cfg.eval_every == 0 or last):
                     evals = e.evaluate(states, beside=True)
+                self.loggers.request(step, e, states)  # loggers (issue 16): histograms
                 if not last and self.running and not self.stop_requested:
                     length = self._next_length(step)
                     self.compiling += self._compile(states, length, bar)
@@ -271,6 +276,7 @@ class Loop:
                 self.pending = (metrics.step, metrics.acts, keeps)
                 if evals is not None:
                     self._eval_rows(step, jax.device_get(evals))
+                self.loggers.write(self.records)  # loggers (issue 16): the chunk's rows
                 if diverged:
                     self._flush()
                     for i, at in diverged:
@@ -295,6 +301,7 @@ class Loop:
         except OSError as e:
             raise UserError(guard.write_problem(self.records[self.running[0]].dir, e)) from None
         finally:
+            self.loggers.close_all(self.records, self.sums)  # loggers (issue 16)
             bar.close()
             for s, h in zip((signal.SIGINT, signal.SIGTERM), old, strict=True):
                 signal.signal(s, h)
@@ -369,6 +376,7 @@ class Loop:
         s["final"] = dict(self.records[i].last)
         self.records[i].write_tables()
         self.records[i].write_summary(**s)
+        self.loggers.close(i, self.records[i], s)  # loggers (issue 16)
         if i in self.running:
             self.running.remove(i)
 

@@ -164,6 +164,7 @@ class Engine:
         self._eval_jit = jax.jit(self._spmd(self._evaluate, (pm, pm)))
         self._snap_acts_jit = jax.jit(self._snapshot_acts)
         self._eval_beside_jit = jax.jit(self._evaluate)
+        self._hist_jit: dict[int, Any] = {}  # histograms(), per number of bins
         if host_loop:  # a device's permutations are its seeds': split where seeds are split
             ps = P(MEMBERS) if md > 1 and L % md else P()
             res_specs = dict(step=P(), lr=pm, layers=pm)
@@ -462,6 +463,22 @@ class Engine:
             s: self._compiled[kind, s](copy, arrays[f"{s}_x"], arrays[f"{s}_y"])
             for s in self.splits
         }
+
+    def histograms(self, states: TrainState, bins: int, beside: bool = True) -> dict:
+        """For the loggers: ``{site: probe.histogram}`` (each array with a leading member
+        axis) of every site's raw values on the probe batch at ``states``; one forward
+        pass of the probe batch per member, asked for only at the steps a logger wants
+        them. ``beside``: on the probe device where there is one (a copy of ``states``
+        made now, before the caller donates them to the next chunk). A future."""
+        if beside and self.probe_device is not None:
+            states = jax.block_until_ready(jax.device_put(states, self.probe_device))
+            x = self.remote["probe_x"]
+        else:
+            x = self.data["probe_x"]
+        if bins not in self._hist_jit:
+            hist = partial(self.learner.histograms, bins=bins)
+            self._hist_jit[bins] = jax.jit(lambda st, x: self._each(hist, st, x))
+        return self._hist_jit[bins](states, x)
 
     def init(self, seeds: list[int], lrs: list[float], x0: np.ndarray) -> TrainState:
         """Member states: member i from seed ``seeds[i]`` with peak lr ``lrs[i]``, each

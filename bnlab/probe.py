@@ -411,3 +411,20 @@ def _along(loss_fn, params, batch, g0, direction, cs: list[float], suffix: str) 
         f"grad_predictiveness{suffix}": jnp.max(dg[1:]),
         f"beta_smoothness{suffix}": jnp.max(ratio),
     }
+
+
+def histogram(x: Array, bins: int) -> dict[str, Array]:
+    """A histogram of every value of ``x`` in ``bins`` equal buckets over [min, max],
+    with what TensorBoard's histograms carry: ``min``, ``max``, ``num``, ``sum``,
+    ``sum_sq`` and ``counts`` (bins,); the buckets' right edges are
+    ``min + (max - min) * (1..bins) / bins``. Non-finite values are left out."""
+    x = x.reshape(-1).astype(jnp.float32)
+    ok = jnp.isfinite(x)
+    lo = jnp.min(jnp.where(ok, x, jnp.inf))
+    hi = jnp.max(jnp.where(ok, x, -jnp.inf))
+    width = jnp.where(hi > lo, hi - lo, 1.0)
+    idx = jnp.clip(jnp.floor((x - lo) / width * bins).astype(jnp.int32), 0, bins - 1)
+    counts = jnp.zeros((bins,), jnp.float32).at[idx].add(ok.astype(jnp.float32))
+    xs = jnp.where(ok, x, 0.0)
+    return dict(min=lo, max=hi, num=ok.sum().astype(jnp.float32), sum=xs.sum(),
+                sum_sq=(xs * xs).sum(), counts=counts)  # fmt: skip

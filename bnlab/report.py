@@ -252,7 +252,7 @@ class SweepSummary(Callback):
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m bnlab.report",
+        prog="bnlab-plot" if Path(sys.argv[0]).name == "bnlab-plot" else "python -m bnlab.report",
         description="Write the figures of a run or a sweep as PNG and print their paths.",
     )
     ap.add_argument("path", nargs="+", help="a run dir, a multirun dir, or globs of run dirs")

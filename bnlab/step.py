@@ -112,14 +112,24 @@ class Learner:
     def layer_stats(self, st: TrainState, grads: Any) -> dict:
         return self.net.layer_stats(st.params, grads, st.batch_stats)
 
-    def activations(self, st: TrainState, probe_x: Array) -> dict:
-        """Activation statistics of the probed sites on the probe batch (running stats
-        kept)."""
+    def sites(self, st: TrainState, probe_x: Array) -> dict[str, Array]:
+        """The raw values of the probed sites on the probe batch (``{site: array}``, BN as
+        ``probe.bn_mode`` says; the running statistics are not updated)."""
         _, _, sites = self.probe_net.apply(
             st.params, st.batch_stats, probe_x, train=not self.probe_eval,
             noise_key=None if self.probe_eval else self.rngs(st, PROBE_NOISE_STREAM),
             capture=True,
         )  # fmt: skip
+        return sites
+
+    def histograms(self, st: TrainState, probe_x: Array, bins: int) -> dict:
+        """``{site: probe.histogram(values, bins)}`` of every probed site on the probe batch."""
+        return {k: probe.histogram(v, bins) for k, v in self.sites(st, probe_x).items()}
+
+    def activations(self, st: TrainState, probe_x: Array) -> dict:
+        """Activation statistics of the probed sites on the probe batch (running stats
+        kept)."""
+        sites = self.sites(st, probe_x)
         derived = self.probe_net.layout.derived if self.probe_net.layout else {}
         return probe.activation_stats(sites, self.qs, self.units, derived, self.sample,
                                       self.sample_seed)  # fmt: skip

@@ -1,6 +1,7 @@
-"""``python -m bnlab.train``: the Hydra entry point.
+"""``python -m bnlab.train`` and ``bnlab-train``: the Hydra entry point.
 
-Hydra composes ``configs/train.yaml`` with the command line, and
+Hydra composes ``configs/train.yaml`` (the checkout's ``configs/`` tree; an installed
+wheel carries the same tree as ``bnlab/configs``) with the command line, and
 :func:`bnlab.driver.train_and_evaluate` trains and writes the record into Hydra's
 output directory. ``resume=DIR`` continues a run or sweep directory with the settings
 it was made with. Mistakes in the command line or the config are one
@@ -15,6 +16,7 @@ _T0 = time.perf_counter()  # before the heavy imports: time-to-first-chunk count
 
 import os  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -25,7 +27,18 @@ from bnlab import config  # noqa: E402
 from bnlab.errors import UserError, say  # noqa: E402
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def config_dir() -> str:
+    """The config tree: the wheel's ``bnlab/configs``, else the checkout's ``configs/``
+    (absolute, so Hydra finds it however the entry is started: ``python -m``, the
+    console script, or an import)."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "configs", here.parent / "configs"):
+        if (d / "train.yaml").is_file():
+            return str(d)
+    return str(here.parent / "configs")  # Hydra then names what it could not find
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
     """One job: train, report, and return what Hydra's sweepers rank."""
     from bnlab import driver, session
@@ -54,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     from bnlab.session import one_line
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us, not Hydra's printer
+    # hydra/launcher=ray_cluster: Ray's workers use this environment (with its extras),
+    # not a fresh one Ray would build for a `uv run` driver (configs/hydra/launcher/)
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         sys.argv[1:] = expand(sys.argv[1:] if argv is None else argv)
         app()
@@ -65,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except OSError as e:  # e.g. Hydra making an output directory where it cannot
         say(f"error: {e.strerror or type(e).__name__}: {e.filename or ''}")
+        sys.exit(2)
+    except ValueError as e:  # Hydra's check of its own flags (e.g. -m with --info)
+        if not str(e).startswith("Only one of --run"):
+            raise
+        say(f"error: {one_line(e)}")
         sys.exit(2)
 
 
