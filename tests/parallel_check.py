@@ -46,7 +46,7 @@ COMBOS = [
     ("lr_members4_ghost_diverging", [*GHOST, "sweep.lr=[0.05,0.1,0.5,1e6]"], "1x4"),
     ("lr_seeds_members2_data2_ghost", [*GHOST, "sweep.lr=[0.05,0.5]", "sweep.seeds=2"], "2x2"),
     ("single_data4_ghost_overlap", [*GHOST, "probe.overlap=true"], "4x1"),
-    ("target_nnx_lr_members2_data2_ics_noisy", [*TARGET, *NOISY, "sweep.lr=[0.05,0.5]"], "2x2"),
+    ("target_nnx_lr_members2_data2", [*TARGET, "sweep.lr=[0.05,0.5]"], "2x2"),
 ]  # fmt: skip
 
 
