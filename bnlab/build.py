@@ -1,18 +1,24 @@
 """From a checked config to a ready engine: the dataset, the model, the optimizer.
 
 :func:`build_engine` is what every run, test and benchmark uses to turn a
-:class:`~bnlab.config.TrainConfig` and a dataset into an :class:`~bnlab.engine.Engine`.
+:class:`~bnlab.config.TrainConfig` and a dataset into an :class:`~bnlab.engine.Engine`:
+the networks (:mod:`bnlab.models`: the model by ``_target_``, bnlab's BN injected or
+substituted, the sites found and chosen by ``probe.sites``), the optimizer
+(:mod:`bnlab.optim`), the learner (:mod:`bnlab.step`) and the engine on the mesh of
+:mod:`bnlab.devices`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from bnlab import config, data, devices
 from bnlab.config import TrainConfig
 from bnlab.engine import Engine
 from bnlab.errors import say
-from bnlab.models import make_model
+from bnlab.models import build_networks, check_input
 from bnlab.optim import make_optimizer
 from bnlab.step import Learner
 
@@ -35,22 +41,28 @@ def load_data(cfg: TrainConfig) -> data.Dataset:
 
 def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int,
                  probes: bool = True) -> Engine:  # fmt: skip
-    """The engine of ``cfg`` on ``ds`` over ``data_dev`` x ``mem_dev`` devices."""
+    """The engine of ``cfg`` on ``ds`` over ``data_dev`` x ``mem_dev`` devices. Raises
+    :class:`~bnlab.errors.UserError` where the model does not fit the data or
+    ``probe.sites`` matches no site."""
     mesh = devices.make_mesh(data_dev, mem_dev)
-    sync = data_dev > 1 and cfg.norm.sync and cfg.norm.ghost_batch_size is None
-    split = devices.DATA if data_dev > 1 else None
-    model = make_model(cfg.model, cfg.norm, ds.num_classes, split if sync else None, split)
-    probe_model = make_model(cfg.model, cfg.norm, ds.num_classes) if split else model
+    check_input(cfg.model, ds.train_x.ndim)
+    x = jax.ShapeDtypeStruct((cfg.batch_size // data_dev, *ds.train_x.shape[1:]),
+                             ds.train_x.dtype)  # fmt: skip
+    net, probe_net = build_networks(cfg, ds.num_classes, x, data_dev, devices.DATA)
+    host_loop = cfg.step_loop == "host" or (
+        cfg.step_loop == "auto" and net.layout.convs and jax.default_backend() == "cpu"
+    )
     tx, unit = make_optimizer(cfg.optimizer, cfg.steps)
     keys = ["train_x", "train_y", "test_x", "test_y", "probe_x"]
     keys += ["val_x", "val_y"] if len(ds.val_y) else []
     arrays = {k: getattr(ds, k) for k in keys}
     learner = Learner(
-        model, probe_model, tx, unit, probe_cfg=cfg.probe, diverge_loss=cfg.diverge_loss,
-        noisy=cfg.norm.noisy, shards=data_dev,
+        net, probe_net, tx, unit, probe_cfg=cfg.probe, diverge_loss=cfg.diverge_loss,
+        noisy=cfg.norm.noisy, shards=data_dev, unroll=host_loop,
     )  # fmt: skip
     return Engine(
         learner, arrays, grid=(len(cfg.lrs), len(cfg.seeds)), batch_size=cfg.batch_size,
         every=cfg.probe.every, ics_every=cfg.probe.ics_every, ics_at=str(cfg.probe.ics_at),
         mesh=mesh, probe_device=devices.probe_device(cfg.probe.overlap, mesh), probes=probes,
+        host_loop=host_loop,
     )  # fmt: skip

@@ -12,9 +12,9 @@ value and every combination once, at start, each failure a one-line
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -31,13 +31,12 @@ class Choice(StrEnum):
 
 Standardize = Choice("Standardize", {n: n for n in ("none", "per_pixel")})
 ProbeSplit = Choice("ProbeSplit", {n: n for n in ("test", "train", "validation")})
-ModelName = Choice("ModelName", {n: n for n in ("mlp", "cnn")})
-Activation = Choice("Activation", {n: n for n in ("sigmoid", "relu", "tanh", "linear")})
 NormPosition = Choice("NormPosition", {n: n for n in ("before", "after")})
 OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam")})
 Schedule = Choice("Schedule", {n: n for n in ("constant", "cosine", "step")})
 BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
 IcsAt = Choice("IcsAt", {n: n for n in ("before", "after")})
+StepLoop = Choice("StepLoop", {n: n for n in ("auto", "scan", "host")})
 
 
 @dataclass
@@ -57,15 +56,49 @@ class DataConfig:
     probe_seed: int = MISSING
 
 
+# The model group: ``model._target_`` names any linen or NNX Module class, the other
+# keys are its constructor's arguments (bnlab.models.build). The presets' keys are
+# typed; ``model._target_=pkg.mod.Net`` on a preset drops the preset's own keys
+# (``typed``), ``+model.key=value`` adds the new model's.
 @dataclass
-class ModelConfig:
-    name: ModelName = MISSING
+class MLPConfig:
+    TARGET: ClassVar[str] = "bnlab.models.MLP"
+    _target_: str = MISSING
     features: list[int] = MISSING
-    channels: list[int] = MISSING
-    activation: Activation = MISSING
+    activation: Any = MISSING  # a name (relu, gelu, silu, tanh, sigmoid, linear) or {_target_: fn}
     norm_position: NormPosition = MISSING
     init_std: float | None = MISSING
     use_bias: bool = MISSING
+
+
+@dataclass
+class CNNConfig(MLPConfig):
+    TARGET: ClassVar[str] = "bnlab.models.CNN"
+    channels: list[int] = MISSING
+
+
+@dataclass
+class VGGConfig:
+    TARGET: ClassVar[str] = "bnlab.models.VGG"
+    _target_: str = MISSING
+    stages: list[list[int]] = MISSING
+    features: list[int] = MISSING
+    activation: Any = MISSING
+    use_bias: bool = MISSING
+
+
+@dataclass
+class ResNetConfig:
+    TARGET: ClassVar[str] = "bnlab.models.ResNet"
+    _target_: str = MISSING
+    depth: int = MISSING
+    width: int = MISSING
+    shortcut: str = MISSING
+    activation: Any = MISSING
+    use_bias: bool = MISSING
+
+
+MODEL_SCHEMAS = {"mlp": MLPConfig, "cnn": CNNConfig, "vgg": VGGConfig, "resnet": ResNetConfig}
 
 
 @dataclass
@@ -117,6 +150,9 @@ class ProbeConfig:
     landscape_steps: list[float] = MISSING
     landscape_lengths: list[float] = MISSING
     overlap: bool = MISSING
+    sites: list[str] = MISSING
+    sample: int | None = MISSING
+    sample_seed: int = MISSING
 
 
 @dataclass
@@ -179,7 +215,7 @@ class LoggerConfig:
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = MISSING  # a dict after typed(): {_target_: ..., constructor arguments}
     norm: NormConfig = field(default_factory=NormConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -195,6 +231,8 @@ class TrainConfig:
     progress: bool = MISSING
     figure: bool = MISSING
     compile_cache: str | None = MISSING
+    step_loop: StepLoop = MISSING
+    import_path: list[str] = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -214,10 +252,14 @@ class TrainConfig:
 
 def register() -> None:
     """Register the schema as ``train_schema`` (named first in ``configs/train.yaml``),
+    the presets' as ``model/<preset>_schema`` (named first in ``configs/model/<preset>.yaml``),
     and the resolver ``${gcd:a,b,...}`` (the greatest common divisor: a probe interval
     that divides ``steps`` and ``chunk_steps``, as ``hparams_search/lr_optuna`` derives;
     a value that is not a number, such as ``chunk_steps=auto``, is left out)."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for name, node in MODEL_SCHEMAS.items():
+        cs.store(group="model", name=f"{name}_schema", node=node)
     if not OmegaConf.has_resolver("gcd"):
         OmegaConf.register_new_resolver(
             "gcd", lambda *v: math.gcd(*(int(x) for x in v if str(x).isdigit()))
@@ -225,10 +267,26 @@ def register() -> None:
 
 
 def typed(cfg: DictConfig | TrainConfig) -> TrainConfig:
-    """The dataclasses of a composed config (a :class:`TrainConfig` passes through)."""
+    """The dataclasses of a composed config (a :class:`TrainConfig` passes through);
+    ``model`` becomes a plain dict (choices as names), without the preset's own keys
+    where ``model._target_`` names another class than the preset's."""
     if isinstance(cfg, TrainConfig):
         return cfg
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    model = model_dict(cfg.model)
+    out = OmegaConf.to_object(cfg)
+    out.model = model  # type: ignore[union-attr]
+    return out  # type: ignore[return-value]
+
+
+def model_dict(node: Any) -> dict[str, Any]:
+    """The ``model`` node as a dict (see :func:`typed`)."""
+    schema = OmegaConf.get_type(node)
+    model = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    assert isinstance(model, dict)
+    if schema in MODEL_SCHEMAS.values() and model.get("_target_") != schema.TARGET:
+        own = {f.name for f in fields(schema)} - {"_target_"}
+        model = {k: v for k, v in model.items() if k not in own}
+    return model
 
 
 def to_yaml_dict(cfg: TrainConfig) -> DictConfig:
@@ -290,20 +348,12 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
         raise UserError(f"probe.percentiles={list(p.percentiles)} must lie in [0, 100]")
     if any(u < 0 for u in p.units):
         raise UserError(f"probe.units={list(p.units)} must be >= 0")
+    if not p.sites:
+        raise UserError("probe.sites=[] selects no site: use ['*'] for every site")
+    if p.sample is not None and p.sample < 1:
+        raise UserError(f"probe.sample={p.sample} must be >= 1 positions (or null: every one)")
     if not (math.isfinite(cfg.diverge_loss) and cfg.diverge_loss > 0):
         raise UserError(f"diverge_loss={cfg.diverge_loss} must be a finite number > 0")
-    # model
-    widths = list(cfg.model.features)
-    if not widths:
-        raise UserError("model.features=[] needs at least one hidden layer width, e.g. [100]")
-    if any(w < 1 for w in [*widths, *cfg.model.channels]):
-        raise UserError(
-            f"model widths must be >= 1, got features={widths}, channels={list(cfg.model.channels)}"
-        )
-    if cfg.model.name == "cnn" and not cfg.model.channels:
-        raise UserError("model=cnn needs model.channels, e.g. [32,64]")
-    if cfg.model.init_std is not None and not cfg.model.init_std > 0:
-        raise UserError(f"model.init_std={cfg.model.init_std} must be > 0 (or null: LeCun)")
     # norm
     if not 0 <= n.momentum < 1:
         raise UserError(f"norm.momentum={n.momentum} must be in [0, 1) (Flax convention)")
@@ -359,7 +409,8 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
 
 
 def check_data(cfg: TrainConfig, num_train: int, num_probe: int, image_ndim: int) -> None:
-    """The checks that need the loaded dataset's sizes; one-line :class:`UserError`."""
+    """The checks that need the loaded dataset's sizes; one-line :class:`UserError`.
+    (The model's: :func:`bnlab.models.check_input` and :func:`bnlab.models.build_networks`.)"""
     if cfg.batch_size > num_train:
         raise UserError(f"batch_size={cfg.batch_size} exceeds the {num_train} training examples")
     n = cfg.norm
@@ -370,5 +421,3 @@ def check_data(cfg: TrainConfig, num_train: int, num_probe: int, image_ndim: int
                 f"{num_probe} examples (BN in train mode on it); set data.probe_size to a "
                 "multiple of it, or probe.bn_mode=eval"
             )
-    if cfg.model.name == "cnn" and image_ndim != 4:
-        raise UserError("model=cnn needs NHWC images: set data.flatten=false")

@@ -36,6 +36,7 @@ from bnlab.checkpoint import Checkpoints
 from bnlab.config import TrainConfig
 from bnlab.engine import Engine
 from bnlab.errors import UserError, say
+from bnlab.models import check_model
 from bnlab.record import RunRecord, activation_rows, eval_rows, metrics_rows
 from bnlab.step import TrainState, stack, unstack
 
@@ -56,6 +57,7 @@ def train_and_evaluate(
     t0 = time.perf_counter() if t0 is None else t0
     cfg = config.typed(cfg)
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
+    check_model(cfg.model, cfg.import_path)
     data.check_settings(**data_settings(cfg))
     loggers.check(cfg)  # loggers (issue 16)
     preload()
@@ -73,11 +75,11 @@ def train_and_evaluate(
             return previous  # type: ignore[return-value]
         ds = load_data(cfg)
         config.check_data(cfg, len(ds.train_y), len(ds.probe_x), ds.train_x.ndim)
+        engine = build_engine(cfg, ds, data_dev, mem_dev)  # the model's errors, before any file
         try:
             members.write_hydra_files(cfg, workdir, ms, list(overrides or []), hydra_cfg)
         except OSError as e:
             raise UserError(guard.write_problem(workdir, e)) from None
-        engine = build_engine(cfg, ds, data_dev, mem_dev)
         if cfg.is_sweep:
             say(f"vectorized sweep: {len(ms)} members ({len(cfg.lrs)} lr x "
                 f"{len(cfg.seeds)} seed) in one program on {data_dev * mem_dev} device(s)")  # fmt: skip

@@ -17,6 +17,12 @@ is the one rule), so the host only wakes between chunks. The chunk is ``vmap``-p
 over the members of a device and ``shard_map``-ped over the mesh. With a probe
 device, the chunk returns the state at every probe and a second program computes the
 activation statistics there, beside the next chunk; the numbers are the same.
+
+With ``host_loop`` (``step_loop=host``; ``auto``: models that convolve, on a CPU) the
+host dispatches one compiled step after another (every ``probe.every``-th with its
+probes) and stacks their rows as the scan would: XLA:CPU runs convolutions inside a
+while loop several times slower (issue 14; not yet measured in ``benchmarks``). Same
+numbers either way (``tests/test_conv.py``).
 """
 
 from __future__ import annotations
@@ -34,46 +40,12 @@ from jax import lax
 from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
+from bnlab.batches import _take, batch_indices, epoch_permutation
 from bnlab.devices import DATA, MEMBERS
-from bnlab.errors import UserError
 from bnlab.step import Learner, TrainState, stack
 
 Array = jax.Array
-
-
-# --------------------------------------------------------------------------- batches
-
-
-def epoch_permutation(key: Array, epoch: int | Array, n: int) -> Array:
-    """The order of the ``n`` training examples in ``epoch``: fresh each epoch."""
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
-
-
-def _take(
-    perm: Array,
-    step: Array,
-    steps_per_epoch: int,
-    batch_size: int,
-    offset: Array | int = 0,
-    size: int | None = None,
-) -> Array:
-    """Batch ``step``'s slice of its epoch's permutation; ``offset``/``size``: one
-    device's share of it."""
-    start = (step % steps_per_epoch) * batch_size + offset
-    return lax.dynamic_slice(perm, (start,), (size or batch_size,))
-
-
-def batch_indices(key: Array, step: int | Array, n: int, batch_size: int) -> Array:
-    """Indices of training batch ``step``: without replacement within each epoch.
-
-    ``steps_per_epoch = n // batch_size`` (the last partial batch is dropped); step s
-    takes slice ``s % steps_per_epoch`` of ``epoch_permutation(key, s // steps_per_epoch)``.
-    """
-    if not 1 <= batch_size <= n:
-        raise UserError(f"batch_size={batch_size} does not fit a training set of {n} examples")
-    spe = n // batch_size
-    step = jnp.asarray(step)
-    return _take(epoch_permutation(key, step // spe, n), step, spe, batch_size)
+__all__ = ["Engine", "Metrics", "batch_indices", "epoch_permutation", "grid_map"]  # + batches
 
 
 # --------------------------------------------------------------------------- measurements
@@ -160,8 +132,9 @@ class Engine:
     def __init__(self, learner: Learner, arrays: dict[str, np.ndarray], *,
                  grid: tuple[int, int], batch_size: int, every: int,
                  ics_every: int, ics_at: str = "before", mesh=None, probe_device=None,
-                 probes: bool = True):  # fmt: skip
+                 probes: bool = True, host_loop: bool = False):  # fmt: skip
         self.learner, self.grid, self.mesh = learner, grid, mesh
+        self.host_loop = host_loop
         L, S = grid
         md = mesh.shape[MEMBERS] if mesh is not None else 1
         self.shards = mesh.shape[DATA] if mesh is not None else 1
@@ -192,6 +165,17 @@ class Engine:
         self._snap_acts_jit = jax.jit(self._snapshot_acts)
         self._eval_beside_jit = jax.jit(self._evaluate)
         self._hist_jit: dict[int, Any] = {}  # histograms(), per number of bins
+        if host_loop:  # a device's permutations are its seeds': split where seeds are split
+            ps = P(MEMBERS) if md > 1 and L % md else P()
+            res_specs = dict(step=P(), lr=pm, layers=pm)
+            res_specs.update({"snaps": pm} if self.probe_device is not None else
+                             {"acts": pm} if probes else {})  # fmt: skip
+            res_specs.update(dict(ics=pm, ics_due=P()) if ics else {})
+            self._perms_jit = jax.jit(self._spmd(self._perms, (ps, P())), static_argnames="steps")
+            self._step_jit = jax.jit(self._spmd(self._one, (pm, pm, pm, pm), (pm, P(), ps, P(), P())),
+                                     donate_argnums=0)  # fmt: skip
+            self._probe_jit = jax.jit(self._spmd(self._probe, res_specs,
+                                                 (pm, P(), pm, ps, P(), P())))  # fmt: skip
         self._compiled: dict[tuple, Any] = {}  # (program, length or split) -> compiled
 
     # -- placement and sharding ----------------------------------------------------
@@ -203,15 +187,15 @@ class Engine:
     def place_states(self, states: TrainState) -> TrainState:
         return self._place(states, P(MEMBERS))
 
-    def _spmd(self, fn, out_specs):
+    def _spmd(self, fn, out_specs, in_specs=None):
         """``fn(states, *shared)`` over the mesh: members split over its ``members``
-        axis, everything else replicated."""
+        axis, everything else replicated (or as ``in_specs`` says)."""
         if self.mesh is None:
             return fn
 
         def run(states, *shared, **kw):
-            in_specs = (P(MEMBERS),) + (P(),) * len(shared)
-            return jax.shard_map(partial(fn, **kw), mesh=self.mesh, in_specs=in_specs,
+            specs = in_specs or (P(MEMBERS),) + (P(),) * len(shared)
+            return jax.shard_map(partial(fn, **kw), mesh=self.mesh, in_specs=specs,
                                  out_specs=out_specs)(states, *shared)  # fmt: skip
 
         return run
@@ -223,11 +207,16 @@ class Engine:
 
     def _each(self, fn, states: TrainState, *shared):
         """``fn(member state, *shared)`` for every member, one after another (the
-        percentiles' histogram scatters are slow batched on CPU)."""
-        if jax.tree.leaves(states)[0].shape[0] == 1:
+        percentiles' histogram scatters are slow batched on CPU; with ``host_loop`` the
+        loop is unrolled in the trace)."""
+        n = jax.tree.leaves(states)[0].shape[0]
+        if n == 1:
             return jax.tree.map(
                 lambda o: o[None], fn(jax.tree.map(lambda v: v[0], states), *shared)
             )
+        if self.host_loop:
+            outs = [fn(jax.tree.map(lambda v, i=i: v[i], states), *shared) for i in range(n)]
+            return jax.tree.map(lambda *o: jnp.stack(o), *outs)
         return lax.map(lambda st: fn(st, *shared), states)
 
     def _measure(self, states: TrainState, probe_x: Array) -> tuple[dict, dict]:
@@ -244,62 +233,71 @@ class Engine:
         out = self._each(self.learner.activations, flat, probe_x)
         return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), out)
 
-    def _chunk(self, states: TrainState, t0: Array, data: dict, length: int):
+    # -- the steps of a chunk -----------------------------------------------------------
+    def _perms(self, states: TrainState, t0: Array, steps: int):
+        """The epoch permutations of every seed that steps ``t0 .. t0 + steps`` draw from,
+        and the first epoch's number."""
         L, S = self.local_grid
         spe, n = self.steps_per_epoch, self.n_train
         epoch0 = t0 // spe
         seed_keys = states.key.reshape((L, S) + states.key.shape[1:])[0]
+        count = self._count(steps)
         perms = jax.vmap(lambda k: jax.vmap(lambda e: epoch_permutation(k, e, n))(
-            epoch0 + jnp.arange(length // spe + 2)))(seed_keys)  # the epochs it can touch  # fmt: skip
+            epoch0 + jnp.arange(count)))(seed_keys)  # fmt: skip
+        return perms, epoch0
+
+    def _count(self, steps: int) -> int:
+        """How many epochs ``steps`` consecutive steps (and the batch after them) can touch."""
+        return steps // self.steps_per_epoch + 2
+
+    def _batch(self, t: Array, perms: Array, epoch0: Array, data: dict):
+        """This device's share of batch ``t``, per seed."""
+        spe = self.steps_per_epoch
         offset = lax.axis_index(DATA) * self.local_batch if self.shards > 1 else 0
+
+        def take(perm):
+            return _take(perm[t // spe - epoch0], t, spe, self.batch_size, offset,
+                         self.local_batch)  # fmt: skip
+
+        idx = jax.vmap(take)(perms)
+        return data["train_x"][idx], data["train_y"][idx]
+
+    def _one(self, st: TrainState, t: Array, perms: Array, epoch0: Array, data: dict):
+        """Training step ``t`` of every member: ``(state, loss, acc, grads)``."""
+        x, y = self._batch(t, perms, epoch0, data)
         step_all = self._members(self.learner.train_step, ("member", "seed", "seed"))
+        st, (loss, acc, grads) = step_all(st, x, y)
+        return st, loss, acc, grads
 
-        def batch(t):  # this device's share of batch t, per seed
-            def take(perm):
-                return _take(perm[t // spe - epoch0], t, spe, self.batch_size, offset,
-                             self.local_batch)  # fmt: skip
+    def _probe(self, st: TrainState, t: Array, grads: Any, perms: Array, epoch0: Array,
+               data: dict):  # fmt: skip
+        """The measurements after ``t`` steps (the state ``st``, the last step's
+        gradients): everything of a :class:`Metrics` row but the losses. Gradient-ICS is
+        measured on the batch step ``t + 1`` is about to use (``ics_at=before``) or on
+        step ``t``'s own (``after``)."""
+        res = dict(step=t, lr=self._members(self.learner.lr_at, ("member", None))(st, t))
+        res["layers"] = self._members(self.learner.layer_stats, ("member", "member"))(st, grads)
+        if self.probe_device is not None:  # activations later, on the probe device
+            res["snaps"] = st.replace(opt_state=None)
+        elif self.probes:
+            res["acts"] = self._each(self.learner.activations, st, data["probe_x"])
+        if self.ics_every:
+            x, y = self._batch(t if self.ics_before else t - 1, perms, epoch0, data)
+            due = t % self.ics_every == 0
+            ics = self._members(self.learner.ics, ("member", "seed", "seed"))
+            shapes = jax.eval_shape(ics, st, x, y)
+            zero = jnp.zeros_like(st.step)  # per member, typed as the members vary
+            res["ics"] = lax.cond(
+                due, lambda: ics(st, x, y),
+                lambda: jax.tree.map(lambda s: zero.astype(s.dtype), shapes),
+            )  # fmt: skip
+            res["ics_due"] = due
+        return res
 
-            idx = jax.vmap(take)(perms)
-            return data["train_x"][idx], data["train_y"][idx]
-
-        def one(carry, _):
-            st, t = carry
-            x, y = batch(t)
-            st, (loss, acc, grads) = step_all(st, x, y)
-            return (st, t + 1), (loss, acc, grads, (x, y))
-
-        def quiet(carry, _):
-            carry, (loss, acc, _, _) = one(carry, None)
-            return carry, (loss, acc)
-
-        def interval(carry, _):
-            # the probe reads the last step's gradients: only that step returns them
-            carry, (loss, acc) = lax.scan(quiet, carry, None, length=self.every - 1)
-            carry, (loss1, acc1, grads, (x, y)) = one(carry, None)
-            st, t = carry
-            res = dict(loss=jnp.concatenate([loss, loss1[None]]),
-                       acc=jnp.concatenate([acc, acc1[None]]), step=t,
-                       lr=self._members(self.learner.lr_at, ("member", None))(st, t))  # fmt: skip
-            res["layers"] = self._members(self.learner.layer_stats, ("member", "member"))(st, grads)
-            if self.probe_device is not None:  # activations later, on the probe device
-                res["snaps"] = st.replace(opt_state=None)
-            elif self.probes:
-                res["acts"] = self._each(self.learner.activations, st, data["probe_x"])
-            if self.ics_every:
-                if self.ics_before:  # at W(t) on the batch step t + 1 is about to use
-                    x, y = batch(t)
-                due = t % self.ics_every == 0
-                ics = self._members(self.learner.ics, ("member", "seed", "seed"))
-                shapes = jax.eval_shape(ics, st, x, y)
-                zero = jnp.zeros_like(st.step)  # per member, typed as the members vary
-                res["ics"] = lax.cond(
-                    due, lambda: ics(st, x, y),
-                    lambda: jax.tree.map(lambda s: zero.astype(s.dtype), shapes),
-                )  # fmt: skip
-                res["ics_due"] = due
-            return carry, res
-
-        (states, _), out = lax.scan(interval, (states, t0), None, length=length // self.every)
+    @staticmethod
+    def _metrics(out: dict) -> tuple[Metrics, Any]:
+        """The chunk's :class:`Metrics` (and snapshots) from its probes' rows stacked
+        along a leading probe axis (``loss``/``acc``: (probes, every, members))."""
         first = lambda tree: jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), tree)  # noqa: E731
         metrics = Metrics(
             step=out["step"], loss=jnp.moveaxis(out["loss"], 2, 0),
@@ -307,7 +305,63 @@ class Engine:
             layers=first(out["layers"]), acts=first(out.get("acts")),
             ics=first(out.get("ics")), ics_due=out.get("ics_due"),
         )  # fmt: skip
-        return states, metrics, first(out.get("snaps"))
+        return metrics, first(out.get("snaps"))
+
+    def _chunk(self, states: TrainState, t0: Array, data: dict, length: int):
+        perms, epoch0 = self._perms(states, t0, length)
+
+        def quiet(carry, _):
+            st, t = carry
+            st, loss, acc, _ = self._one(st, t, perms, epoch0, data)
+            return (st, t + 1), (loss, acc)
+
+        def interval(carry, _):
+            # the probe reads the last step's gradients: only that step returns them
+            carry, (loss, acc) = lax.scan(quiet, carry, None, length=self.every - 1)
+            st, t = carry
+            st, loss1, acc1, grads = self._one(st, t, perms, epoch0, data)
+            res = self._probe(st, t + 1, grads, perms, epoch0, data)
+            res.update(loss=jnp.concatenate([loss, loss1[None]]),
+                       acc=jnp.concatenate([acc, acc1[None]]))  # fmt: skip
+            return (st, t + 1), res
+
+        (states, _), out = lax.scan(interval, (states, t0), None, length=length // self.every)
+        metrics, snaps = self._metrics(out)
+        return states, metrics, snaps
+
+    # -- the same steps dispatched from the host (host_loop) ----------------------------
+    def _host_chunk(self, states: TrainState, t0: int, length: int):
+        """``_chunk`` as a loop on the host: one program per step (see the module doc).
+        The permutations come two epochs at a time (the step's and the next, which the
+        probe's batch may reach), so every program is one whatever the chunk's length."""
+        run = lambda name: self._compiled[name,]  # noqa: E731
+        spe = self.steps_per_epoch
+        rows, acts = [], []
+        t, epoch = t0, None
+        for _ in range(length // self.every):
+            losses, accs = [], []
+            for _ in range(self.every):
+                if t // spe != epoch:
+                    epoch = t // spe
+                    perms, epoch0 = run("perms")(states, np.int32(t))
+                states, loss, acc, grads = run("step")(states, np.int32(t), perms, epoch0,
+                                                       self.data)  # fmt: skip
+                losses.append(loss), accs.append(acc)
+                t += 1
+            res = run("probe")(states, np.int32(t), grads, perms, epoch0, self.data)
+            res.update(loss=jnp.stack(losses), acc=jnp.stack(accs))
+            snaps = res.pop("snaps", None)
+            if snaps is not None:  # this interval's probe, beside the next interval
+                snap = jax.tree.map(lambda a: a[:, None], snaps)
+                acts.append(run("snaps")(jax.device_put(snap, self.probe_device),
+                                         self.remote["probe_x"]))  # fmt: skip
+            rows.append(res)
+        out = jax.tree.map(lambda *r: jnp.stack(r), *rows)
+        metrics, _ = self._metrics(out)
+        if acts:
+            on_probe = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *acts)
+            metrics = metrics.replace(acts=on_probe)
+        return states, metrics
 
     # -- compilation ----------------------------------------------------------------
     def compile(self, states: TrainState, lengths: list[int]) -> float:
@@ -323,8 +377,11 @@ class Engine:
             tree,
         )
         for n in lengths:
-            if ("chunk", n) in self._compiled:
+            if self.compiled(n):
                 continue
+            if self.host_loop:
+                self._lower_host(states, jobs, on_pd)
+                break
             low = self._chunk_jit.lower(states, t0, self.data, length=n)
             jobs.append((("chunk", n), low))
             if pd is not None:
@@ -348,7 +405,24 @@ class Engine:
         return time.perf_counter() - start
 
     def compiled(self, length: int) -> bool:
+        if self.host_loop:  # one set of programs for every length
+            return ("step",) in self._compiled
         return ("chunk", length) in self._compiled
+
+    def _lower_host(self, states: TrainState, jobs: list, on_pd) -> None:
+        """The host loop's programs: two epochs' permutations, one step, one probe (and
+        the probe device's activations of one snapshot)."""
+        t0 = jnp.zeros((), jnp.int32)
+        low = self._perms_jit.lower(states, t0, steps=0)
+        perms, epoch0 = low.out_info
+        step = self._step_jit.lower(states, t0, perms, epoch0, self.data)
+        probe = self._probe_jit.lower(states, t0, step.out_info[3], perms, epoch0, self.data)
+        jobs += [(("perms",), low), (("step",), step), (("probe",), probe)]
+        snaps = probe.out_info.get("snaps")
+        if snaps is not None:
+            one = on_pd(jax.tree.map(lambda a: jax.ShapeDtypeStruct((a.shape[0], 1, *a.shape[1:]),
+                                                                     a.dtype), snaps))  # fmt: skip
+            jobs.append((("snaps",), self._snap_acts_jit.lower(one, self.remote["probe_x"])))
 
     # -- public calls (futures) -------------------------------------------------------
     def chunk(self, states: TrainState, t0: int, length: int) -> tuple[TrainState, Metrics]:
@@ -356,6 +430,8 @@ class Engine:
         ``states``). With a probe device, ``acts`` is computed there once the chunk is
         done: dispatch the next chunk before reading it, and the two overlap."""
         self.compile(states, [length])
+        if self.host_loop:
+            return self._host_chunk(states, t0, length)
         t = jnp.asarray(t0, jnp.int32)
         states, metrics, snaps = self._compiled["chunk", length](states, t, self.data)
         if snaps is not None:

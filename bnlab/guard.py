@@ -31,7 +31,8 @@ LOCK = ".lock"
 # settings that do not change a run's results: a run may continue with other values
 FREE = (
     "progress", "figure", "resume", "compile_cache", "chunk_steps", "checkpoint_every",
-    "data.dir", "data.data_dir", "data.download", "parallel", "probe.overlap",
+    "data.dir", "data.data_dir", "data.download", "parallel", "probe.overlap", "step_loop",
+    "import_path",
 )  # fmt: skip
 
 

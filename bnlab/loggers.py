@@ -70,10 +70,14 @@ def check(cfg: TrainConfig) -> None:
             f"logger.histogram_every={lg.histogram_every} must be >= 0 and "
             f"logger.histogram_bins={lg.histogram_bins} >= 1"
         )
-    if lg.histogram_every % cfg.chunk_steps and (lg.tensorboard or lg.wandb):
-        up = -(-lg.histogram_every // cfg.chunk_steps) * cfg.chunk_steps
+    # the host acts between chunks (with chunk_steps=auto, at multiples of probe.every)
+    auto = cfg.chunk_steps == "auto"
+    unit = cfg.probe.every if auto else cfg.chunk_steps
+    if lg.histogram_every % unit and (lg.tensorboard or lg.wandb):
+        up = -(-lg.histogram_every // unit) * unit
+        what = "probe.every" if auto else "chunk_steps"
         say(f"logger.histogram_every={lg.histogram_every} rounded up to {up}, a multiple "
-            f"of chunk_steps={cfg.chunk_steps}")  # fmt: skip
+            f"of {what}={unit}")  # fmt: skip
         lg.histogram_every = up
 
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 from jax import lax
 
 Array = jax.Array
@@ -128,11 +130,26 @@ def percentiles_through(x: Array, y: Array, qs: Sequence[float]) -> Array:
     return _lerp(at(a), at(b), frac)
 
 
+def sample_positions(shape: Sequence[int], sample: int | None, seed: int = 0) -> np.ndarray | None:
+    """The fixed positions a conv site's percentiles are taken at: ``sample`` of its
+    ``prod(shape[:-1])`` positions (example x height x width), drawn without replacement
+    by ``numpy.random.default_rng([seed, positions, sample])`` and sorted, the same at
+    every probe and for every site of that shape; None (every position) for a dense
+    site, when ``sample`` is None or 0, or when the site has no more positions."""
+    positions = int(np.prod(shape[:-1]))
+    if len(shape) <= 2 or not sample or positions <= sample:
+        return None
+    rng = np.random.default_rng([seed, positions, sample])
+    return np.sort(rng.choice(positions, size=sample, replace=False))
+
+
 def activation_stats(
     sites: Mapping[str, Array],
     qs: Sequence[float],
     units: Sequence[int],
     derived: Mapping[str, str] | None = None,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> dict[str, dict[str, Array]]:
     """Statistics of every activation site, pooled and for tracked units.
 
@@ -142,6 +159,11 @@ def activation_stats(
     Units beyond a site's width are skipped. ``derived`` maps a site to the site it
     is a non-decreasing elementwise function of (``models.activation_sources``): its
     pooled percentiles are then read through that site's (:func:`percentiles_through`).
+
+    Conv sites (rank > 2) with more than ``sample`` positions: means and standard
+    deviations stay exact over every value; percentiles, pooled and per unit, are
+    exact over the values at ``sample`` fixed positions (:func:`sample_positions`):
+    ``sample`` x channels values pooled, ``sample`` per unit.
     """
     derived = derived or {}
     out: dict[str, dict[str, Array]] = {name: {} for name in sites}
@@ -150,32 +172,42 @@ def activation_stats(
         out[name].update({f"{prefix}mean": mean, f"{prefix}std": std})
         out[name].update({f"{prefix}p{q:g}": p[i] for i, q in enumerate(qs)})
 
+    picks = {name: sample_positions(h.shape, sample, seed) for name, h in sites.items()}
+
+    def sampled(name: str) -> Array:
+        h = sites[name].astype(jnp.float32)
+        h = h.reshape((-1, h.shape[-1])) if h.ndim > 1 else h
+        idx = picks[name]
+        return h if idx is None else h[jnp.asarray(idx)]
+
     # pooled: site by site (vmapped over sites, the histogram scatters are slower on CPU)
     for name, h in sites.items():
         h = h.astype(jnp.float32)
         src = derived.get(name)
-        p = percentiles(h, qs) if src is None else percentiles_through(sites[src], h, qs)
+        hs = sampled(name)
+        p = percentiles(hs, qs) if src is None else percentiles_through(sampled(src), hs, qs)
         put(name, "", jnp.mean(h), jnp.std(h), p)
-    # tracked units: small ones (a dense unit over the batch) sorted together in one
-    # op, large ones (a conv feature map over batch and space) selected one by one
-    small: dict[int, list[tuple[str, int, Array]]] = {}
+    # tracked units: small ones (a dense unit over the batch, a sampled conv unit) sorted
+    # together in one op, large ones (a whole conv feature map) selected one by one
+    small: dict[tuple[int, int], list[tuple[str, int, Array, Array]]] = {}
     for name, h in sites.items():
         for j in units:
             if j >= h.shape[-1]:
                 continue
             g = h[..., j].ravel().astype(jnp.float32)
-            if g.size > _SORT_MAX:
-                put(name, f"u{j}/", jnp.mean(g), jnp.std(g), percentiles(g, qs))
+            gs = g if picks[name] is None else sampled(name)[:, j]
+            if gs.size > _SORT_MAX:
+                put(name, f"u{j}/", jnp.mean(g), jnp.std(g), percentiles(gs, qs))
             else:
-                small.setdefault(g.size, []).append((name, j, g))
-    for n, groups in small.items():
-        g = jnp.stack([v for _, _, v in groups])
-        s = jnp.sort(g, axis=1)
+                small.setdefault((gs.size, g.size), []).append((name, j, g, gs))
+    for (n, _), groups in small.items():
+        full = jnp.stack([v for _, _, v, _ in groups])
+        s = jnp.sort(jnp.stack([v for _, _, _, v in groups]), axis=1)
         k, frac = _ranks(n, qs)
         k = jnp.asarray(k)
         p = _lerp(s[:, k], s[:, jnp.minimum(k + 1, n - 1)], frac)
-        mean, std = jnp.mean(g, axis=1), jnp.std(g, axis=1)
-        for i, (name, j, _) in enumerate(groups):
+        mean, std = jnp.mean(full, axis=1), jnp.std(full, axis=1)
+        for i, (name, j, _, _) in enumerate(groups):
             put(name, f"u{j}/", mean[i], std[i], p[i])
     return out
 
@@ -219,11 +251,51 @@ def layer_stats(
     return out
 
 
+def module_stats(
+    params: Mapping, grads: Mapping, batch_stats: Mapping
+) -> dict[str, dict[str, Array]]:
+    """Parameter statistics of any model, per module path (``stage1/block1/conv1``).
+
+    The statistics of :func:`layer_stats`, found by leaf name: a module with a
+    ``kernel`` gets ``weight_norm`` and ``grad_norm`` (of the kernel) and, with a
+    ``bias``, ``bias_mean``/``bias_std``; a module without a kernel (a norm) gets
+    ``gamma_mean``/``gamma_std`` of its ``scale`` and ``beta_mean``/``beta_std`` of its
+    ``bias``; a ``mean``/``var`` in ``batch_stats`` gives ``running_mean_mean``...
+    ``running_var_std``. Other leaves are not summarized.
+    """
+    flat_p, flat_g = flatten_dict(params), flatten_dict(grads)
+    modules: dict[tuple, dict[str, tuple[Array, Array]]] = {}
+    for path, v in flat_p.items():
+        modules.setdefault(path[:-1], {})[path[-1]] = (v, flat_g[path])
+    out: dict[str, dict[str, Array]] = {}
+    for mod, leaves in modules.items():
+        d: dict[str, Array] = {}
+        if "kernel" in leaves:
+            w, g = leaves["kernel"]
+            d["weight_norm"], d["grad_norm"] = jnp.sqrt(_sq(w)), jnp.sqrt(_sq(g))
+            named = {"bias": "bias"}
+        else:
+            named = {"scale": "gamma", "bias": "beta"}
+        for key, name in named.items():
+            if key in leaves:
+                d[f"{name}_mean"] = jnp.mean(leaves[key][0])
+                d[f"{name}_std"] = jnp.std(leaves[key][0])
+        if d and mod:
+            out["/".join(mod)] = d
+    for path, v in flatten_dict(batch_stats).items():
+        if path[-1] in ("mean", "var") and path[:-1]:
+            d = out.setdefault("/".join(path[:-1]), {})
+            d[f"running_{path[-1]}_mean"] = jnp.mean(v)
+            d[f"running_{path[-1]}_std"] = jnp.std(v)
+    return out
+
+
 # --------------------------------------------------------------------------- ICS and landscape
 # Santurkar, Tsipras, Ilyas & Madry 2018, "How Does Batch Normalization Help Optimization?".
 # ``loss_fn(params, batch) -> scalar`` is the training loss on one batch (BN in train
-# mode, with the same noise for every call where there is noise); ``layers`` are the
-# top-level parameter subtrees in network order (``layer1`` .. ``head``).
+# mode, with the same noise for every call where there is noise); ``layers`` are
+# parameter subtrees in network order, by path (``layer1`` .. ``head`` for the built-ins,
+# ``stage1/block1/conv1``... for any model).
 
 
 def layer_weight(tree: Mapping) -> Array:
@@ -233,6 +305,12 @@ def layer_weight(tree: Mapping) -> Array:
     if "linear" in tree and "kernel" in tree["linear"]:
         return tree["linear"]["kernel"]
     raise ValueError(f"no kernel in a layer's parameters (keys {sorted(tree)})")
+
+
+def _subtree(tree: Mapping, name: str) -> Mapping:
+    for key in name.split("/"):
+        tree = tree[key]
+    return tree
 
 
 def _norm(tree) -> Array:
@@ -257,15 +335,21 @@ def gradient_ics(
     layers = list(layers)
     n = len(layers)
     moved = jnp.tril(jnp.ones((n, n), bool), k=-1)  # moved[i, j]: layer j updated for row i
+    flat_p, flat_u = flatten_dict(params), flatten_dict(update)
+    owner = {}  # leaf path -> the layer it belongs to
+    for j, name in enumerate(layers):
+        prefix = tuple(name.split("/"))
+        for path in flat_p:
+            if path[: len(prefix)] == prefix:
+                owner[path] = j
 
     def grads_at(mask: Array):
-        p = dict(params)
-        for j, name in enumerate(layers):
-            p[name] = jax.tree.map(
-                lambda a, u, m=mask[j]: jnp.where(m, a + u, a), params[name], update[name]
-            )
+        p = unflatten_dict({
+            path: jnp.where(mask[owner[path]], a + flat_u[path], a) if path in owner else a
+            for path, a in flat_p.items()
+        })  # fmt: skip
         g = jax.grad(loss_fn)(p, batch)
-        return [layer_weight(g[name]).astype(jnp.float32) for name in layers]
+        return [layer_weight(_subtree(g, name)).astype(jnp.float32) for name in layers]
 
     stacked = lax.map(grads_at, moved)  # per layer: (n, *kernel shape)
     out: dict[str, dict[str, Array]] = {}

@@ -10,8 +10,10 @@ A run directory (Hydra's output dir) holds:
   at ``step``), ``test_loss`` and ``test_accuracy`` (whole test split, BN in eval
   mode, every ``eval_every`` steps and at step 0), ``lr`` (learning rate at ``step``).
 - ``activations.parquet``, one row per step x layer x site x unit x statistic, columns
-  ``step`` (int64), ``layer`` (str, ``layer1``...), ``site`` (str: ``prenorm``,
-  ``pre``, ``post``; see :mod:`bnlab.models`), ``unit`` (int64: -1 = pooled over
+  ``step`` (int64), ``layer`` (str, ``layer1``...; a module path such as
+  ``stage1/block1/norm1`` for models found by interception), ``site`` (str: ``prenorm``,
+  ``pre``, ``post`` for the built-ins; ``in``, ``out`` for the others; see
+  :mod:`bnlab.models`; a site name ``a/b/c`` is layer ``a/b``, site ``c``), ``unit`` (int64: -1 = pooled over
   every unit and example of the probe batch; j >= 0 = unit/feature map j alone),
   ``stat`` (str: ``mean``, ``std``, ``p15``, ``p50``, ``p85``... per
   ``probe.percentiles``), ``value`` (float64). Measured on the fixed probe batch at
@@ -19,7 +21,8 @@ A run directory (Hydra's output dir) holds:
 - ``layers.parquet``, one row per step x layer x statistic, columns ``step``,
   ``layer``, ``stat``, ``value``: the parameter statistics of
   :func:`bnlab.probe.layer_stats` (weight and gradient norms, gamma/beta, running
-  mean/var summaries) at the same steps as the activations.
+  mean/var summaries; the built-ins' ``layer{i}``, other models' modules by path,
+  :func:`bnlab.probe.module_stats`) at the same steps as the activations.
 - ``ics.parquet``, one row per step x layer x statistic, columns ``step``, ``layer``,
   ``stat``, ``value``: the gradient-ICS and landscape probes of Santurkar et al. 2018
   (:func:`bnlab.probe.gradient_ics`, :func:`bnlab.probe.landscape`), every
@@ -146,7 +149,7 @@ class RunRecord:
         """Add ``{'layer1/pre': {'p15': values over steps, 'u0/p15': ...}}`` rows."""
         t = self.tables[ACTIVATIONS]
         for site_name, per_stat in stats.items():
-            layer, site = site_name.split("/", 1)
+            layer, site = site_name.rsplit("/", 1)  # a/b/in: layer a/b, site in
             for key, values in per_stat.items():
                 unit, stat = key.split("/") if "/" in key else ("u-1", key)
                 t.add(

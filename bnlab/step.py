@@ -22,7 +22,7 @@ from jax import lax
 
 from bnlab import probe
 from bnlab.devices import DATA
-from bnlab.models import activation_sources, flatten_sites, layer_names
+from bnlab.models.network import Network
 from bnlab.optim import peak_lr, with_lr
 
 Array = jax.Array
@@ -53,14 +53,21 @@ def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
 class Learner:
     """The per-member functions of one model and optimizer.
 
-    ``model`` trains (its BN may average statistics over the mesh's ``data`` axis, of
-    ``shards`` devices); ``probe_model`` is the same network with local statistics, for
-    probes and evaluation. ``unit`` is the optimizer's unit schedule (:mod:`bnlab.optim`).
+    ``net`` trains (a :class:`~bnlab.models.network.Network`, linen or NNX; its BN may
+    average statistics over the mesh's ``data`` axis, of ``shards`` devices);
+    ``probe_net`` is the same network with local statistics, for probes and evaluation.
+    ``unit`` is the optimizer's unit schedule (:mod:`bnlab.optim`). ``unroll``: loops
+    over probe batches and evaluation batches are unrolled in the trace instead of
+    ``lax.map`` (XLA:CPU runs convolutions inside a loop several times slower).
     """
 
-    def __init__(self, model, probe_model, tx, unit, *, probe_cfg: Any, diverge_loss: float,
-                 noisy: bool, shards: int = 1, eval_batch: int = 1000):  # fmt: skip
-        self.model, self.probe_model, self.tx, self.unit = model, probe_model, tx, unit
+    def __init__(self, net: Network, probe_net: Network, tx, unit, *, probe_cfg: Any,
+                 diverge_loss: float, noisy: bool, shards: int = 1, eval_batch: int = 1000,
+                 unroll: bool = False):  # fmt: skip
+        self.net, self.probe_net, self.tx, self.unit = net, probe_net, tx, unit
+        self.unroll = unroll
+        self.sample = probe_cfg.sample
+        self.sample_seed = probe_cfg.sample_seed
         self.qs = tuple(float(q) for q in probe_cfg.percentiles)
         self.units = tuple(int(u) for u in probe_cfg.units)
         self.probe_eval = probe_cfg.bn_mode == "eval"
@@ -69,17 +76,13 @@ class Learner:
         self.diverge_loss, self.noisy, self.eval_batch = diverge_loss, noisy, eval_batch
         self.shards = shards
 
-    def rngs(self, st: TrainState, stream: int = NOISE_STREAM) -> dict | None:
-        """``rngs`` for a train-mode apply at ``st`` (noisy BN's key), else None."""
-        return {"noise": noise_key(st.key, st.step, stream)} if self.noisy else None
+    def rngs(self, st: TrainState, stream: int = NOISE_STREAM) -> Array | None:
+        """Noisy BN's key for a train-mode apply at ``st``, else None."""
+        return noise_key(st.key, st.step, stream) if self.noisy else None
 
     def loss_fn(self, params, batch_stats, x, y, rngs=None):
-        logits, upd = self.model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True,
-            mutable=["batch_stats"], rngs=rngs,
-        )  # fmt: skip
+        logits, new_stats, _ = self.net.apply(params, batch_stats, x, train=True, noise_key=rngs)
         loss, acc = cross_entropy(logits, y)
-        new_stats = upd.get("batch_stats", batch_stats)
         if self.shards > 1:
             # the global batch's loss (its gradient is the device average), and one
             # running-statistics update on every device (flax#877)
@@ -107,28 +110,29 @@ class Learner:
         return peak_lr(st.opt_state) * self.unit(step)
 
     def layer_stats(self, st: TrainState, grads: Any) -> dict:
-        return probe.layer_stats(st.params, grads, st.batch_stats, layer_names(st.params))
+        return self.net.layer_stats(st.params, grads, st.batch_stats)
 
     def sites(self, st: TrainState, probe_x: Array) -> dict[str, Array]:
-        """The raw values of every activation site on the probe batch (``{site: array}``,
-        BN as ``probe.bn_mode`` says; the running statistics are not updated)."""
-        _, out = self.probe_model.apply(
-            {"params": st.params, "batch_stats": st.batch_stats}, probe_x,
-            train=not self.probe_eval, mutable=["sites", "batch_stats"],
-            rngs=None if self.probe_eval else self.rngs(st, PROBE_NOISE_STREAM),
+        """The raw values of the probed sites on the probe batch (``{site: array}``, BN as
+        ``probe.bn_mode`` says; the running statistics are not updated)."""
+        _, _, sites = self.probe_net.apply(
+            st.params, st.batch_stats, probe_x, train=not self.probe_eval,
+            noise_key=None if self.probe_eval else self.rngs(st, PROBE_NOISE_STREAM),
+            capture=True,
         )  # fmt: skip
-        return flatten_sites(out["sites"])
+        return sites
 
     def histograms(self, st: TrainState, probe_x: Array, bins: int) -> dict:
-        """``{site: probe.histogram(values, bins)}`` of every site on the probe batch."""
+        """``{site: probe.histogram(values, bins)}`` of every probed site on the probe batch."""
         return {k: probe.histogram(v, bins) for k, v in self.sites(st, probe_x).items()}
 
     def activations(self, st: TrainState, probe_x: Array) -> dict:
-        """Activation statistics of every site on the probe batch (running stats kept)."""
+        """Activation statistics of the probed sites on the probe batch (running stats
+        kept)."""
         sites = self.sites(st, probe_x)
-        m = self.probe_model
-        derived = activation_sources(sites, m.activation, m.norm_position)
-        return probe.activation_stats(sites, self.qs, self.units, derived)
+        derived = self.probe_net.layout.derived if self.probe_net.layout else {}
+        return probe.activation_stats(sites, self.qs, self.units, derived, self.sample,
+                                      self.sample_seed)  # fmt: skip
 
     def ics(self, st: TrainState, x: Array, y: Array) -> dict:
         """Gradient-ICS per layer and the landscape (layer ``all``) on one batch: the
@@ -141,7 +145,7 @@ class Learner:
         grads = jax.grad(loss_fn)(st.params, (x, y))
         updates, _ = self.tx.update(grads, st.opt_state, st.params)
         out = probe.gradient_ics(loss_fn, st.params, (x, y), updates,
-                                 [*layer_names(st.params), "head"])  # fmt: skip
+                                 self.net.ics_layers(st.params))  # fmt: skip
         out["all"] = probe.landscape(loss_fn, st.params, (x, y), self.lr_at(st, st.step),
                                      self.landscape_steps, self.landscape_lengths)  # fmt: skip
         return out
@@ -154,30 +158,37 @@ class Learner:
         x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
         y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
         mask = jnp.arange(n + pad) < n
-        variables = {"params": st.params, "batch_stats": st.batch_stats}
 
         def one(args):
             xb, yb, mb = args
-            logits = self.probe_model.apply(variables, xb, train=False)
+            logits = self.probe_net.apply(st.params, st.batch_stats, xb, train=False)[0]
             loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb)
             return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
 
         shape = lambda a: a.reshape((-1, b) + a.shape[1:])  # noqa: E731
-        loss, correct = lax.map(one, (shape(x), shape(y), shape(mask)))
+        loss, correct = loop_map(one, (shape(x), shape(y), shape(mask)), self.unroll)
         return loss.sum() / n, correct.sum() / n
 
     def init(self, seed: Array, lr: Array, x0: Array) -> TrainState:
         """A member's initial state: its init key and data key derive from ``seed``;
         its peak learning rate is ``lr``."""
         root = jax.random.PRNGKey(seed)
-        variables = self.model.init(jax.random.fold_in(root, 0), x0, train=False)
-        params = variables["params"]
+        params, batch_stats = self.net.init(jax.random.fold_in(root, 0), x0)
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params,
-            batch_stats=variables.get("batch_stats", {}),
+            step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
             opt_state=with_lr(self.tx.init(params), lr),
             key=jax.random.fold_in(root, 1), alive=jnp.ones((), bool),
         )  # fmt: skip
+
+
+def loop_map(fn, xs, unroll: bool):
+    """``lax.map(fn, xs)``, or with ``unroll`` the same as a loop in the trace (no XLA
+    while loop: XLA:CPU runs convolutions inside one several times slower)."""
+    if not unroll:
+        return lax.map(fn, xs)
+    n = jax.tree.leaves(xs)[0].shape[0]
+    outs = [fn(jax.tree.map(lambda a, i=i: a[i], xs)) for i in range(n)]
+    return jax.tree.map(lambda *o: jnp.stack(o), *outs)
 
 
 def stack(states: list[TrainState]) -> TrainState:

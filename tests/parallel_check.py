@@ -6,8 +6,8 @@ once, at start-up). Prints one JSON object:
 - ``step``: the largest absolute differences between one training step on 4 devices
   and on one device, on the same 64 examples (MLP and CNN; sync and per-device BN);
 - ``runs``: the run directories of a short real run on 4 devices and on one;
-- ``combos``: for every combination of sweep axes, devices, probes and norms in
-  ``COMBOS``, each member's record directory and the single run it must equal.
+- ``combos``: for every combination of sweep axes, devices, probes, norms and models
+  in ``COMBOS``, each member's record directory and the single run it must equal.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from trainer import COMPILE_CACHE, QUICK, compose, engine_for, train
 
 from bnlab.devices import DATA
-from bnlab.models import make_model
+from bnlab.models import build_network
 from bnlab.step import unstack
 
 DEVICES, BATCH = 4, 64
@@ -33,6 +33,9 @@ SMALL = [*QUICK, "steps=100", "chunk_steps=50", "probe.every=25", "eval_every=50
 # and ghost BN with per-device statistics
 NOISY = ["norm=bn_noisy", "probe.ics_every=50"]
 GHOST = ["norm=bn_ghost", "norm.ghost_batch_size=8", "norm.sync=false"]
+# A model of the user's, by _target_: NNX, flax.nnx.BatchNorm hard-coded (bnlab's substituted)
+TARGET = ["model=own", "model._target_=own_models.NNXFlaxBN", "+model.din=64",
+          f"import_path=[{Path(__file__).parent}]"]  # fmt: skip
 # (name, overrides, devices as "data x members"): every sweep axis, device layout, probe
 # placement and BN variant appears, and each in more than one combination
 COMBOS = [
@@ -43,6 +46,7 @@ COMBOS = [
     ("lr_members4_ghost_diverging", [*GHOST, "sweep.lr=[0.05,0.1,0.5,1e6]"], "1x4"),
     ("lr_seeds_members2_data2_ghost", [*GHOST, "sweep.lr=[0.05,0.5]", "sweep.seeds=2"], "2x2"),
     ("single_data4_ghost_overlap", [*GHOST, "probe.overlap=true"], "4x1"),
+    ("target_nnx_lr_members2_data2", [*TARGET, "sweep.lr=[0.05,0.5]"], "2x2"),
 ]  # fmt: skip
 
 
@@ -67,23 +71,22 @@ def compare_step(model: str, sync: bool) -> dict[str, float]:
     # one step first, so that the compared step starts from non-trivial running stats
     state = jax.jit(e1.learner.train_step)(state, e1.data["train_x"][BATCH : 2 * BATCH],
                                    e1.data["train_y"][BATCH : 2 * BATCH])[0]  # fmt: skip
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
 
-    def forward(model, xb):
-        return model.apply(variables, xb, train=True, mutable=["batch_stats"])[0]
+    def forward(net, xb):
+        return net.apply(state.params, state.batch_stats, xb, train=True)[0]
 
     spmd = lambda f, ins, outs: jax.jit(  # noqa: E731
         jax.shard_map(f, mesh=e4.mesh, in_specs=ins, out_specs=outs)
     )
-    logits1 = jax.jit(forward, static_argnums=0)(e1.learner.model, x)
-    logits4 = spmd(lambda xb: forward(e4.learner.model, xb), P(DATA), P(DATA))(x)
+    logits1 = jax.jit(forward, static_argnums=0)(e1.learner.net, x)
+    logits4 = spmd(lambda xb: forward(e4.learner.net, xb), P(DATA), P(DATA))(x)
     # the other statistics (sync: ghost 16; not sync: the whole 64), to show they differ
     other = compose([*over, f"norm.ghost_batch_size={BATCH // DEVICES}"] if sync else over)
     from bnlab.config import typed
 
     other = typed(other)
-    other_model = make_model(other.model, other.norm, 10)
-    logits_other = jax.jit(forward, static_argnums=0)(other_model, x)
+    other_net = build_network(other.model, other.norm, 10)
+    logits_other = jax.jit(forward, static_argnums=0)(other_net, x)
     new1, (loss1, _, grads1) = jax.jit(e1.learner.train_step)(state, x, y)
     new4, (loss4, _, grads4) = spmd(e4.learner.train_step, (P(), P(DATA), P(DATA)), P())(
         state, x, y
@@ -116,14 +119,18 @@ def combos(out: Path) -> dict[str, list[list[str]]]:
     """Every combination in COMBOS, and the single runs its members must equal."""
     singles: dict[tuple, Path] = {}
 
+    def small(over: list[str]) -> list[str]:  # an own model takes none of the MLP's keys
+        own = "model=own" in over
+        return [o for o in SMALL if not (own and o.startswith("model."))]
+
     def single(over: list[str], lr: float, seed: int) -> Path:
         # the member as a run of its own: one device, no sweep, inline probes
         base = tuple(o for o in over if not o.startswith(("sweep.", "probe.overlap")))
         key = (base, lr, seed)
         if key not in singles:
             run = out / "single" / str(len(singles))
-            train([*SMALL, *base, f"optimizer.lr={lr}", f"seed={seed}", "probe.overlap=false"],
-                  run)  # fmt: skip
+            train([*small(over), *base, f"optimizer.lr={lr}", f"seed={seed}",
+                   "probe.overlap=false"], run)  # fmt: skip
             singles[key] = run
         return singles[key]
 
@@ -132,8 +139,8 @@ def combos(out: Path) -> dict[str, list[list[str]]]:
         data_dev, mem_dev = dev.split("x")
         run = out / "combo" / name
         extra = [f"parallel.data={data_dev}", f"parallel.members={mem_dev}"]
-        summaries = train([*SMALL, *over, *extra], run)
-        cfg = typed_cfg([*SMALL, *over])
+        summaries = train([*small(over), *over, *extra], run)
+        cfg = typed_cfg([*small(over), *over])
         members = [(lr, s) for lr in cfg.lrs for s in cfg.seeds]
         pairs = []
         for i, (lr, seed) in enumerate(members):

@@ -100,6 +100,7 @@ def test_four_device_run_has_single_device_record(four_devices, record_property)
 COMBO_NAMES = [
     "lr_seeds_overlap_ics_noisy", "lr_seeds_data4_ics_noisy", "seeds_members2_data2_ics_noisy",
     "lr_members4_ghost_diverging", "lr_seeds_members2_data2_ghost", "single_data4_ghost_overlap",
+    "target_nnx_lr_members2_data2",
 ]  # fmt: skip
 
 

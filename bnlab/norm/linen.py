@@ -68,65 +68,69 @@ class BatchNorm(nn.Module):
         use_ra = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
-        x = jnp.asarray(x)
-        feat = feature_axes(self.axis, x.ndim)
-        shape = tuple(x.shape[a] for a in feat)
-        f32 = self.force_float32_reductions
-        stat_dtype = jnp.float32 if f32 else self.param_dtype
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, stat_dtype))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, stat_dtype))
-        scale = (
-            self.param("scale", self.scale_init, shape, self.param_dtype)
-            if self.use_scale
-            else None
-        )
-        bias = (
-            self.param("bias", self.bias_init, shape, self.param_dtype) if self.use_bias else None
-        )
-        mean, var = ra_mean.value, ra_var.value
-        if not f32:  # flax: parameters, and the running stats in eval mode, in param_dtype
-            cast = lambda v: None if v is None else jnp.asarray(v, self.param_dtype)  # noqa: E731
-            scale, bias = cast(scale), cast(bias)
-            if use_ra:
-                mean, var = cast(mean), cast(var)
-        y, new_mean, new_var = batch_norm(
-            x,
-            scale,
-            bias,
-            mean,
-            var,
-            use_running_average=use_ra,
-            axis=feat,
-            momentum=self.momentum,
-            epsilon=self.epsilon,
-            stats_grad=self.stats_grad,
-            ghost_batch_size=self.ghost_batch_size,
-            axis_name=None if self.is_initializing() else self.axis_name,
-            axis_index_groups=self.axis_index_groups,
-            dtype=self.dtype,
-            center_only=self.center_only,
-            mask=mask,
-            use_fast_variance=self.use_fast_variance,
-            force_float32_reductions=f32,
-        )
-        if not use_ra and not self.is_initializing():
-            ra_mean.value, ra_var.value = new_mean, new_var
-            if self.noisy:
-                if not self.has_rng("noise"):
-                    raise ValueError(
-                        "noisy BN (norm.noise_mean/noise_std > 0) needs a per-step key in "
-                        "train mode: apply(..., rngs={'noise': key})"
-                    )
-                y = inject_noise(
-                    y, self.make_rng("noise"), axis=feat,
-                    noise_mean=self.noise_mean, noise_std=self.noise_std,
-                    noise_axis=self.noise_axis,
-                )  # fmt: skip
-        return y
+        return forward(self, self, x, use_ra, mask)
 
     @property
     def noisy(self) -> bool:
         return bool(self.noise_mean or self.noise_std)
+
+
+def forward(s: BatchNorm, m: nn.Module, x: Array, use_ra: bool, mask: Array | None) -> Array:
+    """bnlab's BN of ``x`` with the settings of ``s`` and the variables of ``m``.
+
+    ``m`` holds the state: its ``batch_stats`` ``mean``/``var``, its ``scale``/``bias``
+    params, its ``noise`` rng. :class:`BatchNorm` passes itself as both; bnlab's
+    substitution for a hard-coded ``flax.linen.BatchNorm`` passes that module as ``m``
+    (same variable names) and a :class:`BatchNorm` of its settings as ``s``.
+    """
+    x = jnp.asarray(x)
+    feat = feature_axes(s.axis, x.ndim)
+    shape = tuple(x.shape[a] for a in feat)
+    f32 = s.force_float32_reductions
+    stat_dtype = jnp.float32 if f32 else s.param_dtype
+    ra_mean = m.variable("batch_stats", "mean", lambda: jnp.zeros(shape, stat_dtype))
+    ra_var = m.variable("batch_stats", "var", lambda: jnp.ones(shape, stat_dtype))
+    scale = m.param("scale", s.scale_init, shape, s.param_dtype) if s.use_scale else None
+    bias = m.param("bias", s.bias_init, shape, s.param_dtype) if s.use_bias else None
+    mean, var = ra_mean.value, ra_var.value
+    if not f32:  # flax: parameters, and the running stats in eval mode, in param_dtype
+        cast = lambda v: None if v is None else jnp.asarray(v, s.param_dtype)  # noqa: E731
+        scale, bias = cast(scale), cast(bias)
+        if use_ra:
+            mean, var = cast(mean), cast(var)
+    y, new_mean, new_var = batch_norm(
+        x,
+        scale,
+        bias,
+        mean,
+        var,
+        use_running_average=use_ra,
+        axis=feat,
+        momentum=s.momentum,
+        epsilon=s.epsilon,
+        stats_grad=s.stats_grad,
+        ghost_batch_size=s.ghost_batch_size,
+        axis_name=None if m.is_initializing() else s.axis_name,
+        axis_index_groups=s.axis_index_groups,
+        dtype=s.dtype,
+        center_only=s.center_only,
+        mask=mask,
+        use_fast_variance=s.use_fast_variance,
+        force_float32_reductions=f32,
+    )
+    if not use_ra and not m.is_initializing():
+        ra_mean.value, ra_var.value = new_mean, new_var
+        if s.noisy:
+            if not m.has_rng("noise"):
+                raise ValueError(
+                    "noisy BN (norm.noise_mean/noise_std > 0) needs a per-step key in "
+                    "train mode: apply(..., rngs={'noise': key})"
+                )
+            y = inject_noise(
+                y, m.make_rng("noise"), axis=feat,
+                noise_mean=s.noise_mean, noise_std=s.noise_std, noise_axis=s.noise_axis,
+            )  # fmt: skip
+    return y
 
 
 class NoNorm(nn.Module):

@@ -52,7 +52,9 @@ class BatchNorm(nnx.Module):
     ``use_fast_variance`` defaults to ``False`` (bnlab's two-pass variance, as the linen
     module) and ``num_features`` may be a tuple, one size per feature axis, for a tuple
     ``axis``. bnlab's switches follow, keyword-only: ``stats_grad``,
-    ``ghost_batch_size``, ``center_only``, ``noise_mean``, ``noise_std``.
+    ``ghost_batch_size``, ``center_only``, ``noise_mean``, ``noise_std``, ``noise_axis``
+    (inside ``shard_map``: the axis a batch is split over, so noisy BN draws the global
+    batch's noise and takes this device's slice, as the linen module).
 
     State: ``mean`` and ``var`` (``nnx.BatchStat``, float32) and ``scale``/``bias``
     (``nnx.Param``, ``param_dtype``, or None), the names and layout of flax's, so one
@@ -99,6 +101,7 @@ class BatchNorm(nnx.Module):
         center_only: bool = False,
         noise_mean: float = 0.0,
         noise_std: float = 0.0,
+        noise_axis: str | None = None,
     ):
         shape = tuple(num_features) if isinstance(num_features, Iterable) else (num_features,)
         self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
@@ -131,6 +134,7 @@ class BatchNorm(nnx.Module):
         self.center_only = center_only
         self.noise_mean = noise_mean
         self.noise_std = noise_std
+        self.noise_axis = noise_axis  # inside shard_map: the axis the batch is split over
 
     @property
     def noisy(self) -> bool:
@@ -196,6 +200,7 @@ class BatchNorm(nnx.Module):
             y = inject_noise(
                 y, key, axis=feat,
                 noise_mean=self.noise_mean, noise_std=self.noise_std,
+                noise_axis=self.noise_axis,
             )  # fmt: skip
         return y
 

@@ -1,4 +1,4 @@
-"""MLP and small CNN with a pluggable norm and named activation sites.
+"""The built-in MLP and small CNN, with a pluggable norm and sown activation sites.
 
 Every hidden layer is a submodule named ``layer{i}`` (i from 1) and sows its
 activations into the ``sites`` collection, so ``apply(..., mutable=['sites'])``
@@ -8,43 +8,51 @@ returns them without changing the model. Site names, as in configs, logs and plo
 - ``layer{i}/pre``: the input of the nonlinearity (after BN when BN comes first);
 - ``layer{i}/post``: the layer's output, what the next layer sees.
 
-The output layer is ``head`` (logits, no site).
+The output layer is ``head`` (logits, no site). Other models need not sow: bnlab
+finds their sites by interception (:mod:`bnlab.models.sites`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict
 
-from bnlab.config import ModelConfig, NormConfig
-from bnlab.norm import BatchNorm, NoNorm
+from bnlab.models.activations import is_monotone, resolve
+from bnlab.norm import NoNorm
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "sigmoid": nn.sigmoid,
-    "relu": nn.relu,
-    "tanh": jnp.tanh,
-    "linear": lambda x: x,
-}
-# non-decreasing as XLA computes them in float32 (tests/test_probe.py checks); tanh is
-# not: its approximation steps back by an ulp near +-1
-MONOTONE = frozenset({"sigmoid", "relu", "linear"})
 SITES = ("prenorm", "pre", "post")
 NORM_POSITIONS = ("before", "after")
 
 
+def flat_init(init: Callable) -> Callable:
+    """``init`` (a variance-scaling initializer with flax's default axes, or a fixed-scale
+    one) drawn as a (fan_in, out) matrix and reshaped: the same values as drawing the
+    kernel's own shape (JAX's partitionable threefry draws by flat position, and the
+    fans are the same), but XLA:CPU compiles a rank-4 draw ~10x slower."""
+
+    def draw(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
+        if len(shape) <= 2:
+            return init(key, shape, dtype)
+        return init(key, (math.prod(shape[:-1]), shape[-1]), dtype).reshape(shape)
+
+    return draw
+
+
 def kernel_init(init_std: float | None) -> Callable:
     """Gaussian N(0, init_std^2) weights, or LeCun normal when ``init_std`` is None."""
-    return nn.initializers.lecun_normal() if init_std is None else nn.initializers.normal(init_std)
+    init = nn.initializers.lecun_normal() if init_std is None else nn.initializers.normal(init_std)
+    return flat_init(init)
 
 
-def _check(activation: str, norm_position: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+def _check(activation: str | Callable, norm_position: str) -> None:
+    resolve(activation)  # ValueError naming the choices
     if norm_position not in NORM_POSITIONS:
         raise ValueError(f"norm_position must be one of {NORM_POSITIONS}, got {norm_position!r}")
 
@@ -54,12 +62,12 @@ class Block(nn.Module):
 
     linear: Callable[..., nn.Module]
     norm: Callable[..., nn.Module]
-    activation: str
+    activation: str | Callable
     norm_position: str = "before"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        act = ACTIVATIONS[self.activation]
+        act = resolve(self.activation)
         norm = self.norm(name="norm")
         h = self.linear(name="linear")(x)
         if self.norm_position == "before":
@@ -94,7 +102,7 @@ class MLP(nn.Module):
 
     features: Sequence[int] = (100, 100, 100)
     num_classes: int = 10
-    activation: str = "sigmoid"
+    activation: str | Callable = "sigmoid"
     norm: Callable[..., nn.Module] = NoNorm
     norm_position: str = "before"
     init_std: float | None = None
@@ -116,7 +124,7 @@ class CNN(nn.Module):
     channels: Sequence[int] = (32, 64)
     features: Sequence[int] = (128,)
     num_classes: int = 10
-    activation: str = "relu"
+    activation: str | Callable = "relu"
     norm: Callable[..., nn.Module] = NoNorm
     norm_position: str = "before"
     init_std: float | None = None
@@ -140,48 +148,6 @@ class CNN(nn.Module):
         return _dense_tail(self, x, train, first=i + 1)
 
 
-def make_norm(
-    cfg: NormConfig, axis_name: str | None = None, noise_axis: str | None = None
-) -> Callable[..., nn.Module]:
-    """The norm factory a model plugs into every hidden layer (``axis_name``: sync BN;
-    ``noise_axis``: the axis a batch is split over, for noisy BN's global noise)."""
-    if not cfg.normalizes:
-        return NoNorm
-    return partial(
-        BatchNorm,
-        use_scale=cfg.use_scale,
-        use_bias=cfg.use_bias,
-        stats_grad=cfg.stats_grad,
-        momentum=cfg.momentum,
-        epsilon=cfg.epsilon,
-        ghost_batch_size=cfg.ghost_batch_size,
-        axis_name=axis_name,
-        center_only=cfg.center_only,
-        noise_mean=cfg.noise_mean,
-        noise_std=cfg.noise_std,
-        noise_axis=noise_axis,
-    )
-
-
-def make_model(
-    cfg: ModelConfig, norm: NormConfig, num_classes: int, axis_name: str | None = None,
-    noise_axis: str | None = None,
-) -> nn.Module:  # fmt: skip
-    """The model of ``cfg`` with the norm of ``norm`` in every hidden layer."""
-    common = dict(
-        features=tuple(cfg.features),
-        num_classes=num_classes,
-        activation=str(cfg.activation),
-        norm=make_norm(norm, axis_name, noise_axis),
-        norm_position=str(cfg.norm_position),
-        init_std=cfg.init_std,
-        use_bias=cfg.use_bias,
-    )
-    if cfg.name == "cnn":
-        return CNN(channels=tuple(cfg.channels), **common)
-    return MLP(**common)
-
-
 def flatten_sites(sites: dict) -> dict[str, jax.Array]:
     """``{'layer1': {'pre': (h,)}}`` from the ``sites`` collection -> ``{'layer1/pre': h}``."""
     return {
@@ -192,12 +158,12 @@ def flatten_sites(sites: dict) -> dict[str, jax.Array]:
 
 def layer_names(params: dict) -> list[str]:
     """The hidden layers' names (``layer1``, ``layer2``, ...) in order."""
-    names = [k for k in params if k.startswith("layer")]
+    names = [k for k in params if k.startswith("layer") and k[len("layer") :].isdigit()]
     return sorted(names, key=lambda k: int(k[len("layer") :]))
 
 
 def activation_sources(
-    site_names: Iterable[str], activation: str, norm_position: str
+    site_names: Iterable[str], activation: str | Callable, norm_position: str
 ) -> dict[str, str]:
     """``{site: source}`` for the sites that are their layer's activation applied
     elementwise to another of its sites, when the activation is in ``MONOTONE`` (the
@@ -207,7 +173,7 @@ def activation_sources(
     follows, else ``post = act(pre)``.
     """
     names = set(site_names)
-    if activation not in MONOTONE:
+    if not is_monotone(activation):
         return {}
     out = {}
     for name in names:

@@ -1,0 +1,272 @@
+"""From the ``model`` and ``norm`` configs to a :class:`~bnlab.models.network.Network`.
+
+``model._target_`` names a ``flax.linen.Module`` or ``flax.nnx.Module`` class (the
+presets: ``bnlab.models.MLP``, ``CNN``, ``VGG``, ``ResNet``); the other ``model.*`` keys
+are its constructor's arguments (nested ``_target_`` nodes instantiated with Hydra). bnlab adds, where the constructor takes them and the config does not set them:
+
+- ``norm``: a factory of bnlab's BN with the ``norm`` config (linen: ``bnlab.norm.
+  BatchNorm``/``NoNorm``, called as ``norm(name=...)(x, use_running_average=...)``;
+  NNX: ``bnlab.norm.NNXBatchNorm``/``NNXNoNorm``, called as ``norm(num_features,
+  rngs=rngs)``);
+- ``num_classes``: the dataset's;
+- ``rngs`` (NNX): the member's init key.
+
+A model that hard-codes Flax's BatchNorm gets bnlab's in its place
+(:mod:`bnlab.models.sites`). ``model.activation`` may be a name or
+``{_target_: a JAX function}`` (:mod:`bnlab.models.activations`); it is passed as the
+function unless the constructor is a preset, which takes names too.
+
+:func:`check_model` raises every error a user can cause, one line each, before data
+loads; :func:`build_networks` builds the training and probe networks once the data's
+shape is known, and checks ``probe.sites`` against the sites found.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import nnx
+
+from bnlab.errors import UserError
+from bnlab.models import activations
+from bnlab.models.network import LinenNetwork, Network, NNXNetwork
+from bnlab.models.resnet import SHORTCUTS, blocks_per_stage
+from bnlab.models.sites import Norm, substitute_nnx
+from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm
+
+PRESETS = {
+    "bnlab.models.MLP": "mlp",
+    "bnlab.models.CNN": "cnn",
+    "bnlab.models.VGG": "vgg",
+    "bnlab.models.ResNet": "resnet",
+}
+CONV_PRESETS = ("cnn", "vgg", "resnet")
+INJECTED = ("norm", "num_classes", "rngs")
+
+
+def _norm_kwargs(cfg: Any, axis_name: str | None, noise_axis: str | None) -> dict[str, Any]:
+    return dict(
+        use_scale=cfg.use_scale, use_bias=cfg.use_bias, stats_grad=cfg.stats_grad,
+        momentum=cfg.momentum, epsilon=cfg.epsilon, ghost_batch_size=cfg.ghost_batch_size,
+        axis_name=axis_name, center_only=cfg.center_only, noise_mean=cfg.noise_mean,
+        noise_std=cfg.noise_std, noise_axis=noise_axis,
+    )  # fmt: skip
+
+
+def make_norm(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None):
+    """The linen norm factory a model plugs into every hidden layer (``axis_name``:
+    sync BN; ``noise_axis``: the axis a batch is split over, for noisy BN's global noise)."""
+    if not cfg.normalizes:
+        return NoNorm
+    return partial(BatchNorm, **_norm_kwargs(cfg, axis_name, noise_axis))
+
+
+def make_nnx_norm(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None):
+    """The NNX norm factory: ``norm(num_features, rngs=rngs)``."""
+    if not cfg.normalizes:
+        return NNXNoNorm
+    return partial(NNXBatchNorm, **_norm_kwargs(cfg, axis_name, noise_axis))
+
+
+def substitution(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None) -> Norm:
+    """What replaces a hard-coded Flax BatchNorm under the ``norm`` config ``cfg``."""
+    kw = _norm_kwargs(cfg, axis_name, noise_axis)
+    kw.pop("momentum"), kw.pop("epsilon")  # the layer keeps its own
+    return Norm(normalizes=cfg.normalizes, **kw)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def add_import_path(paths: list[str]) -> None:
+    """Put ``import_path`` folders first on ``sys.path`` (relative to the working dir)."""
+    for p in reversed(paths):
+        p = str(Path(p).expanduser().resolve())
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def _target(model: dict) -> str:
+    t = model.get("_target_")
+    if not isinstance(t, str) or not t or t == "???":
+        raise UserError(
+            "model needs a _target_: model=mlp|cnn|vgg|resnet, or model._target_=pkg.module.Class"
+        )
+    return t
+
+
+def model_class(model: dict) -> type:
+    """The class ``model._target_`` names (a linen or NNX Module); one-line errors."""
+    t = _target(model)
+    try:
+        cls = activations.locate(t)
+    except ImportError as e:
+        raise UserError(f"model._target_={t}: {e} (is its folder in import_path?)") from None
+    if not (isinstance(cls, type) and issubclass(cls, (nn.Module, nnx.Module))):
+        raise UserError(f"model._target_={t} is not a flax.linen.Module or flax.nnx.Module class")
+    return cls
+
+
+def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
+    # NNX's metaclass hides __init__'s signature behind (*args, **kwargs)
+    fn = cls.__init__ if issubclass(cls, nnx.Module) else cls
+    params = dict(inspect.signature(fn).parameters)
+    for k in ("parent", "name", "self"):
+        params.pop(k, None)
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    params = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return params, var_kw
+
+
+def check_model(model: dict, import_path: list[str] | None = None) -> type:
+    """Every model error that needs no data, one line each: the target, its arguments,
+    the preset's values, the activation. Returns the class."""
+    add_import_path(list(import_path or []))
+    cls = model_class(model)
+    t = _target(model)
+    params, var_kw = _parameters(cls)
+    for key in model:
+        if key == "_target_":
+            continue
+        if key == "norm":
+            raise UserError("model.norm is not a model key: choose the norm with norm=...")
+        if key not in params and not var_kw:
+            takes = ", ".join(k for k in params if k not in INJECTED) or "nothing"
+            raise UserError(f"model.{key}: {t} takes no argument {key!r} (it takes: {takes})")
+    for key, p in params.items():
+        if p.default is p.empty and key not in model and key not in INJECTED:
+            raise UserError(f"model._target_={t} needs model.{key}: add +model.{key}=...")
+    if "activation" in model:
+        try:
+            activations.resolve(model["activation"])
+        except (ValueError, ImportError) as e:
+            raise UserError(f"model.activation: {e}") from None
+    _check_preset(PRESETS.get(t), model)
+    return cls
+
+
+def _positive_ints(key: str, values: Any) -> None:
+    flat = [v for row in values for v in (row if isinstance(row, list | tuple) else [row])]
+    if any(not isinstance(v, int) or v < 1 for v in flat):
+        raise UserError(f"model.{key}={values} must hold positive integers")
+
+
+def _check_preset(name: str | None, m: dict) -> None:
+    if name in ("mlp", "cnn"):
+        if not m["features"]:
+            raise UserError("model.features=[] needs at least one hidden layer width, e.g. [100]")
+        _positive_ints("features", m["features"])
+        if name == "cnn":
+            if not m["channels"]:
+                raise UserError("model=cnn needs model.channels, e.g. [32,64]")
+            _positive_ints("channels", m["channels"])
+        if m["init_std"] is not None and not m["init_std"] > 0:
+            raise UserError(f"model.init_std={m['init_std']} must be > 0 (or null: LeCun)")
+    elif name == "vgg":
+        if not m["stages"] or not all(m["stages"]):
+            raise UserError(
+                f"model.stages={m['stages']} needs stages of conv widths, e.g. [[64],[128]]"
+            )
+        _positive_ints("stages", m["stages"])
+        _positive_ints("features", m["features"])
+    elif name == "resnet":
+        try:
+            blocks_per_stage(m["depth"])
+        except ValueError as e:
+            raise UserError(f"model.{e}") from None
+        _positive_ints("width", [m["width"]])
+        if m["shortcut"] not in SHORTCUTS:
+            raise UserError(f"model.shortcut={m['shortcut']} must be one of {', '.join(SHORTCUTS)}")
+
+
+def check_input(model: dict, image_ndim: int) -> None:
+    """The conv presets need NHWC images (data.flatten=false)."""
+    name = PRESETS.get(_target(model))
+    if name in CONV_PRESETS and image_ndim != 4:
+        raise UserError(f"model={name} needs NHWC images: set data.flatten=false")
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_network(model: dict, norm: Any, num_classes: int, axis_name: str | None = None,
+                  noise_axis: str | None = None) -> Network:  # fmt: skip
+    """The network of the ``model`` config with the ``norm`` config's BN (``axis_name``:
+    sync BN's axis; ``noise_axis``: the axis a batch is split over)."""
+    from hydra.utils import instantiate
+
+    cls = model_class(model)
+    params, var_kw = _parameters(cls)
+    is_nnx = issubclass(cls, nnx.Module)
+    # nested ``_target_`` nodes instantiated by Hydra; bnlab's objects (classes that are
+    # dataclasses, which Hydra would read as configs) passed beside them
+    args = instantiate({k: v for k, v in model.items() if k not in ("_target_", "activation")},
+                       _convert_="all")  # fmt: skip
+    extra: dict[str, Any] = {}
+    preset = PRESETS.get(model["_target_"])
+    if "activation" in model:
+        act = model["activation"]
+        extra["activation"] = act if preset and isinstance(act, str) else activations.resolve(act)
+    if "norm" in params:
+        make = make_nnx_norm if is_nnx else make_norm
+        extra["norm"] = make(norm, axis_name, noise_axis)
+    if "num_classes" in params and "num_classes" not in model:
+        extra["num_classes"] = num_classes
+    sub = substitution(norm, axis_name, noise_axis)
+    shortcut = {}
+    if preset in ("mlp", "cnn"):
+        shortcut = dict(activation=model["activation"], norm_position=str(model["norm_position"]))
+    if not is_nnx:
+        return LinenNetwork(cls(**args, **extra), sub, **shortcut)
+
+    def construct(rngs: nnx.Rngs) -> nnx.Module:
+        m = cls(**args, **extra, rngs=rngs)
+        substitute_nnx(m, sub)
+        return m
+
+    try:
+        return NNXNetwork(construct, sub, **shortcut)
+    except ValueError as e:
+        raise UserError(f"model._target_={model['_target_']}: {e}") from None
+
+
+def select_sites(names: list[str], patterns: list[str]) -> tuple[str, ...]:
+    """The sites matching any of the glob ``patterns`` (``*`` spans ``/``), in order;
+    a pattern matching none is a one-line error."""
+    for pat in patterns:
+        if not fnmatch.filter(names, pat):
+            some = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            raise UserError(
+                f"probe.sites: {pat!r} matches none of the model's {len(names)} sites ({some})"
+            )
+    return tuple(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+
+
+def build_networks(cfg: Any, num_classes: int, x: jax.ShapeDtypeStruct, data_devices: int,
+                   axis: str) -> tuple[Network, Network]:  # fmt: skip
+    """The training network (sync BN over ``axis`` with ``data_devices`` > 1) and the
+    probe network (local statistics), their sites found on an abstract batch like
+    ``x`` and chosen by ``probe.sites``. One-line errors where the model fails."""
+    add_import_path(list(cfg.import_path))
+    split = axis if data_devices > 1 else None
+    sync = split if cfg.norm.sync and cfg.norm.ghost_batch_size is None else None
+    net = build_network(cfg.model, cfg.norm, num_classes, sync, split)
+    probe_net = build_network(cfg.model, cfg.norm, num_classes) if split else net
+    try:
+        layout = probe_net.discover(x)
+    except Exception as e:  # the user's model failed on the data's shape
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(
+            f"model._target_={cfg.model['_target_']} fails on a batch of shape {x.shape}: "
+            f"{type(e).__name__}: {first}"
+        ) from None
+    probe_net.select(select_sites(list(layout.sites), list(cfg.probe.sites)))
+    net.layout = layout
+    return net, probe_net

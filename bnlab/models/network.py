@@ -1,0 +1,310 @@
+"""One functional interface for any Flax model, linen or NNX: :class:`Network`.
+
+The engine never calls a model itself. It calls
+
+- ``init(key, x) -> (params, batch_stats)`` and
+- ``apply(params, batch_stats, x, *, train, noise_key=None, capture=False)
+  -> (logits, new_batch_stats, sites)``,
+
+where ``params`` and ``batch_stats`` are plain nested dicts of arrays (string keys),
+the same for linen and NNX, so members (``vmap``), devices (``shard_map``), probes,
+Orbax checkpoints and records do not know which API built the model. ``train``
+selects batch statistics (True) or running averages (False); ``noise_key`` is noisy
+BN's key of this step; ``capture=True`` returns the probe's sites (``selected``, see
+:meth:`Network.discover`), ``False`` none.
+
+A model's ``__call__`` gets ``train=`` when it takes ``train`` (or ``training``); an
+NNX model's BN layers, and a linen model's substituted Flax BN when its ``__call__``
+takes neither, get the mode from bnlab. NNX models are split with ``nnx.split``
+into graph and state once; each ``apply`` merges the graph with the given state.
+Only trained parameters (``params``/``nnx.Param``) and running statistics
+(``batch_stats``/``nnx.BatchStat``) are state: a model holding other state (RNG
+streams for dropout, caches) is refused at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import nnx
+
+from bnlab import probe
+from bnlab.models.builtin import activation_sources, flatten_sites, layer_names
+from bnlab.models.sites import ALL, Norm, Recorder, intercept_linen, intercept_nnx
+
+Array = jax.Array
+TRAIN_KWARGS = ("train", "training")
+
+
+@dataclass
+class Layout:
+    """What one abstract forward pass finds (:meth:`Network.discover`)."""
+
+    sites: dict[str, jax.ShapeDtypeStruct]  # every site, in call order
+    sown: bool  # the model sows its own sites
+    linear: list[str]  # dense/conv layers (module paths) in call order
+    flax_bn: bool  # a linen model hard-coding flax.linen.BatchNorm
+    convs: bool  # the forward pass convolves
+    selected: tuple[str, ...] = ()  # the probe's sites (probe.sites)
+    derived: dict[str, str] = field(default_factory=dict)  # monotone shortcut (built-ins)
+
+
+def _has_conv(jaxpr: Any) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (list, tuple)) else (p,):
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None and _has_conv(getattr(inner, "jaxpr", inner)):
+                    return True
+    return False
+
+
+def _train_kwarg(fn: Callable) -> str | None:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((k for k in TRAIN_KWARGS if k in params), None)
+
+
+class Network:
+    """A model behind :meth:`init` and :meth:`apply` (see the module docstring).
+
+    ``norm``: what replaces a hard-coded Flax BN (None: nothing is substituted);
+    ``activation``/``norm_position``: the built-ins' settings, for the monotone
+    percentile shortcut. :meth:`discover` must run once before :meth:`apply` captures.
+    """
+
+    kind = ""
+    layout: Layout | None = None
+
+    def __init__(self, norm: Norm | None, activation: Any = None, norm_position: str = "before"):
+        self.norm, self.activation, self.norm_position = norm, activation, norm_position
+
+    # -- the interface -----------------------------------------------------------
+    def init(self, key: Array, x: Array) -> tuple[dict, dict]:
+        raise NotImplementedError
+
+    def apply(self, params: dict, batch_stats: dict, x: Array, *, train: bool,
+              noise_key: Array | None = None, capture: bool = False):  # fmt: skip
+        raise NotImplementedError
+
+    # -- what the probes read ----------------------------------------------------
+    def discover(self, x: jax.ShapeDtypeStruct) -> Layout:
+        """Trace init and one training forward pass on an abstract batch like ``x``:
+        the sites, the linear layers, the Flax BNs, the convolutions."""
+        init_rec = Recorder(train=False, norm=self.norm, shapes_only=True)
+        rec = Recorder(train=True, norm=self.norm, shapes_only=True)
+        key = jax.random.key(0)
+        sown: dict[str, jax.ShapeDtypeStruct] = {}
+
+        def f(x):
+            params, bs = self._init(key, x, init_rec)
+            out = self._apply(params, bs, x, train=True, noise_key=key, rec=rec, sown=True)
+            sown.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out[2].items()})
+            return out[0]
+
+        jaxpr = jax.make_jaxpr(f)(x)
+        sites = sown if sown else rec.sites
+        layout = Layout(sites=dict(sites), sown=bool(sown), linear=rec.linear,
+                        flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr))  # fmt: skip
+        layout.selected = tuple(layout.sites)
+        if layout.sown and self.activation is not None:
+            layout.derived = activation_sources(layout.sites, self.activation, self.norm_position)
+        self.layout = layout
+        return layout
+
+    def select(self, names: tuple[str, ...]) -> None:
+        """Probe only ``names`` (in the order found)."""
+        assert self.layout is not None
+        keep = set(names)
+        self.layout.selected = tuple(n for n in self.layout.sites if n in keep)
+        self.layout.derived = {
+            k: v for k, v in self.layout.derived.items() if k in keep and v in keep
+        }
+
+    def builtin_layers(self, params: dict) -> bool:
+        """Whether ``params`` are laid out as the built-ins' (``layer{i}/linear`` ...
+        and ``head``): then layer statistics and ICS keep the built-ins' names."""
+        names = layer_names(params)
+        return bool(names) and "head" in params and all("linear" in params[n] for n in names)
+
+    def layer_stats(self, params: dict, grads: dict, batch_stats: dict) -> dict:
+        """Per-layer parameter statistics (:func:`bnlab.probe.layer_stats` for the
+        built-ins' layout, else :func:`bnlab.probe.module_stats` by module path)."""
+        if self.builtin_layers(params):
+            return probe.layer_stats(params, grads, batch_stats, layer_names(params))
+        return probe.module_stats(params, grads, batch_stats)
+
+    def ics_layers(self, params: dict) -> list[str]:
+        """The layers of gradient-ICS, in network order: ``layer1``... ``head`` for the
+        built-ins' layout, else every dense/conv layer with a kernel, as called."""
+        if self.builtin_layers(params):
+            return [*layer_names(params), "head"]
+        assert self.layout is not None
+        out = []
+        for name in self.layout.linear:
+            node = params
+            for k in name.split("/"):
+                node = node.get(k, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict) and "kernel" in node and name not in out:
+                out.append(name)
+        return out
+
+    # -- helpers for subclasses --------------------------------------------------
+    def _capture_set(self, capture: bool) -> Any:
+        if not capture:
+            return frozenset()
+        assert self.layout is not None, "discover() first"
+        return frozenset(self.layout.selected)
+
+    def _init(self, key, x, rec):
+        raise NotImplementedError
+
+    def _apply(self, params, bs, x, *, train, noise_key, rec, sown):
+        raise NotImplementedError
+
+
+class LinenNetwork(Network):
+    """A ``flax.linen.Module`` behind the functional interface."""
+
+    kind = "linen"
+
+    def __init__(self, module: nn.Module, norm: Norm | None, **kw: Any):
+        super().__init__(norm, **kw)
+        self.module = module
+        self.train_kw = _train_kwarg(type(module).__call__)
+
+    def _kw(self, train: bool) -> dict:
+        return {self.train_kw: train} if self.train_kw else {}
+
+    def _rec(self, train: bool, capture: Any) -> Recorder:
+        return Recorder(train=train, capture=capture, norm=self.norm,
+                        force_mode=self.train_kw is None)  # fmt: skip
+
+    def _init(self, key, x, rec):
+        with intercept_linen(rec):
+            variables = self.module.init(key, x, **self._kw(False))
+        extra = set(variables) - {"params", "batch_stats", "sites", "intermediates"}
+        if extra:
+            raise ValueError(
+                f"the model keeps variables in {sorted(extra)}: bnlab trains 'params' and "
+                "keeps 'batch_stats' only"
+            )
+        return dict(variables.get("params", {})), dict(variables.get("batch_stats", {}))
+
+    def init(self, key: Array, x: Array) -> tuple[dict, dict]:
+        intercept = self.layout is None or self.layout.flax_bn
+        rec = self._rec(False, frozenset()) if intercept else None
+        if rec is None:
+            variables = self.module.init(key, x, **self._kw(False))
+            return dict(variables["params"]), dict(variables.get("batch_stats", {}))
+        return self._init(key, x, rec)
+
+    def _apply(self, params, bs, x, *, train, noise_key, rec, sown):
+        mutable = ["batch_stats", "sites"] if sown else ["batch_stats"]
+        rngs = None if noise_key is None else {"noise": noise_key}
+        with intercept_linen(rec) if rec is not None else nullcontext():
+            logits, upd = self.module.apply({"params": params, "batch_stats": bs}, x,
+                                            mutable=mutable, rngs=rngs, **self._kw(train))  # fmt: skip
+        new_bs = dict(upd.get("batch_stats", bs))
+        sites = flatten_sites(upd["sites"]) if sown and "sites" in upd else {}
+        return logits, new_bs, sites
+
+    def apply(self, params, batch_stats, x, *, train, noise_key=None, capture=False):
+        want = self._capture_set(capture)
+        lay = self.layout
+        sown = bool(want) and lay is not None and lay.sown
+        rec = None
+        if (lay is None or lay.flax_bn) or (want and not sown):
+            rec = self._rec(train, frozenset() if sown else want)
+        logits, new_bs, sites = self._apply(params, batch_stats, x, train=train,
+                                            noise_key=noise_key, rec=rec, sown=sown)  # fmt: skip
+        if not sown and rec is not None:
+            sites = rec.sites
+        return logits, new_bs, {k: v for k, v in sites.items() if k in want}
+
+
+def _stringify(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {str(k): _stringify(v) for k, v in tree.items()}
+    return tree
+
+
+def _restore(tree: Any, template: Any) -> Any:
+    if isinstance(template, dict):
+        return {k: _restore(tree[str(k)], v) for k, v in template.items()}
+    return tree
+
+
+class NNXNetwork(Network):
+    """An ``flax.nnx.Module`` behind the functional interface. ``construct(rngs)``
+    builds the model (with its norm injected or substituted)."""
+
+    kind = "nnx"
+
+    def __init__(self, construct: Callable[[nnx.Rngs], nnx.Module], norm: Norm | None,
+                 **kw: Any):  # fmt: skip
+        super().__init__(norm, **kw)
+        self.construct = construct
+        abstract = nnx.eval_shape(lambda: construct(nnx.Rngs(0)))
+        self.graphdef, params, bs, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
+        leftover = nnx.to_flat_state(rest)
+        if len(leftover):
+            path, var = next(iter(leftover))
+            raise ValueError(
+                f"the model holds {type(var).__name__} state at {'/'.join(map(str, path))}: "
+                "bnlab keeps nnx.Param and nnx.BatchStat only (no RNG streams or dropout)"
+            )
+        self.templates = (nnx.to_pure_dict(params), nnx.to_pure_dict(bs))
+        self.train_kw = _train_kwarg(type(abstract).__call__)
+
+    def init(self, key: Array, x: Array) -> tuple[dict, dict]:
+        return self._init(key, x, None)
+
+    def _init(self, key, x, rec):
+        model = self.construct(nnx.Rngs(key))
+        _, params, bs = nnx.split(model, nnx.Param, nnx.BatchStat)
+        return _stringify(nnx.to_pure_dict(params)), _stringify(nnx.to_pure_dict(bs))
+
+    def _apply(self, params, bs, x, *, train, noise_key, rec, sown):
+        tp, tb = self.templates
+        model = nnx.merge(self.graphdef, _restore(params, tp), _restore(bs, tb))
+        if rec is None:
+            rec = Recorder(train=train, capture=frozenset())
+        rec.noise_rngs = None if noise_key is None else nnx.Rngs(noise=noise_key)
+        kw = {self.train_kw: train} if self.train_kw else {}
+
+        def forward(model, x):
+            with intercept_nnx(model, rec):
+                return model(x, **kw)
+
+        logits, inter = nnx.capture(forward, nnx.Intermediate)(model, x)
+        new_bs = _stringify(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+        sites = {}
+        if sown:
+            sites = {"/".join(map(str, p)): v.get_value()[-1]
+                     for p, v in nnx.to_flat_state(inter)}  # fmt: skip
+        return logits, new_bs, sites
+
+    def apply(self, params, batch_stats, x, *, train, noise_key=None, capture=False):
+        want = self._capture_set(capture)
+        sown = bool(want) and self.layout is not None and self.layout.sown
+        rec = Recorder(train=train, capture=frozenset() if sown else want)
+        logits, new_bs, sites = self._apply(params, batch_stats, x, train=train,
+                                            noise_key=noise_key, rec=rec, sown=sown)  # fmt: skip
+        if not sown:
+            sites = rec.sites
+        return logits, new_bs, {k: v for k, v in sites.items() if k in want}
+
+
+__all__ = ["ALL", "Layout", "LinenNetwork", "NNXNetwork", "Network"]

@@ -1,0 +1,294 @@
+"""Activation sites found by interception, and bnlab's BN put in place of Flax's.
+
+A model need not help the probes. While it runs, bnlab intercepts the calls of its
+layers (linen: ``nn.intercept_methods``; NNX: the ``__call__`` of the layer classes
+it holds, patched for the duration of the call, per thread) and records, by module
+path:
+
+- every norm layer's input (``<path>/in``, only where the layer normalizes) and
+  output (``<path>/out``): bnlab's and Flax's BatchNorm, NoNorm, LayerNorm, GroupNorm,
+  RMSNorm;
+- the input of every dense or conv layer (``<path>/in``), i.e. the output of the
+  activation before it, since activations are plain functions in Flax; not of the
+  first one called, whose input is the data.
+
+A layer called twice records ``in.1``, ``out.1`` the second time. Models that sow
+their own sites (the built-in MLP and CNN: ``layer{i}/prenorm|pre|post``; any linen
+model sowing into ``sites``, any NNX model sowing ``nnx.Intermediate``) keep those
+names and are not intercepted for probes.
+
+**Substitution.** A linen model that hard-codes ``flax.linen.BatchNorm`` runs bnlab's
+BN in its place (:func:`bnlab.norm.linen.forward`, the same variables); an NNX model's
+``flax.nnx.BatchNorm`` layers are replaced by :class:`bnlab.norm.NNXBatchNorm` when it is
+built (:func:`substitute_nnx`), their state kept. The layer keeps its own settings
+(axis, momentum, epsilon, dtypes, initializers, fast variance) and takes the run's
+study switches (``norm.stats_grad``, ghost batches, ``center_only``, noise; no scale
+or bias where the norm config turns them off), the run's sync axis (its own
+``axis_name`` is replaced: bnlab names the mesh axes), and with ``norm=none`` becomes
+the identity (no variables). With ``norm=bn`` it computes what Flax's computes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import nnx
+
+from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm
+from bnlab.norm.linen import forward as linen_bn_forward
+
+LINEAR, NORM, PASS, FLAX_BN = "linear", "norm", "pass", "flax_bn"  # what a layer is
+ALL = None  # capture every site
+
+LINEN_LINEAR = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Einsum)
+LINEN_NORMS = (BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+NNX_LINEAR = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum)
+NNX_NORMS = (NNXBatchNorm, nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
+
+
+@dataclass(frozen=True)
+class Norm:
+    """What replaces a hard-coded Flax BatchNorm: the run's norm config and sync axes."""
+
+    normalizes: bool = True
+    use_scale: bool = True
+    use_bias: bool = True
+    stats_grad: bool = True
+    ghost_batch_size: int | None = None
+    center_only: bool = False
+    noise_mean: float = 0.0
+    noise_std: float = 0.0
+    axis_name: str | None = None
+    noise_axis: str | None = None
+
+    def switches(self) -> dict[str, Any]:
+        return dict(stats_grad=self.stats_grad, ghost_batch_size=self.ghost_batch_size,
+                    center_only=self.center_only, noise_mean=self.noise_mean,
+                    noise_std=self.noise_std, noise_axis=self.noise_axis)  # fmt: skip
+
+
+def linen_kind(m: Any) -> str | None:
+    if isinstance(m, nn.BatchNorm):
+        return FLAX_BN
+    if isinstance(m, NoNorm):
+        return PASS
+    if isinstance(m, LINEN_NORMS):
+        return NORM
+    if isinstance(m, LINEN_LINEAR):
+        return LINEAR
+    return None
+
+
+def nnx_kind(m: Any) -> str | None:
+    if isinstance(m, NNXNoNorm):
+        return PASS
+    if isinstance(m, NNX_NORMS):
+        return NORM
+    if isinstance(m, NNX_LINEAR):
+        return LINEAR
+    return None
+
+
+class Recorder:
+    """What one forward pass meets: its sites (those in ``capture``: a set of names, or
+    ``ALL``), its linear layers in call order, whether it holds a Flax linen BN. It also
+    runs the substitution (``norm``) and sets every bnlab NNX BN's mode (``train``) and
+    noise key (``noise_rngs``); ``force_mode``: a substituted linen BN takes its mode
+    from ``train`` too (for a model whose ``__call__`` takes no ``train``)."""
+
+    def __init__(self, *, train: bool, capture: Any = ALL, norm: Norm | None = None,
+                 force_mode: bool = False, noise_rngs: Any = None, shapes_only: bool = False):  # fmt: skip
+        self.train, self.capture = train, capture
+        self.norm, self.force_mode, self.noise_rngs = norm, force_mode, noise_rngs
+        self.shapes_only = shapes_only
+        self.sites: dict[str, Any] = {}
+        self.seen: set[str] = set()
+        self.linear: list[str] = []
+        self.flax_bn = False
+        self.active: set[int] = set()
+
+    def _put(self, name: str, value: Any) -> None:
+        k, base = 0, name
+        while name in self.seen:
+            k += 1
+            name = f"{base}.{k}"
+        self.seen.add(name)
+        if self.capture is ALL or name in self.capture:
+            self.sites[name] = (
+                jax.ShapeDtypeStruct(value.shape, value.dtype) if self.shapes_only else value
+            )
+
+    def handle(self, module: Any, path: str, kind: str, call: Callable, args: tuple,
+               kwargs: dict) -> Any:  # fmt: skip
+        """Run ``call(*args, **kwargs)`` (the layer) and record its sites."""
+        x = args[0] if args else next(iter(kwargs.values()))
+        if kind == LINEAR:
+            if self.linear:  # the first layer's input is the data
+                self._put(f"{path}/in", x)
+            self.linear.append(path)
+            return call(*args, **kwargs)
+        normalizes = kind == NORM or (
+            kind == FLAX_BN and (self.norm is None or self.norm.normalizes)
+        )
+        if normalizes:
+            self._put(f"{path}/in", x)
+        if kind == FLAX_BN:
+            self.flax_bn = True
+            y = x if self.norm is not None and not self.norm.normalizes else self._flax_bn(
+                module, call, args, kwargs)  # fmt: skip
+        elif isinstance(module, NNXBatchNorm):
+            kwargs = dict(kwargs, use_running_average=not self.train)
+            if module.noisy and self.train:
+                kwargs["noise_key"] = self.noise_rngs
+            y = call(x, **kwargs)
+        else:
+            y = call(*args, **kwargs)
+        self._put(f"{path}/out", y)
+        return y
+
+    def _flax_bn(self, m: nn.BatchNorm, call: Callable, args: tuple, kwargs: dict) -> Any:
+        """A hard-coded ``flax.linen.BatchNorm``: bnlab's BN in its place (or Flax's own
+        where there is nothing to substitute)."""
+        if self.norm is None:
+            return call(*args, **kwargs)
+        ra = args[1] if len(args) > 1 else kwargs.get("use_running_average")
+        use_ra = (not self.train) if self.force_mode else nn.merge_param(
+            "use_running_average", m.use_running_average, ra)  # fmt: skip
+        n = self.norm
+        s = BatchNorm(
+            None, m.axis, m.momentum, m.epsilon, m.dtype, m.param_dtype,
+            m.use_bias and n.use_bias, m.use_scale and n.use_scale, m.bias_init, m.scale_init,
+            n.axis_name, m.axis_index_groups, m.use_fast_variance, m.force_float32_reductions,
+            parent=None, **n.switches(),
+        )  # fmt: skip
+        return linen_bn_forward(s, m, args[0], use_ra, kwargs.get("mask"))
+
+
+# --------------------------------------------------------------------------- linen
+
+
+@contextmanager
+def intercept_linen(rec: Recorder):
+    """Record ``rec``'s sites (and substitute Flax BN) in the linen calls inside."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        kind = linen_kind(context.module) if context.method_name == "__call__" else None
+        if kind is None:
+            return next_fun(*args, **kwargs)
+        path = "/".join(context.module.path) or "model"
+        return rec.handle(context.module, path, kind, next_fun, args, kwargs)
+
+    with nn.intercept_methods(interceptor):
+        yield rec
+
+
+# --------------------------------------------------------------------------- NNX
+
+_lock = threading.Lock()
+_local = threading.local()
+_patched: dict[type, list] = {}  # class -> [original __call__ or None, users]
+
+
+def _patch(cls: type) -> None:
+    if cls in _patched:
+        _patched[cls][1] += 1
+        return
+    own = cls.__dict__.get("__call__")
+    orig = cls.__call__
+
+    def __call__(self, *args, **kwargs):
+        stack = getattr(_local, "stack", None)
+        if stack:
+            paths, rec = stack[-1]
+            path, kind = paths.get(id(self)), nnx_kind(self)
+            if path is not None and kind is not None and id(self) not in rec.active:
+                rec.active.add(id(self))
+                try:
+                    return rec.handle(self, path, kind, lambda *a, **k: orig(self, *a, **k),
+                                      args, kwargs)  # fmt: skip
+                finally:
+                    rec.active.discard(id(self))
+        return orig(self, *args, **kwargs)
+
+    cls.__call__ = __call__
+    _patched[cls] = [own, 1]
+
+
+def _unpatch(cls: type) -> None:
+    entry = _patched[cls]
+    entry[1] -= 1
+    if entry[1]:
+        return
+    del _patched[cls]
+    if entry[0] is None:
+        del cls.__call__
+    else:
+        cls.__call__ = entry[0]
+
+
+def module_paths(model: nnx.Module) -> dict[int, str]:
+    """``{id(module): 'a/b/0/c'}`` of every submodule of an NNX model."""
+    return {id(m): "/".join(map(str, p)) or "model" for p, m in nnx.iter_modules(model)}
+
+
+@contextmanager
+def intercept_nnx(model: nnx.Module, rec: Recorder):
+    """Record ``rec``'s sites (and set bnlab BN's mode and noise key) in the calls of
+    ``model``'s layers inside (this thread only)."""
+    paths = module_paths(model)
+    classes = {type(m) for _, m in nnx.iter_modules(model) if nnx_kind(m) is not None}
+    with _lock:
+        for cls in classes:
+            _patch(cls)
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append((paths, rec))
+    try:
+        yield rec
+    finally:
+        stack.pop()
+        with _lock:
+            for cls in classes:
+                _unpatch(cls)
+
+
+def substitute_nnx(model: nnx.Module, norm: Norm) -> int:
+    """Replace every ``flax.nnx.BatchNorm`` in ``model`` by bnlab's (its settings and
+    state kept, ``norm``'s switches taken), or by NoNorm under ``norm=none``; returns
+    how many were replaced."""
+    found = [(p, m) for p, m in nnx.iter_modules(model) if type(m) is nnx.BatchNorm]
+    parents = dict(nnx.iter_modules(model))
+    done: dict[int, Any] = {}
+    for path, m in found:
+        new = done.get(id(m))
+        if new is None:
+            new = done[id(m)] = _nnx_replacement(m, norm)
+        parent, key = parents[path[:-1]], path[-1]
+        if isinstance(key, int) or hasattr(parent, "__setitem__"):
+            parent[key] = new
+        else:
+            setattr(parent, key, new)
+    return len(found)
+
+
+def _nnx_replacement(m: nnx.BatchNorm, norm: Norm) -> nnx.Module:
+    if not norm.normalizes:
+        return NNXNoNorm()
+    new = NNXBatchNorm(
+        m.num_features, use_running_average=m.use_running_average, axis=m.axis,
+        momentum=m.momentum, epsilon=m.epsilon, dtype=m.dtype, param_dtype=m.param_dtype,
+        use_bias=False, use_scale=False, axis_name=norm.axis_name,
+        axis_index_groups=m.axis_index_groups, use_fast_variance=m.use_fast_variance,
+        promote_dtype=m.promote_dtype, rngs=nnx.Rngs(0), **norm.switches(),
+    )  # fmt: skip
+    new.mean, new.var = m.mean, m.var
+    if m.use_scale and norm.use_scale:
+        new.scale, new.use_scale = m.scale, True
+    if m.use_bias and norm.use_bias:
+        new.bias, new.use_bias = m.bias, True
+    return new
