@@ -30,7 +30,7 @@ def setup_process(cfg: Any) -> None:
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing chatter
     if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
         jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # a run has few
     # on a CPU, as many devices as the mesh needs, or two: a probe device beside training
     wanted = max(cfg.parallel.data, 1) * cfg.parallel.members
     devices.request_cpu_devices(max(wanted, 2 if cfg.probe.overlap and wanted == 1 else 1))

@@ -19,3 +19,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("summaries")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+def pytest_configure(config):
+    """Every test process (each xdist worker) keeps JAX's compiled programs in the
+    session's compilation cache, as the runs it starts do (``compile_cache=`` in
+    ``trainer.QUICK``): an in-process run of a config compiled before loads its
+    programs instead of compiling them again (~25 s -> ~5 s for a small run)."""
+    import jax
+    from trainer import COMPILE_CACHE
+
+    jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -160,7 +160,7 @@ def typed_cfg(over):
 def main() -> None:
     out = Path(sys.argv[1])
     jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     if jax.device_count() != DEVICES:
         sys.exit(f"needs XLA_FLAGS=--xla_force_host_platform_device_count={DEVICES}")
     what = sys.argv[2] if len(sys.argv) > 2 else "all"

@@ -21,7 +21,7 @@ QS = [0, 15, 50, 85, 100]
 @pytest.fixture(scope="module", autouse=True)
 def _compile_cache():
     jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def _norm(name: str):

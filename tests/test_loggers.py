@@ -37,7 +37,7 @@ pytestmark = pytest.mark.xdist_group("loggers")
 @pytest.fixture(scope="module", autouse=True)
 def _compile_cache():
     jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture(scope="module")

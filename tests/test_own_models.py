@@ -23,7 +23,7 @@ OWN = ["model=own", f"import_path=[{TESTS}]"]
 @pytest.fixture(scope="module", autouse=True)
 def _compile_cache():
     jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 # --------------------------------------------------------------------------- a paper ResNet

@@ -26,7 +26,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)  # float32: batched matmuls add in another orde
 @pytest.fixture(scope="module", autouse=True)
 def _compile_cache():
     jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture(scope="session")  # session: not rebuilt when xdist interleaves modules

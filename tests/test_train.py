@@ -20,7 +20,7 @@ from bnlab import record
 @pytest.fixture(scope="module", autouse=True)
 def _compile_cache():
     jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def test_fashion_mnist_short_run_writes_record(tmp_path):
