@@ -90,8 +90,12 @@ def main() -> None:
     per = []
     for run, lay in layers.groupby("run", sort=False):
         piv = lay.pivot_table(index="step", columns=["stat", "layer"], values="value").sort_index()
-        tenth = piv.index[piv.index >= max(total // 10, 1)][0]
         b, wn = piv["bias_rms"], piv["weight_norm"]
+        after = piv.index[piv.index >= max(total // 10, 1)]
+        if not len(after):  # diverged before a tenth of the steps: no growth to measure
+            per.append(dict(run=run))
+            continue
+        tenth = after[0]
         per.append(
             dict(
                 run=run,
@@ -102,6 +106,9 @@ def main() -> None:
             )
         )
     r = r.merge(pd.DataFrame(per), on="run", how="left")
+    grown = [c for c in pd.DataFrame(per).columns if c != "run"]
+    for c in grown:  # a diverged run has no end value
+        r[c] = r[c].where(~r["diverged"])
     tr = sc[sc["name"] == "train_loss"].sort_values("step")
     r["train_loss_last_10pct"] = r["run"].map(
         tr[tr["step"] > total * 0.9].groupby("run")["value"].mean()
