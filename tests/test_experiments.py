@@ -43,7 +43,7 @@ def test_experiment_smoke(name, tmp_path):
     assert len(summary) >= 4 and "final_test_accuracy" in summary
     assert summary["seed"].nunique() == 2 and summary["lr"].nunique() == 2
     results = (tmp_path / "results.md").read_text()
-    assert "(n=2, min-max)" in results and "Best lr on validation" in results
+    assert "(n=2, min-max)" in results and "best lr on validation" in results.lower()
     sweep = load_sweep(tmp_path / "runs", warn=False)
     assert set(sweep.runs["status"]) <= {"finished", "diverged"}
     assert "final_val_accuracy" in sweep.runs
