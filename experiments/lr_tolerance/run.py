@@ -94,7 +94,7 @@ def post_std(acts: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
-def early_figure(w: pd.DataFrame, title: str) -> Figure:
+def early_figure(w: pd.DataFrame, total: int, title: str) -> Figure:
     """std of every layer's output vs depth at the first steps: a panel per norm x lr;
     per step the geometric mean over the seeds still finite, 95% band on the logs."""
     norms = [n for n in NORMS if n in set(w["norm"])]
@@ -112,7 +112,6 @@ def early_figure(w: pd.DataFrame, title: str) -> Figure:
             ax = axes[i, j]
             sub = w[(w["norm"] == norm) & (w["optimizer.lr"] == lr)]
             last = sub.groupby("seed")["step"].max()
-            total = sub["step"].max() if len(sub) else 0
             steps = [t for t in SHOW_STEPS if t in set(sub["step"])]
             for t in steps:
                 at = sub[sub["step"] == t][layers].to_numpy()
@@ -203,9 +202,9 @@ def main() -> None:
     ew = post_std(early.activations)
     n_early = int(early.runs["steps"].max())
     fig = early_figure(
-        ew, f"the first {n_early} steps at large lr, probed every step: std of each hidden "
-        f"layer's output vs depth, geometric mean over the seeds still finite at that step, 95% "
-        f"band (same net and data)",
+        ew, n_early, f"the first {n_early} steps at large lr, probed every step: std of each "
+        f"hidden layer's output vs depth,\ngeometric mean over the seeds still finite at that "
+        f"step, 95% band (same net and data)",
     )  # fmt: skip
     common.save(fig, args, "depth_std_early.png")
     last = ew[ew["step"] == ew.groupby("run")["step"].transform("max")].copy()
