@@ -13,7 +13,8 @@ seeds x ``sweep.lr`` learning rates (:func:`grid`: 5 seeds and the experiment's 
 chooses the "best lr" (:func:`best_lr`); test numbers are only reported. Numbers are
 means over seeds with a 95% Student-t interval (n >= 5) or the min-max range (n < 5),
 :func:`bnlab.stats.aggregate`; :class:`Results` writes them as markdown tables to
-``<out>/results.md``, which the READMEs quote.
+``<out>/results.md``, which the READMEs quote. Each training command's wall time is
+appended to ``<out>/timing.log``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """Learning-rate tolerance of none / bn / bn_noaffine (Ioffe & Szegedy 2015; Bjorck et al. 2018).
 
     uv run python experiments/lr_tolerance/run.py          # 3 jobs of 6 lrs x 5 seeds
-    uv run python experiments/lr_tolerance/run.py --smoke  # a minute, data=digits
+    uv run python experiments/lr_tolerance/run.py --smoke  # a minute or two, data=digits
 
-One vectorized sweep per norm variant (``sweep.lr=[...]``: every learning rate in one
-compiled program, bnlab.sweep) of a 6-hidden-layer ReLU MLP (100 units each, LeCun
-normal init) on Fashion-MNIST, plain SGD, batch 60. A member whose loss goes
-non-finite or above ``diverge_loss`` (100) is recorded as diverged at that step.
-Writes figures/lr_sweep.png (final test accuracy vs lr, diverged runs marked),
-figures/depth_std.png (std of every layer's output vs depth at the last probe, per
-lr) and summary.csv. See README.md.
+One vectorized run per norm variant of 6 learning rates x 5 seeds (``sweep.lr=[...]
+sweep.seeds=5``: every member in one compiled program) of a 6-hidden-layer ReLU MLP
+(100 units each, LeCun normal init) on Fashion-MNIST, plain SGD, batch 60, 800 steps,
+5,000 training examples held out for validation. A member whose loss goes non-finite
+or above ``diverge_loss`` (100) is recorded as diverged at that step. A second group
+repeats the first 40 steps of none and bn at lr 1, 3 and 10, probed every step.
+Writes figures/lr_sweep.png, figures/depth_std.png, figures/depth_std_early.png,
+summary.csv, summary_early.csv and results.md (means over seeds with 95% intervals).
+See README.md.
 """
 
 from __future__ import annotations
