@@ -1,15 +1,17 @@
 """Learning-rate tolerance of none / bn / bn_noaffine (Ioffe & Szegedy 2015; Bjorck et al. 2018).
 
-    uv run python experiments/lr_tolerance/run.py          # 3 x 9 learning rates
-    uv run python experiments/lr_tolerance/run.py --smoke  # a minute, data=digits
+    uv run python experiments/lr_tolerance/run.py          # 3 jobs of 6 lrs x 5 seeds
+    uv run python experiments/lr_tolerance/run.py --smoke  # a minute or two, data=digits
 
-One vectorized sweep per norm variant (``sweep.lr=[...]``: every learning rate in one
-compiled program, bnlab.sweep) of a 6-hidden-layer ReLU MLP (100 units each, LeCun
-normal init) on Fashion-MNIST, plain SGD, batch 60. A member whose loss goes
-non-finite or above ``diverge_loss`` (100) is recorded as diverged at that step.
-Writes figures/lr_sweep.png (final test accuracy vs lr, diverged runs marked),
-figures/depth_std.png (std of every layer's output vs depth at the last probe, per
-lr) and summary.csv. See README.md.
+One vectorized run per norm variant of 6 learning rates x 5 seeds (``sweep.lr=[...]
+sweep.seeds=5``: every member in one compiled program) of a 6-hidden-layer ReLU MLP
+(100 units each, LeCun normal init) on Fashion-MNIST, plain SGD, batch 60, 800 steps,
+5,000 training examples held out for validation. A member whose loss goes non-finite
+or above ``diverge_loss`` (100) is recorded as diverged at that step. A second group
+repeats the first 40 steps of none and bn at lr 1, 3 and 10, probed every step.
+Writes figures/lr_sweep.png, figures/depth_std.png, figures/depth_std_early.png,
+summary.csv, summary_early.csv and results.md (means over seeds with 95% intervals).
+See README.md.
 """
 
 from __future__ import annotations
@@ -28,77 +30,110 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from bnlab import plot  # noqa: E402
 from bnlab.runs import layer_order  # noqa: E402
+from bnlab.stats import aggregate  # noqa: E402
 
 NAME = "lr_tolerance"
 NORMS = ["none", "bn", "bn_noaffine"]
-LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30]
+LRS = [0.01, 0.1, 0.3, 1, 3, 10]
+SMOKE_NORMS = ["bn"]  # smoke: one compile
+SMOKE_LRS = [0.1, 100]
 DEPTH = 6
-EARLY_LRS = [0.3, 1, 3, 10]
+EARLY_LRS = [1, 3, 10]
 EARLY_STEPS = 40
 SHOW_STEPS = [0, 1, 2, 3, 5, 10, 20, 40]
 
 
-def overrides(smoke: bool) -> list[str]:
-    lrs = [0.01, 1, 100] if smoke else LRS
-    model = [
-        "model.activation=relu", "model.init_std=null",
-        f"model.features=[{','.join(['100'] * DEPTH)}]",
-    ]  # fmt: skip
-    if smoke:
-        run = ["data=digits", "steps=100", "chunk_steps=50", "eval_every=50", "probe.every=50"]
+MODEL = [
+    "model.activation=relu", "model.init_std=null", f"model.features=[{','.join(['100'] * DEPTH)}]",
+]  # fmt: skip
+
+
+def overrides(args) -> list[str]:
+    if args.smoke:
+        run = ["data=digits", "steps=20", "chunk_steps=20", "eval_every=20", "probe.every=10"]
     else:
-        run = ["steps=3000", "chunk_steps=500", "eval_every=500", "probe.every=100"]
-    return [
-        f"norm={','.join(NORMS)}",
-        f"sweep.lr=[{','.join(f'{v:g}' for v in lrs)}]",
-        *model,
-        *run,
-    ]
+        run = ["steps=800", "chunk_steps=200", "eval_every=200", "probe.every=200"]
+    norms = SMOKE_NORMS if args.smoke else NORMS
+    return [f"norm={','.join(norms)}", *MODEL, *run, *common.grid(args, LRS, SMOKE_LRS)]
 
 
-def early_overrides(smoke: bool) -> list[str]:
-    """The first steps of the unnormalized and BN nets at large lr, probed every step."""
-    lrs = [1, 100] if smoke else EARLY_LRS
-    model = overrides(smoke)[2:5]
-    data_ = ["data=digits"] if smoke else []
+def early_overrides(args) -> list[str]:
+    """The first steps of the unnormalized and BN nets at large lr, probed every step.
+    (--smoke: the main group's settings again, so its programs come from the compile
+    cache: the same code path at the cost of one compile.)"""
+    if args.smoke:
+        return overrides(args)
     return [
-        "norm=none,bn", f"sweep.lr=[{','.join(f'{v:g}' for v in lrs)}]", *model, *data_,
-        f"steps={EARLY_STEPS}", f"chunk_steps={EARLY_STEPS}", f"eval_every={EARLY_STEPS}",
-        "probe.every=1",
+        "norm=none,bn", *MODEL, "data.probe_size=500", f"steps={EARLY_STEPS}",
+        f"chunk_steps={EARLY_STEPS}", f"eval_every={EARLY_STEPS}", "probe.every=1",
+        *common.grid(args, EARLY_LRS, EARLY_LRS),
     ]  # fmt: skip
 
 
-def early_figure(acts: pd.DataFrame, title: str) -> Figure:
-    """std of every layer's output vs depth at the first steps: a panel per norm x lr."""
+def geo(values: np.ndarray) -> tuple[float, float, float, int]:
+    """Geometric mean of positive values with the 95% t interval (n >= 5; min-max below)
+    computed on their logs; (mean, lo, hi, n)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return np.nan, np.nan, np.nan, 0
+    a = aggregate(pd.DataFrame({"v": np.log10(v)}), "v").iloc[0]
+    return 10 ** a["mean"], 10 ** a["lo"], 10 ** a["hi"], int(a["n"])
+
+
+def geo_text(values) -> str:
+    m, lo, hi, n = geo(values)
+    if n == 0:
+        return "n/a"
+    how = "95% t on logs" if n >= 5 else "min-max"
+    return f"{m:.3g} [{lo:.3g}, {hi:.3g}] (n={n}, {how})"
+
+
+def post_std(acts: pd.DataFrame) -> pd.DataFrame:
     a = acts[(acts["site"] == "post") & (acts["unit"] == -1) & (acts["stat"] == "std")]
-    norms = [n for n in NORMS if n in set(a["norm"])]
-    lrs = sorted(a["optimizer.lr"].unique())
+    return a.pivot_table(
+        index=["run", "norm", "optimizer.lr", "seed", "step"], columns="layer", values="value"
+    ).reset_index()
+
+
+def early_figure(w: pd.DataFrame, total: int, title: str) -> Figure:
+    """std of every layer's output vs depth at the first steps: a panel per norm x lr;
+    per step the geometric mean over the seeds still finite, 95% band on the logs."""
+    norms = [n for n in NORMS if n in set(w["norm"])]
+    lrs = sorted(w["optimizer.lr"].unique())
+    layers = layer_order(c for c in w.columns if str(c).startswith("layer"))
     fig = Figure(
-        figsize=(3.3 * len(lrs), 2.9 * len(norms) + 0.6), layout="constrained", dpi=plot.DPI
+        figsize=(3.6 * len(lrs), 3.0 * len(norms) + 0.6), layout="constrained", dpi=plot.DPI
     )
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(norms), len(lrs), sharex=True, sharey=True, squeeze=False)
     cmap = colormaps["plasma"]
+    x = np.arange(1, len(layers) + 1)
     for i, norm in enumerate(norms):
         for j, lr in enumerate(lrs):
             ax = axes[i, j]
-            sub = a[(a["norm"] == norm) & (a["optimizer.lr"] == lr)]
-            w = sub.pivot_table(index="step", columns="layer", values="value").sort_index()
-            layers = layer_order(w.columns)
-            steps = [t for t in SHOW_STEPS if t in w.index]
-            if len(w) and w.index[-1] not in steps:
-                steps.append(int(w.index[-1]))  # the last probe (before divergence)
+            sub = w[(w["norm"] == norm) & (w["optimizer.lr"] == lr)]
+            last = sub.groupby("seed")["step"].max()
+            steps = [t for t in SHOW_STEPS if t in set(sub["step"])]
             for t in steps:
-                c = cmap(min(t, EARLY_STEPS) / EARLY_STEPS * 0.9)
-                ax.plot(range(1, len(layers) + 1), w.loc[t, layers].to_numpy(), marker="o", ms=3,
-                        color=c, label=f"step {t}")  # fmt: skip
-            status = sub.groupby("run")["step"].max()
-            last = int(status.max()) if len(status) else 0
-            note = f"diverged after step {last}" if last < EARLY_STEPS else "finite all 40 steps"
-            ax.set_title(f"{norm}, lr {lr:g} ({note})", fontsize=9)
+                at = sub[sub["step"] == t][layers].to_numpy()
+                stats = [geo(at[:, k]) for k in range(len(layers))]
+                c = cmap(min(t, total) / max(total, 1) * 0.9)
+                ax.plot(x, [s[0] for s in stats], marker="o", ms=3, color=c,
+                        label=f"step {t} (n={len(at)})")  # fmt: skip
+                ax.fill_between(x, [s[1] for s in stats], [s[2] for s in stats], color=c,
+                                alpha=0.15, lw=0)  # fmt: skip
+            gone = int((last < total).sum())
+            note = (
+                f"{gone}/{len(last)} seeds diverged, after step {int(last.min())}-"
+                f"{int(last[last < total].max())}"
+                if gone
+                else f"all {len(last)} seeds finite"
+            )
+            ax.set_title(f"{norm}, lr {lr:g}\n({note})", fontsize=9)
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6.5)
+            ax.legend(fontsize=6)
             if i == len(norms) - 1:
                 ax.set_xlabel("hidden layer (depth)")
             if j == 0:
@@ -107,29 +142,28 @@ def early_figure(acts: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def depth_profile(acts: pd.DataFrame, site: str = "post") -> pd.DataFrame:
-    """Per run: the pooled std of every layer's ``site`` at the run's last probe."""
-    a = acts[(acts["site"] == site) & (acts["unit"] == -1) & (acts["stat"] == "std")]
-    last = a.groupby("run")["step"].transform("max")
-    a = a[a["step"] == last]
-    return a.pivot_table(
-        index=["run", "norm", "optimizer.lr", "step"], columns="layer", values="value"
-    )
-
-
 def depth_figure(prof: pd.DataFrame, title: str) -> Figure:
-    layers = layer_order(prof.columns)
-    fig = Figure(figsize=(4.2 * len(NORMS), 3.6), layout="constrained", dpi=plot.DPI)
+    """std vs depth at the last probe of the runs that finished: a panel per norm, a
+    line per lr (geometric mean over seeds, 95% band on the logs)."""
+    layers = layer_order(c for c in prof.columns if str(c).startswith("layer"))
+    norms = [n for n in NORMS if n in set(prof["norm"])]
+    fig = Figure(figsize=(4.2 * len(norms), 3.8), layout="constrained", dpi=plot.DPI)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(NORMS), sharey=True)
-    lrs = sorted(prof.index.get_level_values("optimizer.lr").unique())
+    axes = fig.subplots(1, len(norms), sharey=True, squeeze=False)[0]
+    lrs = sorted(prof["optimizer.lr"].unique())
     cmap = colormaps["viridis"]
-    for ax, norm in zip(axes, NORMS, strict=True):
-        sub = prof[prof.index.get_level_values("norm") == norm]
-        for (_run, _, lr, step), row in sub.iterrows():
+    x = np.arange(1, len(layers) + 1)
+    for ax, norm in zip(axes, norms, strict=True):
+        for lr in lrs:
+            sub = prof[(prof["norm"] == norm) & (prof["optimizer.lr"] == lr) & prof["finished"]]
+            if not len(sub):
+                continue
+            stats = [geo(sub[lay].to_numpy()) for lay in layers]
             c = cmap(lrs.index(lr) / max(len(lrs) - 1, 1))
-            ax.plot(range(1, len(layers) + 1), row[layers].to_numpy(), marker="o", ms=3,
-                    color=c, label=f"lr {lr:g} (step {step})")  # fmt: skip
+            ax.plot(x, [s[0] for s in stats], marker="o", ms=3, color=c,
+                    label=f"lr {lr:g} (n={len(sub)})")  # fmt: skip
+            ax.fill_between(x, [s[1] for s in stats], [s[2] for s in stats], color=c, alpha=0.15,
+                            lw=0)  # fmt: skip
         ax.set_yscale("log")
         ax.set_title(norm, fontsize=10)
         ax.set_xlabel("hidden layer (depth)")
@@ -142,58 +176,109 @@ def depth_figure(prof: pd.DataFrame, title: str) -> Figure:
 
 def main() -> None:
     args = common.parse_args(NAME, __doc__)
-    runs = common.train(args, "sweep", overrides(args.smoke))
-    sweep = common.load(runs)
+    sweep = common.load(common.train(args, "sweep", overrides(args)))
+    r = common.tidy(sweep)
+    n = r["seed"].nunique()
+    norms = [k for k in NORMS if k in set(r["norm"])]
+    best = common.best_lr(r)
     data_name = sweep.runs["data"].iloc[0]
-    where = f"{DEPTH}x100 ReLU MLP on {data_name}, SGD, batch 60, {int(sweep.runs['steps'].max())} steps"
+    total = int(sweep.runs["steps"].max())
+    where = f"{DEPTH}x100 ReLU MLP on {data_name}, SGD, batch 60, {total} steps, {n} seeds"
     fig = plot.sweep_summary(
         sweep.runs, sweep.scalars, x="optimizer.lr", hue="norm", target=0.8,
-        title=f"final test accuracy vs learning rate; X = diverged ({where})",
+        title=f"final test accuracy vs learning rate (mean and 95% interval over seeds; * = "
+        f"best lr on validation; X = diverged) ({where})",
     )  # fmt: skip
     common.save(fig, args, "lr_sweep.png")
-    prof = depth_profile(sweep.activations)
+    ps = post_std(sweep.activations)
+    prof = ps[ps["step"] == ps.groupby("run")["step"].transform("max")].copy()
+    prof["finished"] = prof["run"].map(r.set_index("run")["status"].eq("finished"))
     fig = depth_figure(
-        prof, f"std of each hidden layer's output at the last probe (diverged runs: the last "
-        f"probe before divergence) vs depth ({where})",
+        prof, f"std of each hidden layer's output at the end, runs that did not diverge; "
+        f"geometric mean over seeds, 95% band ({where})",
     )  # fmt: skip
     common.save(fig, args, "depth_std.png")
-    early = common.load(common.train(args, "early", early_overrides(args.smoke)))
+    layers = layer_order(c for c in prof.columns if str(c).startswith("layer"))
+
+    early = common.load(common.train(args, "early", early_overrides(args)))
+    ew = post_std(early.activations)
+    n_early = int(early.runs["steps"].max())
     fig = early_figure(
-        early.activations,
-        f"the first {EARLY_STEPS} steps at large lr, probed every step: std of each hidden "
-        f"layer's output vs depth (same net and data)",
+        ew, n_early, f"the first {n_early} steps at large lr, probed every step: std of each "
+        f"hidden layer's output vs depth,\ngeometric mean over the seeds still finite at that "
+        f"step, 95% band (same net and data)",
     )  # fmt: skip
     common.save(fig, args, "depth_std_early.png")
-    a = early.activations
-    a = a[(a["site"] == "post") & (a["unit"] == -1) & (a["stat"] == "std")]
-    rows = []
-    for (norm, lr), g in a.groupby(["norm", "optimizer.lr"], sort=False):
-        w = g.pivot_table(index="step", columns="layer", values="value").sort_index()
-        last = int(w.index[-1])
-        row = dict(norm=norm, lr=lr, last_finite_probe_step=last)
-        row.update({f"{lay}_post_std_last": w.loc[last, lay] for lay in layer_order(w.columns)})
-        rows.append(row)
-    common.write_summary(pd.DataFrame(rows), args, "summary_early.csv")
+    last = ew[ew["step"] == ew.groupby("run")["step"].transform("max")].copy()
+    last["deepest_over_first"] = last[layers[-1]] / last[layers[0]]
+    out = last.rename(columns={"optimizer.lr": "lr", "step": "last_finite_probe_step"})
+    out = out.rename(columns={lay: f"{lay}_post_std_last" for lay in layers}).drop(columns="run")
+    common.write_summary(out.sort_values(["norm", "lr", "seed"]), args, "summary_early.csv")
 
-    layers = layer_order(prof.columns)
-    r = sweep.runs.set_index("run")
+    res = common.Results(args, f"Learning-rate tolerance ({where})")
+    res.add(
+        "Final test accuracy (* = the lr chosen on validation; diverged runs counted, not "
+        "averaged)",
+        common.lr_table(r, "final_test_accuracy", norms, best=best),
+    )
+    trains = r.assign(ok=r["final_test_accuracy"].fillna(0) > 0.5).groupby(["norm", "lr"])["ok"]
+    trains = trains.all().reset_index()
+    largest = {k: g.loc[g["ok"], "lr"].max() for k, g in trains.groupby("norm")}
+    res.add(
+        "Largest lr at which every seed ends above 0.5 test accuracy",
+        ", ".join(f"{k}: {common.fmt_lr(largest[k])}" for k in norms if k in largest),
+    )
+    prof["deepest_over_first"] = prof[layers[-1]] / prof[layers[0]]
+    lrs = sorted(prof["optimizer.lr"].unique())
+    lines = ["| norm \\ lr | " + " | ".join(common.fmt_lr(v) for v in lrs) + " |",
+             "|---" * (len(lrs) + 1) + "|"]  # fmt: skip
+    for k in norms:
+        cells = [
+            geo_text(prof[(prof["norm"] == k) & (prof["optimizer.lr"] == lr) & prof["finished"]]
+                     ["deepest_over_first"])
+            for lr in lrs
+        ]  # fmt: skip
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    res.add(
+        f"std of layer {DEPTH}'s output / std of layer 1's, at step {total} (runs that did not "
+        "diverge; geometric mean)",
+        "\n".join(lines),
+    )
+    init = ps[ps["step"] == 0]
+    res.add(
+        "std of each hidden layer's output at initialization (step 0; geometric mean over seeds)",
+        "| norm | " + " | ".join(layers) + " |\n" + "|---" * (len(layers) + 1) + "|\n"
+        + "\n".join(
+            f"| {k} | " + " | ".join(geo_text(init[init["norm"] == k].groupby("seed")[lay].first())
+                                     for lay in layers) + " |"
+            for k in norms
+        ),
+    )  # fmt: skip
     rows = []
-    for (run, norm, lr, step), stds in prof.iterrows():
-        m = r.loc[run]
+    for (k, lr), g in last.groupby(["norm", "optimizer.lr"], sort=False):
         rows.append(
-            dict(
-                norm=norm, lr=lr, status=m["status"],
-                diverged_at=m["diverged_at"] if pd.notna(m["diverged_at"]) else np.nan,
-                final_test_accuracy=(
-                    m.get("final_test_accuracy", np.nan) if m["status"] == "finished" else np.nan
-                ),
-                probe_step=step,
-                **{f"{lay}_post_std": stds[lay] for lay in layers},
-                deepest_over_first_std=stds[layers[-1]] / stds[layers[0]],
-            )
+            f"| {k} | {lr:g} | {common.interval(g['step'])} | "
+            + " | ".join(geo_text(g[lay]) for lay in layers) + " |"
         )  # fmt: skip
-    df = pd.DataFrame(rows).sort_values(
-        ["norm", "lr"], key=lambda c: c.map(NORMS.index) if c.name == "norm" else c
+    res.add(
+        f"First {n_early} steps, probed every step: std of each hidden layer's output at each "
+        "seed's last finite probe (geometric mean over seeds)",
+        "| norm | lr | last finite probe step | " + " | ".join(layers) + " |\n"
+        + "|---" * (len(layers) + 3) + "|\n" + "\n".join(rows),
+    )  # fmt: skip
+    res.add("Best lr on validation", ", ".join(f"{k}: {common.fmt_lr(v)}" for k, v in best.items()))
+    res.write()
+
+    cols = ["norm", "lr", "seed", "status", "diverged_at", "final_test_accuracy",
+            "final_val_accuracy", "final_train_loss"]  # fmt: skip
+    df = r[cols].merge(
+        prof.rename(columns={"optimizer.lr": "lr", "step": "probe_step"})
+        .rename(columns={lay: f"{lay}_post_std" for lay in layers})
+        .drop(columns=["run", "finished"]),
+        on=["norm", "lr", "seed"], how="left",
+    )  # fmt: skip
+    df = df.sort_values(
+        ["norm", "lr", "seed"], key=lambda c: c.map(NORMS.index) if c.name == "norm" else c
     )
     common.write_summary(df, args)
 
