@@ -239,9 +239,10 @@ def build_network(model: dict, norm: Any, num_classes: int, axis_name: str | Non
 
 def select_sites(names: list[str], patterns: list[str]) -> tuple[str, ...]:
     """The sites matching any of the glob ``patterns`` (``*`` spans ``/``), in order;
-    a pattern matching none is a one-line error."""
+    a pattern matching none is a one-line error (``*``, every site, may match none:
+    a linear model has no sites)."""
     for pat in patterns:
-        if not fnmatch.filter(names, pat):
+        if pat != "*" and not fnmatch.filter(names, pat):
             some = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             raise UserError(
                 f"probe.sites: {pat!r} matches none of the model's {len(names)} sites ({some})"
