@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ def train_and_evaluate(
     check_model(cfg.model, cfg.import_path)
     data.check_settings(**data_settings(cfg))
     loggers.check(cfg)  # loggers (issue 16)
-    preload()
+    session.preload()
     workdir = Path(workdir)
     ms = members.members(cfg, workdir)
     if cfg.resume.enabled:  # read-only: a refused command touches nothing
@@ -91,25 +90,6 @@ def train_and_evaluate(
             (workdir / "summary.csv").unlink()  # stale: the sweep moved on
         session.complete(cfg, workdir, records, summaries)
     return summaries
-
-
-def preload() -> None:
-    """Import, in a background thread, what the loop needs only after its first chunk
-    (pandas and pyarrow for the tables, orbax for checkpoints) while this thread loads
-    the data and XLA compiles: start-up (issue 17)."""
-
-    def work() -> None:
-        try:
-            import pandas  # noqa: F401
-            import pyarrow.parquet  # noqa: F401
-
-            from bnlab.checkpoint import _ocp
-
-            _ocp()
-        except Exception:  # the loop imports them again, and says what is wrong
-            pass
-
-    threading.Thread(target=work, name="bnlab-preload", daemon=True).start()
 
 
 def ended(summary: dict[str, Any] | None, steps: int) -> bool:

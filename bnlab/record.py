@@ -109,7 +109,7 @@ class Table:
         self.blocks.append({c: np.broadcast_to(np.asarray(cols[c]), (n,)) for c in self.columns})
 
     def frame(self) -> pd.DataFrame:
-        import pandas as pd  # imported when first needed: start-up (driver.preload)
+        import pandas as pd  # imported when first needed: start-up (session.preload)
 
         if not self.blocks:
             return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in self.columns})

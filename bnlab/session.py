@@ -1,6 +1,7 @@
 """Around a run: the process settings it needs, what completes it, and how it ends.
 
-:func:`setup_process` runs before JAX starts; :func:`complete` draws the figures of
+:func:`setup_process` runs before JAX starts; :func:`preload` imports in the
+background what a run needs only after its first chunk; :func:`complete` draws the figures of
 the members that ended and the sweep's summary (once: a rerun of a finished run draws
 what is missing); :func:`report` says how the run ended in one line and exits 130 if
 it was interrupted, with the one command that continues it.
@@ -9,6 +10,7 @@ it was interrupted, with the one command that continues it.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,25 @@ def setup_process(cfg: Any) -> None:
     # on a CPU, as many devices as the mesh needs, or two: a probe device beside training
     wanted = max(cfg.parallel.data, 1) * cfg.parallel.members
     devices.request_cpu_devices(max(wanted, 2 if cfg.probe.overlap and wanted == 1 else 1))
+
+
+def preload() -> None:
+    """Import, in a background thread, what the loop needs only after its first chunk
+    (pandas and pyarrow for the tables, orbax for checkpoints) while this thread loads
+    the data and XLA compiles: start-up (issue 17)."""
+
+    def work() -> None:
+        try:
+            import pandas  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+
+            from bnlab.checkpoint import _ocp
+
+            _ocp()
+        except Exception:  # the loop imports them again, and says what is wrong
+            pass
+
+    threading.Thread(target=work, name="bnlab-preload", daemon=True).start()
 
 
 def complete(cfg: TrainConfig, workdir: Path, records: list[RunRecord], sums: list) -> None:
