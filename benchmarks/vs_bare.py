@@ -8,6 +8,8 @@ MLP with BN, batch 60, SGD lr 0.5): in alternating rounds, median per way,
 - ``bare``: a hand-written ``lax.scan`` of the same network's step in plain
   ``jax.numpy`` (no flax, no probes, no records), batches gathered on device from a
   per-epoch permutation exactly as bnlab draws them, 1,000 steps per scan;
+- ``bare, one core``: the same, in a process pinned to one core (``taskset -c 0``):
+  what the bare loop gets from the second core, which bnlab spends on measuring;
 - ``chunk``: bnlab's compiled chunk alone (no probes), driven in a Python loop;
 - ``chunk+probes``: the same with the default probes (every 50 steps, on the probe
   device beside training);
@@ -118,15 +120,31 @@ def command_rate(steps: int) -> float:
         return json.loads((Path(tmp) / "run" / "summary.json").read_text())["steps_per_sec"]
 
 
+def pinned_bare_rate(steps: int) -> float:
+    """The bare rate in a fresh process pinned to core 0 (``os.sched_setaffinity``
+    before JAX starts its threads)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--steps", str(steps), "--bare-on-core", "0"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return float(out.stdout.split()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bare-on-core", type=int, help=argparse.SUPPRESS)  # pinned_bare_rate
     args = ap.parse_args()
+    if args.bare_on_core is not None:
+        os.sched_setaffinity(0, {args.bare_on_core})
+        print(bare_rate(load_data(compose([])), args.steps))
+        return
     devices.request_cpu_devices(2)
     ds = load_data(compose([]))
     ways = {
         "bare lax.scan, no probes, no records": lambda: bare_rate(ds, args.steps),
+        "bare lax.scan, pinned to one core": lambda: pinned_bare_rate(args.steps),
         "bnlab chunk, no probes": lambda: bnlab_rate(ds, args.steps, probes=False),
         "bnlab chunk, probes every 50 (probe device)": lambda: bnlab_rate(ds, args.steps, True),
         "python -m bnlab.train (probes, records, eval, checkpoints)": lambda: command_rate(

@@ -252,14 +252,16 @@ class TrainConfig:
 
 def register() -> None:
     """Register the schema as ``train_schema`` (named first in ``configs/train.yaml``),
-    the presets' as ``model/<preset>_schema`` (named first in ``configs/model/<preset>.yaml``),
+    the presets' as ``<preset>_model_schema`` (named first in ``configs/model/<preset>.yaml``
+    as ``/<preset>_model_schema@_here_``: outside the ``model`` group, so ``--help`` does
+    not list them as models),
     and the resolver ``${gcd:a,b,...}`` (the greatest common divisor: a probe interval
     that divides ``steps`` and ``chunk_steps``, as ``hparams_search/lr_optuna`` derives;
     a value that is not a number, such as ``chunk_steps=auto``, is left out)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for name, node in MODEL_SCHEMAS.items():
-        cs.store(group="model", name=f"{name}_schema", node=node)
+        cs.store(name=f"{name}_model_schema", node=node)
     if not OmegaConf.has_resolver("gcd"):
         OmegaConf.register_new_resolver(
             "gcd", lambda *v: math.gcd(*(int(x) for x in v if str(x).isdigit()))

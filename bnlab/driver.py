@@ -265,7 +265,7 @@ class Loop:
                 last = step == cfg.steps
                 evals = None
                 if self.running and (step % cfg.eval_every == 0 or last):
-                    evals = e.evaluate(states, beside=True)
+                    evals = e.evaluate(states)
                 self.loggers.request(step, e, states)  # loggers (issue 16): histograms
                 if not last and self.running and not self.stop_requested:
                     length = self._next_length(step)

@@ -82,6 +82,13 @@ class Metrics:
         )  # fmt: skip
 
 
+def _one_probe(tree: Any) -> Any:
+    """The shapes of ``tree`` (leading member axis) as snapshots of one probe."""
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((a.shape[0], 1, *a.shape[1:]), a.dtype), tree
+    )
+
+
 def grid_map(fn, kinds: tuple[str | None, ...], grid: tuple[int, int]):
     """``fn`` of one member, mapped over the members of a ``(L, S)`` grid.
 
@@ -161,6 +168,7 @@ class Engine:
         self._chunk_jit = jax.jit(self._spmd(self._chunk, (pm, metrics_specs, None)),
                                   static_argnames="length", donate_argnums=0)  # fmt: skip
         self._measure_jit = jax.jit(self._spmd(self._measure, (pm, pm)))
+        self._layers0_jit = jax.jit(self._spmd(self._layers0, pm))
         self._eval_jit = jax.jit(self._spmd(self._evaluate, (pm, pm)))
         self._snap_acts_jit = jax.jit(self._snapshot_acts)
         self._eval_beside_jit = jax.jit(self._evaluate)
@@ -220,9 +228,12 @@ class Engine:
         return lax.map(lambda st: fn(st, *shared), states)
 
     def _measure(self, states: TrainState, probe_x: Array) -> tuple[dict, dict]:
+        return self._each(self.learner.activations, states, probe_x), self._layers0(states)
+
+    def _layers0(self, states: TrainState) -> dict:
+        """Layer statistics with no step taken (gradient norms read as zero)."""
         zeros = jax.tree.map(jnp.zeros_like, states.params)
-        layers = self._members(self.learner.layer_stats, ("member", "member"))(states, zeros)
-        return self._each(self.learner.activations, states, probe_x), layers
+        return self._members(self.learner.layer_stats, ("member", "member"))(states, zeros)
 
     def _evaluate(self, states: TrainState, x: Array, y: Array):
         return self._members(self.learner.evaluate_one, ("member", None, None))(states, x, y)
@@ -353,8 +364,8 @@ class Engine:
             snaps = res.pop("snaps", None)
             if snaps is not None:  # this interval's probe, beside the next interval
                 snap = jax.tree.map(lambda a: a[:, None], snaps)
-                acts.append(run("snaps")(jax.device_put(snap, self.probe_device),
-                                         self.remote["probe_x"]))  # fmt: skip
+                acts.append(self._compiled["snaps", 1](jax.device_put(snap, self.probe_device),
+                                                       self.remote["probe_x"]))  # fmt: skip
             rows.append(res)
         out = jax.tree.map(lambda *r: jnp.stack(r), *rows)
         metrics, _ = self._metrics(out)
@@ -366,10 +377,13 @@ class Engine:
     # -- compilation ----------------------------------------------------------------
     def compile(self, states: TrainState, lengths: list[int]) -> float:
         """Compile, ahead of time and concurrently, every program not compiled yet: the
-        chunk of each length (with its probe program on the probe device), the probe
-        and the evaluations. Returns the seconds it took."""
+        chunk of each length (with its probe program on the probe device, one per
+        number of probes in a chunk), the step-0 probe and the evaluations. With a probe
+        device the step-0 probe is its program of one probe and the evaluations run
+        there only (two programs fewer to compile at start). Returns the seconds it
+        took."""
         start = time.perf_counter()
-        jobs: list[tuple[tuple, Any]] = []
+        jobs: dict[tuple, Any] = {}
         t0 = jnp.zeros((), jnp.int32)
         pd = self.probe_device
         on_pd = lambda tree: jax.tree.map(  # noqa: E731
@@ -383,33 +397,41 @@ class Engine:
                 self._lower_host(states, jobs, on_pd)
                 break
             low = self._chunk_jit.lower(states, t0, self.data, length=n)
-            jobs.append((("chunk", n), low))
+            jobs["chunk", n] = low
             if pd is not None:
-                snaps = on_pd(low.out_info[2])
-                jobs.append(
-                    (("snaps", n), self._snap_acts_jit.lower(snaps, self.remote["probe_x"]))
-                )
-        if ("measure",) not in self._compiled:
-            jobs.append((("measure",), self._measure_jit.lower(states, self.data["probe_x"])))
+                self._lower_snaps(on_pd(low.out_info[2]), jobs)
+        if ("measure",) not in self._compiled and ("layers0",) not in self._compiled:
+            if pd is None:
+                jobs["measure",] = self._measure_jit.lower(states, self.data["probe_x"])
+            else:
+                jobs["layers0",] = self._layers0_jit.lower(states)
+                self._lower_snaps(on_pd(_one_probe(states.replace(opt_state=None))), jobs)
             for s in self.splits:
-                x, y = self.data[f"{s}_x"], self.data[f"{s}_y"]
-                jobs.append((("eval", s), self._eval_jit.lower(states, x, y)))
-                if pd is not None:
+                if pd is None:
+                    x, y = self.data[f"{s}_x"], self.data[f"{s}_y"]
+                    jobs["eval", s] = self._eval_jit.lower(states, x, y)
+                else:
                     x, y = self.remote[f"{s}_x"], self.remote[f"{s}_y"]
-                    low = self._eval_beside_jit.lower(on_pd(states), x, y)
-                    jobs.append((("eval_beside", s), low))
+                    jobs["eval_beside", s] = self._eval_beside_jit.lower(on_pd(states), x, y)
         if jobs:  # XLA compiles outside the GIL: the programs compile side by side
             with ThreadPoolExecutor(len(jobs)) as pool:
-                done = list(pool.map(lambda job: job[1].compile(), jobs))
-            self._compiled.update({key: exe for (key, _), exe in zip(jobs, done, strict=True)})
+                done = list(pool.map(lambda low: low.compile(), jobs.values()))
+            self._compiled.update(zip(jobs, done, strict=True))
         return time.perf_counter() - start
+
+    def _lower_snaps(self, snaps: Any, jobs: dict) -> None:
+        """The probe device's activations of ``snaps`` (members, probes), one program
+        per number of probes."""
+        key = ("snaps", jax.tree.leaves(snaps)[0].shape[1])
+        if key not in self._compiled and key not in jobs:
+            jobs[key] = self._snap_acts_jit.lower(snaps, self.remote["probe_x"])
 
     def compiled(self, length: int) -> bool:
         if self.host_loop:  # one set of programs for every length
             return ("step",) in self._compiled
         return ("chunk", length) in self._compiled
 
-    def _lower_host(self, states: TrainState, jobs: list, on_pd) -> None:
+    def _lower_host(self, states: TrainState, jobs: dict, on_pd) -> None:
         """The host loop's programs: two epochs' permutations, one step, one probe (and
         the probe device's activations of one snapshot)."""
         t0 = jnp.zeros((), jnp.int32)
@@ -417,12 +439,10 @@ class Engine:
         perms, epoch0 = low.out_info
         step = self._step_jit.lower(states, t0, perms, epoch0, self.data)
         probe = self._probe_jit.lower(states, t0, step.out_info[3], perms, epoch0, self.data)
-        jobs += [(("perms",), low), (("step",), step), (("probe",), probe)]
+        jobs.update({("perms",): low, ("step",): step, ("probe",): probe})
         snaps = probe.out_info.get("snaps")
         if snaps is not None:
-            one = on_pd(jax.tree.map(lambda a: jax.ShapeDtypeStruct((a.shape[0], 1, *a.shape[1:]),
-                                                                     a.dtype), snaps))  # fmt: skip
-            jobs.append((("snaps",), self._snap_acts_jit.lower(one, self.remote["probe_x"])))
+            self._lower_snaps(on_pd(_one_probe(snaps)), jobs)
 
     # -- public calls (futures) -------------------------------------------------------
     def chunk(self, states: TrainState, t0: int, length: int) -> tuple[TrainState, Metrics]:
@@ -436,25 +456,32 @@ class Engine:
         states, metrics, snaps = self._compiled["chunk", length](states, t, self.data)
         if snaps is not None:
             snaps = jax.device_put(snaps, self.probe_device)
-            acts = self._compiled["snaps", length](snaps, self.remote["probe_x"])
+            acts = self._compiled["snaps", length // self.every](snaps, self.remote["probe_x"])
             metrics = metrics.replace(acts=acts)
         return states, metrics
 
     def measure(self, states: TrainState) -> Metrics:
-        """The probe of ``states`` (gradient norms read as zero: no step was taken)."""
+        """The probe of ``states`` (gradient norms read as zero: no step was taken); with
+        a probe device, its activations are computed there."""
         self.compile(states, [])
-        acts, layers = self._compiled["measure",](states, self.data["probe_x"])
-        step = jnp.zeros((1,), jnp.int32)
         add = lambda tree: jax.tree.map(lambda a: a[:, None], tree)  # noqa: E731
-        return Metrics(step=step, loss=None, acc=None, lr=None, layers=add(layers), acts=add(acts))
+        if self.probe_device is None:
+            acts, layers = self._compiled["measure",](states, self.data["probe_x"])
+            acts = add(acts)
+        else:
+            layers = self._compiled["layers0",](states)
+            one = jax.device_put(add(states.replace(opt_state=None)), self.probe_device)
+            acts = self._compiled["snaps", 1](one, self.remote["probe_x"])
+        step = jnp.zeros((1,), jnp.int32)
+        return Metrics(step=step, loss=None, acc=None, lr=None, layers=add(layers), acts=acts)
 
-    def evaluate(self, states: TrainState, beside: bool = False) -> dict[str, tuple]:
+    def evaluate(self, states: TrainState) -> dict[str, tuple]:
         """``{split: (loss, accuracy)}`` (each (M,)) on the test split and the validation
-        split where there is one, BN in eval mode. ``beside``: on the probe device where
-        there is one (on a copy of ``states``, made now, before the caller donates them
-        to the next chunk)."""
+        split where there is one, BN in eval mode; on the probe device where there is
+        one (on a copy of ``states``, made now, before the caller donates them to the
+        next chunk)."""
         self.compile(states, [])
-        if beside and self.probe_device is not None:
+        if self.probe_device is not None:
             copy = jax.block_until_ready(jax.device_put(states, self.probe_device))
             kind, arrays = "eval_beside", self.remote
         else:

@@ -40,6 +40,7 @@ from bnlab.runs import (
     find_runs,
     is_run_dir,
     last_hidden_layer,
+    layer_order,
     load_run,
     load_sweep,
 )
@@ -87,11 +88,36 @@ def _run_title(run) -> str:
     return ", ".join(parts) + f" ({status})"
 
 
+MOMENT_LAYERS = 8  # the mean/std figure's columns at most (evenly spaced through the net)
+
+
+def drift_site(acts: pd.DataFrame, site: str | None = None) -> tuple[str | None, str]:
+    """The (layer, site) a drift figure shows: ``site`` (default ``pre``, the input of
+    the built-in models' nonlinearity; where no layer has it, ``out``, a norm layer's
+    output: module-path models such as the ResNet) in the last layer that has it."""
+    pooled = acts[acts["unit"] == -1] if len(acts) else acts
+    if site is None:
+        site = "pre" if not len(pooled) or (pooled["site"] == "pre").any() else "out"
+    return last_hidden_layer(pooled[pooled["site"] == site] if len(pooled) else pooled), site
+
+
+def moment_layers(at_site: pd.DataFrame) -> pd.DataFrame:
+    """``at_site`` restricted to at most :data:`MOMENT_LAYERS` layers, evenly spaced in
+    network order, the last included (a ResNet-20 has 19 norm layers)."""
+    names = layer_order(at_site["layer"].unique())
+    if len(names) <= MOMENT_LAYERS:
+        return at_site
+    step = (len(names) - 1) / (MOMENT_LAYERS - 1)
+    keep = {names[round(i * step)] for i in range(MOMENT_LAYERS)}
+    return at_site[at_site["layer"].isin(keep)]
+
+
 def save_run_figures(run_dir: str | Path, *, warn: bool = False) -> list[Path]:
     """Write one run's figures as PNG into ``run_dir/figures/``; return their paths.
 
-    The drift bands of the last hidden layer's ``pre`` site, the learning curves,
-    the per-layer mean/std of ``pre`` and, where BN learns them, gamma/beta. A
+    The drift bands of the last hidden layer's ``pre`` site (:func:`drift_site`), the
+    learning curves, the per-layer mean/std of that site and, where BN learns them,
+    gamma/beta. A
     figure whose rows are missing (a run that diverged at once, a table not
     written) is skipped, never an error; ``warn=True`` (the CLI) announces such a
     record with a :class:`bnlab.runs.RunProblemWarning` (the trainer, which calls
@@ -104,19 +130,19 @@ def save_run_figures(run_dir: str | Path, *, warn: bool = False) -> list[Path]:
     title = _run_title(run)
     acts = run.activations.assign(label=label)
     paths: list[Path] = []
-    layer = last_hidden_layer(acts)
-    pre = acts[(acts["site"] == "pre") & (acts["unit"] == -1)] if len(acts) else acts
+    layer, site = drift_site(acts)
+    pre = acts[(acts["site"] == site) & (acts["unit"] == -1)] if len(acts) else acts
     if layer and len(pre[pre["layer"] == layer]):
-        what = f"{layer}/pre percentiles on the probe batch (pooled over units)"
-        fig = plot.drift_bands(pre, layer, "pre", title=f"{what}\n{title}")
-        paths.append(_save(fig, out / f"drift_{layer}_pre.png"))
+        what = f"{layer}/{site} percentiles on the probe batch (pooled over units)"
+        fig = plot.drift_bands(pre, layer, site, title=f"{what}\n{title}")
+        paths.append(_save(fig, out / f"drift_{layer.replace('/', '_')}_{site}.png"))
     if len(run.scalars) and run.scalars["name"].isin(["test_accuracy", "train_loss"]).any():
         fig = plot.learning_curves(run.scalars.assign(label=label), title=title)
         paths.append(_save(fig, out / "learning_curves.png"))
     if len(pre) and pre["stat"].isin(["mean", "std"]).any():
-        what = "mean and std of each layer's pre site on the probe batch"
-        fig = plot.layer_moments(pre, "pre", title=f"{what}\n{title}")
-        paths.append(_save(fig, out / "layer_moments_pre.png"))
+        what = f"mean and std of each layer's {site} site on the probe batch"
+        fig = plot.layer_moments(moment_layers(pre), site, title=f"{what}\n{title}")
+        paths.append(_save(fig, out / f"layer_moments_{site}.png"))
     lay = run.layers
     if len(lay) and lay["stat"].isin(["gamma_mean", "beta_mean"]).any():
         what = "learned BN scale (gamma) and shift (beta)"
@@ -152,12 +178,13 @@ def save_sweep_figures(
     out: str | Path | None = None,
     *,
     layer: str | None = None,
-    site: str = "pre",
+    site: str | None = None,
     target: float | str | None = "auto",
 ) -> list[Path]:
     """Write a sweep's figures as PNG into ``out`` (default ``<sweep dir>/figures``).
 
-    Drift bands (runs side by side), per-layer mean/std, learning curves,
+    Drift bands (runs side by side; ``layer``/``site`` default: :func:`drift_site`),
+    per-layer mean/std, learning curves,
     gamma/beta where present, and the sweep summary when a numeric key (the
     learning rate first; not the seed) varies. Runs that differ only by their seed
     are drawn as their mean with a 95% interval. ``target='auto'``: 90% of the best
@@ -172,13 +199,15 @@ def save_sweep_figures(
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     acts = sweep.activations
-    layer = layer or last_hidden_layer(acts)
+    auto, site = drift_site(acts, site)
+    layer = layer or auto
     at_site = acts[(acts["site"] == site) & (acts["unit"] == -1)] if len(acts) else acts
     if layer and len(at_site[at_site["layer"] == layer]):
         fig = plot.drift_bands(at_site, layer, site)
-        paths.append(_save(fig, out / f"drift_{layer}_{site}.png"))
+        paths.append(_save(fig, out / f"drift_{layer.replace('/', '_')}_{site}.png"))
     if len(at_site) and at_site["stat"].isin(["mean", "std"]).any():
-        paths.append(_save(plot.layer_moments(at_site, site), out / f"layer_moments_{site}.png"))
+        fig = plot.layer_moments(moment_layers(at_site), site)
+        paths.append(_save(fig, out / f"layer_moments_{site}.png"))
     sc = sweep.scalars
     if len(sc) and sc["name"].isin(["test_accuracy", "train_loss"]).any():
         paths.append(_save(plot.learning_curves(sc), out / "learning_curves.png"))
@@ -258,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("path", nargs="+", help="a run dir, a multirun dir, or globs of run dirs")
     ap.add_argument("--out", help="folder for the PNGs (default: <path>/figures)")
     ap.add_argument("--layer", help="layer of the drift figure (default: last hidden layer)")
-    ap.add_argument("--site", default="pre", help="site of the drift and mean/std figures")
+    ap.add_argument(
+        "--site", help="site of the drift and mean/std figures (default: pre, else a norm's out)"
+    )
     ap.add_argument(
         "--target", default="auto",
         help="test accuracy for the steps-to-target panel (default: 90%% of the best; 'none')",
@@ -276,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bnlab.report: no run directories under {' '.join(args.path)}", file=sys.stderr)
         return 2
     single = len(args.path) == 1 and is_run_dir(args.path[0])
-    if single and args.out is None and args.layer is None and args.site == "pre":
+    if single and args.out is None and args.layer is None and args.site is None:
         paths = save_run_figures(args.path[0], warn=True)
     else:
         sweep = load_sweep(runs)

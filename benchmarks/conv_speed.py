@@ -1,0 +1,161 @@
+"""Conv nets through bnlab against a plain ``jax.jit`` loop of the same network (issue 14).
+
+    uv run python benchmarks/conv_speed.py [--models cnn resnet vgg] [--rounds 3]
+
+For each preset (``model=cnn``, ``model=resnet`` (ResNet-20), ``model=vgg``) on
+Fashion-MNIST (28x28x1, batch 60, SGD with momentum), alternating rounds, median per way:
+
+- ``plain``: the same Flax module with ``flax.linen.BatchNorm`` (momentum 0.99), a
+  ``jax.jit`` train step called from a Python loop, batches indexed on the host; no
+  probes, no records (what a first script looks like);
+- ``command``: ``python -m bnlab.train model=NAME data.flatten=false`` as a user types
+  it, with the default probes (every 50 steps on the 1,000-example probe batch, conv
+  sites sampled), records, evaluation and checkpoints; its rate is ``summary.json``'s
+  ``steps_per_sec`` (the steady chunks: compilation left out);
+- ``command, no activation probes``: the same with ``probe.every`` = the run's length
+  (one probe at step 0 and one at the end).
+
+The goal (issue 14): ``command`` >= 0.9x ``plain``. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_speed import compose  # noqa: E402
+
+from bnlab.build import load_data  # noqa: E402
+from bnlab.models import CNN, VGG, ResNet  # noqa: E402
+
+# steps per timed run: each way runs for ~10-40 s on 2 CPU cores
+STEPS = {"cnn": 1000, "resnet": 300, "vgg": 100}
+CLASSES = {"cnn": CNN, "resnet": ResNet, "vgg": VGG}
+LR, MOMENTUM = 0.05, 0.9
+
+
+class FlaxBN(nn.BatchNorm):
+    """``flax.linen.BatchNorm`` as the presets call their norm (``normalizes``: the MLP
+    and CNN presets sow a ``prenorm`` site only in front of a norm that normalizes)."""
+
+    normalizes = True
+
+
+def preset_kwargs(name: str) -> dict:
+    """The preset's constructor arguments, from its config (configs/model/NAME.yaml)."""
+    cfg = compose([f"model={name}", "data.flatten=false"])
+    return {k: v for k, v in cfg.model.items() if k != "_target_"}
+
+
+def plain_rate(name: str, ds, steps: int, batch: int = 60) -> float:
+    """Steady steps/s of a jitted step of the preset with flax's BatchNorm, host loop."""
+    model = CLASSES[name](**preset_kwargs(name), norm=partial(FlaxBN, momentum=0.99))
+    tx = optax.sgd(LR, momentum=MOMENTUM)
+    variables = model.init(jax.random.PRNGKey(0), ds.train_x[:2], train=False)
+    params, bstats = variables["params"], variables["batch_stats"]
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, bstats, opt_state, x, y):
+        def loss_fn(p):
+            logits, upd = model.apply(
+                {"params": p, "batch_stats": bstats}, x, train=True, mutable=["batch_stats"]
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+
+        (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), upd["batch_stats"], opt_state, loss
+
+    rng = np.random.default_rng(0)
+    n = len(ds.train_y)
+    perm = rng.permutation(n)
+
+    def run(k):
+        nonlocal params, bstats, opt_state, perm
+        loss = None
+        for i in range(k):
+            pos = i % (n // batch)
+            if pos == 0:
+                perm = rng.permutation(n)
+            idx = perm[pos * batch : (pos + 1) * batch]
+            params, bstats, opt_state, loss = train_step(
+                params, bstats, opt_state, ds.train_x[idx], ds.train_y[idx]
+            )
+        return float(loss)
+
+    run(10)  # compile and warm up
+    t = time.perf_counter()
+    run(steps)
+    return steps / (time.perf_counter() - t)
+
+
+def command_rate(name: str, steps: int, probes: bool) -> float:
+    """``summary.json``'s ``steps_per_sec`` of the real command (fresh directory)."""
+    extra = [] if probes else [f"probe.every={steps}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "bnlab.train", f"model={name}", "data.flatten=false",
+             "optimizer=momentum", f"optimizer.lr={LR}", f"steps={steps}",
+             f"eval_every={steps}", f"checkpoint_every={steps}", "progress=false",
+             "figure=false", f"hydra.run.dir={tmp}/run", *extra],
+            cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
+        return json.loads((Path(tmp) / "run" / "summary.json").read_text())["steps_per_sec"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["cnn", "resnet", "vgg"], choices=STEPS)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps")
+    args = ap.parse_args()
+    ds = load_data(compose(["data.flatten=false"]))
+    ways = {
+        "plain jit step + Python loop (flax BatchNorm), no probes": lambda m, s: plain_rate(
+            m, ds, s
+        ),
+        "python -m bnlab.train (default probes, records, eval, checkpoints)": lambda m, s: (
+            command_rate(m, s, probes=True)
+        ),
+        "python -m bnlab.train, no activation probes": lambda m, s: command_rate(m, s, False),
+    }
+    got = {(m, w): [] for m in args.models for w in ways}
+    for r in range(args.rounds):
+        for m in args.models:
+            steps = max(50, int(STEPS[m] * args.scale) // 50 * 50)
+            for w, fn in ways.items():
+                got[m, w].append(fn(m, steps))
+                print(f"round {r + 1}: {m}: {w}: {got[m, w][-1]:.2f} steps/s", file=sys.stderr)
+    load = os.getloadavg()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__}, load average {load[0]:.2f} at the end; "
+          f"{args.rounds} alternating rounds, medians\n")  # fmt: skip
+    print("| model | way | steps/s (median) | rounds | x plain |\n|---|---|---|---|---|")
+    for m in args.models:
+        plain = statistics.median(got[m, next(iter(ways))])
+        for w in ways:
+            v = got[m, w]
+            med = statistics.median(v)
+            print(f"| {m} | {w} | {med:.2f} | {', '.join(f'{x:.2f}' for x in v)} | "
+                  f"{med / plain:.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
