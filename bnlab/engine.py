@@ -82,6 +82,18 @@ class Metrics:
         )  # fmt: skip
 
 
+class _Compiling(dict):
+    """Lowered programs by key, each handed to ``pool`` to compile as it is set (XLA
+    compiles outside the GIL); the values are futures of the compiled programs."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        super().__init__()
+        self.pool = pool
+
+    def __setitem__(self, key: tuple, lowered: Any) -> None:
+        super().__setitem__(key, self.pool.submit(lowered.compile))
+
+
 def _one_probe(tree: Any) -> Any:
     """The shapes of ``tree`` (leading member axis) as snapshots of one probe."""
     return jax.tree.map(
@@ -383,7 +395,14 @@ class Engine:
         there only (two programs fewer to compile at start). Returns the seconds it
         took."""
         start = time.perf_counter()
-        jobs: dict[tuple, Any] = {}
+        with ThreadPoolExecutor(8) as pool:
+            jobs = _Compiling(pool)  # each program compiles while the next one is traced
+            self._lower_all(states, lengths, jobs)
+            done = {key: job.result() for key, job in jobs.items()}
+        self._compiled.update(done)
+        return time.perf_counter() - start
+
+    def _lower_all(self, states: TrainState, lengths: list[int], jobs: dict) -> None:
         t0 = jnp.zeros((), jnp.int32)
         pd = self.probe_device
         on_pd = lambda tree: jax.tree.map(  # noqa: E731
@@ -413,11 +432,6 @@ class Engine:
                 else:
                     x, y = self.remote[f"{s}_x"], self.remote[f"{s}_y"]
                     jobs["eval_beside", s] = self._eval_beside_jit.lower(on_pd(states), x, y)
-        if jobs:  # XLA compiles outside the GIL: the programs compile side by side
-            with ThreadPoolExecutor(len(jobs)) as pool:
-                done = list(pool.map(lambda low: low.compile(), jobs.values()))
-            self._compiled.update(zip(jobs, done, strict=True))
-        return time.perf_counter() - start
 
     def _lower_snaps(self, snaps: Any, jobs: dict) -> None:
         """The probe device's activations of ``snaps`` (members, probes), one program
@@ -439,7 +453,7 @@ class Engine:
         perms, epoch0 = low.out_info
         step = self._step_jit.lower(states, t0, perms, epoch0, self.data)
         probe = self._probe_jit.lower(states, t0, step.out_info[3], perms, epoch0, self.data)
-        jobs.update({("perms",): low, ("step",): step, ("probe",): probe})
+        jobs["perms",], jobs["step",], jobs["probe",] = low, step, probe
         snaps = probe.out_info.get("snaps")
         if snaps is not None:
             self._lower_snaps(on_pd(_one_probe(snaps)), jobs)
