@@ -21,7 +21,7 @@ activation statistics there, beside the next chunk; the numbers are the same.
 With ``host_loop`` (``step_loop=host``; ``auto``: models that convolve, on a CPU) the
 host dispatches one compiled step after another (every ``probe.every``-th with its
 probes) and stacks their rows as the scan would: XLA:CPU runs convolutions inside a
-while loop several times slower (issue 14; not yet measured in ``benchmarks``). Same
+while loop several times slower (3.3x for the CNN preset: ``benchmarks/RESULTS.md``). Same
 numbers either way (``tests/test_conv.py``).
 """
 

@@ -101,7 +101,10 @@ def test_kill_and_resume_loses_nothing(tmp_path, reference, case, record_propert
     _, err = proc.communicate(timeout=300)
     killed_at = time.monotonic() - t0
     if alive and sig != "SIGKILL":
-        assert proc.returncode == 130 or proc.returncode < 0, err[-3000:]
+        # stopped (130, or killed by the second signal), or the signal came once the
+        # last step was done (while the last summary was written): finished as usual
+        done = proc.returncode == 0 and f"finished {STEPS} steps" in err
+        assert proc.returncode == 130 or proc.returncode < 0 or done, err[-3000:]
         assert "Traceback" not in err or "KeyboardInterrupt" in err, err[-3000:]
     res = subprocess.run([sys.executable, "-m", "bnlab.train", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)  # fmt: skip

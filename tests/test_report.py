@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_runs import fake_run, fake_sweep
@@ -39,6 +40,33 @@ def test_save_run_figures(tmp_path):
     ]
     for p in paths:
         assert p.parent == tmp_path / "r" / FIGURES and p.stat().st_size > 5000
+
+
+def test_figures_of_a_model_with_module_path_sites(tmp_path):
+    """A ResNet's sites (``stage1/block1/norm1/in|out``, no ``pre``): the drift figure
+    shows the last norm layer's ``out``, the mean/std figure 8 of its 12 norm layers."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(0, 201, 50)
+    norms = [f"stage{s}/block{b}/norm{n}" for s in (1, 2, 3) for b in (1, 2) for n in (1, 2)]
+    keys = ("mean", "std", "p15", "p50", "p85")
+    sites = [f"{layer}/{site}" for layer in norms for site in ("in", "out")]
+    sites.append("stage3/block2/conv2/in")
+    acts = {s: {k: rng.standard_normal(len(steps)) for k in keys} for s in sites}
+    rec = RunRecord(tmp_path / "r")
+    rec.activations(steps, acts)
+    rec.scalars(steps[1:], "train_loss", np.ones(len(steps) - 1))
+    rec.write_tables()
+    rec.write_summary(status="finished", step=200, steps=200, final={})
+    got = pd.read_parquet(tmp_path / "r" / ACTIVATIONS)
+    assert report.drift_site(got) == ("stage3/block2/norm2", "out")
+    assert report.drift_site(got, "in") == ("stage3/block2/norm2", "in")
+    kept = report.moment_layers(got[got["site"] == "out"])["layer"].unique()
+    assert len(kept) == report.MOMENT_LAYERS and {norms[0], norms[-1]} <= set(kept)
+    names = {p.name for p in report.save_run_figures(tmp_path / "r")}
+    assert {"drift_stage3_block2_norm2_out.png", "layer_moments_out.png"} <= names
+    p = _cli(tmp_path / "r", "--site", "in", "--out", tmp_path / "figs")
+    assert p.returncode == 0, p.stderr
+    assert "drift_stage3_block2_norm2_in.png" in p.stdout
 
 
 def test_save_run_figures_diverged_and_empty(tmp_path):
