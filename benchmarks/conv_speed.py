@@ -38,21 +38,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import train_speed  # noqa: E402
 from train_speed import compose  # noqa: E402
 
 from bnlab import devices  # noqa: E402
-from bnlab.build import build_engine, load_data  # noqa: E402
+from bnlab.build import load_data  # noqa: E402
 from bnlab.models import CNN, VGG, ResNet  # noqa: E402
 
 # steps per timed run: each way runs for ~10-40 s on 2 CPU cores
@@ -74,69 +73,17 @@ def preset_kwargs(name: str) -> dict:
     return {k: v for k, v in cfg.model.items() if k != "_target_"}
 
 
-def plain_rate(name: str, ds, steps: int, batch: int = 60) -> float:
+def plain_rate(name: str, ds, steps: int) -> float:
     """Steady steps/s of a jitted step of the preset with flax's BatchNorm, host loop."""
     model = CLASSES[name](**preset_kwargs(name), norm=partial(FlaxBN, momentum=0.99))
-    tx = optax.sgd(LR, momentum=MOMENTUM)
-    variables = model.init(jax.random.PRNGKey(0), ds.train_x[:2], train=False)
-    params, bstats = variables["params"], variables["batch_stats"]
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def train_step(params, bstats, opt_state, x, y):
-        def loss_fn(p):
-            logits, upd = model.apply(
-                {"params": p, "batch_stats": bstats}, x, train=True, mutable=["batch_stats"]
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
-
-        (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), upd["batch_stats"], opt_state, loss
-
-    rng = np.random.default_rng(0)
-    n = len(ds.train_y)
-    perm = rng.permutation(n)
-
-    def run(k):
-        nonlocal params, bstats, opt_state, perm
-        loss = None
-        for i in range(k):
-            pos = i % (n // batch)
-            if pos == 0:
-                perm = rng.permutation(n)
-            idx = perm[pos * batch : (pos + 1) * batch]
-            params, bstats, opt_state, loss = train_step(
-                params, bstats, opt_state, ds.train_x[idx], ds.train_y[idx]
-            )
-        return float(loss)
-
-    run(10)  # compile and warm up
-    t = time.perf_counter()
-    run(steps)
-    return steps / (time.perf_counter() - t)
+    return train_speed.plain_rate(ds, steps, model, optax.sgd(LR, momentum=MOMENTUM), warmup=10)
 
 
 def engine_rate(name: str, ds, steps: int, chunk: int = 50) -> float:
     """Steady steps/s of bnlab's chunks with the default probes (no evaluation, no
     records), read back as the driver reads them."""
-    cfg = compose([f"model={name}", "optimizer=momentum", f"optimizer.lr={LR}",
-                   f"chunk_steps={chunk}"])  # fmt: skip
-    e = build_engine(cfg, ds, 1, 1)
-    states = e.init([cfg.seed], [cfg.optimizer.lr], ds.train_x[:2])
-    e.compile(states, [chunk])
-    states, out = e.chunk(states, 0, chunk)  # warm up
-    jax.block_until_ready(out)
-    pending, step = None, chunk
-    t = time.perf_counter()
-    for _ in range(steps // chunk):
-        states, out = e.chunk(states, step, chunk)
-        step += chunk
-        jax.device_get(out.replace(acts=None))
-        jax.device_get(pending)  # the previous chunk's probes, done alongside this chunk
-        pending = out.acts
-    jax.device_get(pending)
-    return (steps // chunk) * chunk / (time.perf_counter() - t)
+    over = (f"model={name}", "optimizer=momentum", f"optimizer.lr={LR}")
+    return train_speed.bnlab_rate(ds, steps, probes=True, chunk=chunk, overrides=over)
 
 
 def command_rate(name: str, steps: int, probes: bool, extra: tuple[str, ...] = ()) -> float:
@@ -159,7 +106,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps")
     ap.add_argument("--causes", action="store_true", help="add step_loop=scan, probe.sample=null")
-    ap.add_argument("--ways", type=int, nargs="+", help="run only these ways (0: plain, 1: ...)")
+    ap.add_argument(
+        "--ways",
+        type=int,
+        nargs="+",
+        help="only these ways: 0 plain, 1 bnlab chunks, 2 command, 3 command "
+        "without probes, 4 step_loop=scan, 5 probe.sample=null (4, 5: --causes)",
+    )
     ap.add_argument("--plain-only", nargs="*", default=[], help="models run only plain+chunks")
     args = ap.parse_args()
     devices.request_cpu_devices(2)  # the probe device, as bnlab.train asks for it

@@ -52,11 +52,13 @@ def compose(overrides: list[str]) -> config.TrainConfig:
         return config.typed(hydra_compose("train", overrides=overrides))
 
 
-def bnlab_rate(ds, steps: int, probes: bool, overlap: bool = True, chunk: int = 1000) -> float:
-    """Steady steps/s of the engine's chunks (the default Fig. 1 config), read back as
-    the driver reads them: with ``overlap``, a chunk's activation probes (on the second
-    device) are fetched only after the next chunk is dispatched."""
-    cfg = compose([f"probe.overlap={str(overlap).lower()}", f"chunk_steps={chunk}"])
+def bnlab_rate(ds, steps: int, probes: bool, overlap: bool = True, chunk: int = 1000,
+               overrides: tuple[str, ...] = ()) -> float:  # fmt: skip
+    """Steady steps/s of the engine's chunks (the default Fig. 1 config, or with
+    ``overrides``), read back as the driver reads them: with ``overlap``, a chunk's
+    activation probes (on the second device) are fetched only after the next chunk is
+    dispatched."""
+    cfg = compose([f"probe.overlap={str(overlap).lower()}", f"chunk_steps={chunk}", *overrides])
     e = build_engine(cfg, ds, 1, 1, probes=probes)
     states = e.init([cfg.seed], [cfg.optimizer.lr], ds.train_x[:2])
     e.compile(states, [chunk])
@@ -85,8 +87,12 @@ class PlainMLP(nn.Module):
         return nn.Dense(10)(x)
 
 
-def plain_rate(ds, steps: int) -> float:
-    model, tx = PlainMLP(), optax.sgd(0.5)
+def plain_rate(ds, steps: int, model: nn.Module | None = None, tx=None, warmup: int = 100,
+               batch: int = 60) -> float:  # fmt: skip
+    """Steady steps/s of a jitted step of ``model`` (default: the Fig. 1 MLP with flax's
+    BatchNorm; ``tx`` default SGD lr 0.5) called from a Python loop, batches indexed on
+    the host."""
+    model, tx = model or PlainMLP(), tx or optax.sgd(0.5)
     variables = model.init(jax.random.PRNGKey(0), ds.train_x[:2], train=False)
     params, bstats = variables["params"], variables["batch_stats"]
     opt_state = tx.init(params)
@@ -104,7 +110,7 @@ def plain_rate(ds, steps: int) -> float:
         return optax.apply_updates(params, updates), upd["batch_stats"], opt_state, loss
 
     rng = np.random.default_rng(0)
-    n, bs = len(ds.train_y), 60
+    n, bs = len(ds.train_y), batch
     perm = rng.permutation(n)
 
     def run(k):
@@ -120,7 +126,7 @@ def plain_rate(ds, steps: int) -> float:
             )
         jax.block_until_ready(loss)
 
-    run(100)  # compile and warm up
+    run(warmup)  # compile and warm up
     t = time.perf_counter()
     run(steps)
     return steps / (time.perf_counter() - t)

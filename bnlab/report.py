@@ -103,7 +103,8 @@ def drift_site(acts: pd.DataFrame, site: str | None = None) -> tuple[str | None,
 
 def moment_layers(at_site: pd.DataFrame) -> pd.DataFrame:
     """``at_site`` restricted to at most :data:`MOMENT_LAYERS` layers, evenly spaced in
-    network order, the last included (a ResNet-20 has 19 norm layers)."""
+    :func:`~bnlab.runs.layer_order`, the first and last included (a ResNet-20 has 19
+    norm layers)."""
     names = layer_order(at_site["layer"].unique())
     if len(names) <= MOMENT_LAYERS:
         return at_site
