@@ -231,6 +231,16 @@ def batch_norm(
     return jnp.asarray(y.reshape(shape), out_dtype), new_mean, new_var
 
 
+# the settings a BN layer (linen or NNX) passes to batch_norm as they are, by name
+LAYER_SETTINGS = ("momentum", "epsilon", "stats_grad", "ghost_batch_size", "axis_index_groups",
+                  "dtype", "center_only", "use_fast_variance")  # fmt: skip
+
+
+def layer_settings(layer: Any) -> dict[str, Any]:
+    """:data:`LAYER_SETTINGS` of a BN layer, as :func:`batch_norm`'s keyword arguments."""
+    return {k: getattr(layer, k) for k in LAYER_SETTINGS}
+
+
 def noise_params(key: Array, shape: tuple[int, ...], noise_mean: float, noise_std: float):
     """One step's noise distribution per feature: ``(mu_s, sd_s, mu_a, sd_a)``, each of
     ``shape`` (see :mod:`bnlab.norm`): scale noise N(mu_s, sd_s^2), shift N(mu_a, sd_a^2)."""

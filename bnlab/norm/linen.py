@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnlab.norm.core import Axes, batch_norm, feature_axes, inject_noise
+from bnlab.norm.core import Axes, batch_norm, feature_axes, inject_noise, layer_settings
 
 Array = jax.Array
 
@@ -99,25 +99,10 @@ def forward(s: BatchNorm, m: nn.Module, x: Array, use_ra: bool, mask: Array | No
         if use_ra:
             mean, var = cast(mean), cast(var)
     y, new_mean, new_var = batch_norm(
-        x,
-        scale,
-        bias,
-        mean,
-        var,
-        use_running_average=use_ra,
-        axis=feat,
-        momentum=s.momentum,
-        epsilon=s.epsilon,
-        stats_grad=s.stats_grad,
-        ghost_batch_size=s.ghost_batch_size,
-        axis_name=None if m.is_initializing() else s.axis_name,
-        axis_index_groups=s.axis_index_groups,
-        dtype=s.dtype,
-        center_only=s.center_only,
-        mask=mask,
-        use_fast_variance=s.use_fast_variance,
-        force_float32_reductions=f32,
-    )
+        x, scale, bias, mean, var, use_running_average=use_ra, axis=feat,
+        axis_name=None if m.is_initializing() else s.axis_name, mask=mask,
+        force_float32_reductions=f32, **layer_settings(s),
+    )  # fmt: skip
     if not use_ra and not m.is_initializing():
         ra_mean.value, ra_var.value = new_mean, new_var
         if s.noisy:

@@ -16,7 +16,7 @@ from flax import nnx
 from flax.nnx.module import first_from
 from flax.nnx.nn import dtypes as nnx_dtypes
 
-from bnlab.norm.core import Axes, batch_norm, feature_axes, inject_noise
+from bnlab.norm.core import Axes, batch_norm, feature_axes, inject_noise, layer_settings
 
 Array = jax.Array
 NoiseKey = jax.Array | nnx.Rngs | nnx.RngStream
@@ -170,24 +170,9 @@ class BatchNorm(nnx.Module):
         if not use_ra:  # flax: the update starts from the stored (unpromoted) statistics
             mean, var = self.mean[...], self.var[...]
         y, new_mean, new_var = batch_norm(
-            x,
-            scale,
-            bias,
-            mean,
-            var,
-            use_running_average=use_ra,
-            axis=feat,
-            momentum=self.momentum,
-            epsilon=self.epsilon,
-            stats_grad=self.stats_grad,
-            ghost_batch_size=self.ghost_batch_size,
-            axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups,
-            dtype=self.dtype,
-            center_only=self.center_only,
-            mask=mask,
-            use_fast_variance=self.use_fast_variance,
-        )
+            x, scale, bias, mean, var, use_running_average=use_ra, axis=feat,
+            axis_name=self.axis_name, mask=mask, **layer_settings(self),
+        )  # fmt: skip
         if use_ra:
             return y
         key = _noise_key(noise_key) if self.noisy else None  # refuse before any update
