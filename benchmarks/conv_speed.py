@@ -50,9 +50,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import train_speed  # noqa: E402
 from train_speed import compose  # noqa: E402
 
-from bnlab import devices  # noqa: E402
-from bnlab.build import load_data  # noqa: E402
+from bnlab.engine import devices  # noqa: E402
 from bnlab.models import CNN, VGG, ResNet  # noqa: E402
+from bnlab.run.build import load_data  # noqa: E402
 
 # steps per timed run: each way runs for ~10-40 s on 2 CPU cores
 STEPS = {"cnn": 1000, "resnet": 300, "vgg": 100}

@@ -54,8 +54,8 @@ def host_cost(run_dir: Path, chunk: int, repeat: int = 20) -> float:
     import numpy as np
     import pandas as pd
 
-    from bnlab.logger_backends import TensorBoard
-    from bnlab.record import ACTIVATIONS, COLUMNS, RunRecord
+    from bnlab.loggers.tensorboard import TensorBoard
+    from bnlab.record.tables import ACTIVATIONS, COLUMNS, RunRecord
 
     rec = RunRecord(Path(tempfile.mkdtemp()))
     for table in COLUMNS:

@@ -7,7 +7,7 @@ bytecode compiling it does):
 
 - ``uv run python -m bnlab.train --cfg job``: Hydra composes and prints the config
   (the light path: no JAX);
-- ``uv run python -c "import bnlab.driver, bnlab.report"``: everything a run imports
+- ``uv run python -c "import bnlab.run.driver, bnlab.analysis.report"``: everything a run imports
   before it compiles (JAX, Flax, Orbax, TFDS, pandas, matplotlib).
 
 Warm: the median of ``--repeat`` runs after one untimed run. Cold: every ``.pyc``
@@ -29,7 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "train --cfg job": ["uv", "run", "python", "-m", "bnlab.train", "--cfg", "job"],
-    "import driver+report": ["uv", "run", "python", "-c", "import bnlab.driver, bnlab.report"],
+    "import driver+report": [
+        "uv",
+        "run",
+        "python",
+        "-c",
+        "import bnlab.run.driver, bnlab.analysis.report",
+    ],
 }
 
 

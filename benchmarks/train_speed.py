@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnlab import config, devices
-from bnlab.build import build_engine, load_data
+from bnlab import config
+from bnlab.engine import devices
+from bnlab.run.build import build_engine, load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOP_PER_STEP = 26.4e6  # forward + weight grads + input grads (not of the input layer)

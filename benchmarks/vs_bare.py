@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_speed import bnlab_rate, compose  # noqa: E402
 
-from bnlab import devices  # noqa: E402
-from bnlab.build import load_data  # noqa: E402
-from bnlab.engine import epoch_permutation  # noqa: E402
+from bnlab.engine import devices  # noqa: E402
+from bnlab.engine.batches import epoch_permutation  # noqa: E402
+from bnlab.run.build import load_data  # noqa: E402
 
 WIDTHS, BATCH, LR, EPS, MOM = (784, 100, 100, 100, 10), 60, 0.5, 1e-5, 0.99
 

@@ -2,7 +2,7 @@
 
 Hydra composes ``configs/train.yaml`` (the checkout's ``configs/`` tree; an installed
 wheel carries the same tree as ``bnlab/configs``) with the command line, and
-:func:`bnlab.driver.train_and_evaluate` trains and writes the record into Hydra's
+:func:`bnlab.run.driver.train_and_evaluate` trains and writes the record into Hydra's
 output directory. ``resume=DIR`` continues a run or sweep directory with the settings
 it was made with. Mistakes in the command line or the config are one
 ``bnlab: error: ...`` line, exit 2.
@@ -41,7 +41,7 @@ def config_dir() -> str:
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
     """One job: train, report, and return what Hydra's sweepers rank."""
-    from bnlab import driver, session
+    from bnlab.run import driver, session
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from bnlab.resume import expand
-    from bnlab.session import one_line
+    from bnlab.record.resume import expand
+    from bnlab.run.session import one_line
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us, not Hydra's printer
     # hydra/launcher=ray_cluster: Ray's workers use this environment (with its extras),

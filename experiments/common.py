@@ -2,7 +2,7 @@
 
 Each experiment's ``run.py`` trains with ``python -m bnlab.train -m ...`` (a Hydra
 multirun: one process, jobs in order) into ``<out>/runs/<group>/<job>``, then reads
-the runs back with :mod:`bnlab.runs`, draws figures with :mod:`bnlab.plot` into
+the runs back with :mod:`bnlab.analysis.runs`, draws figures with :mod:`bnlab.analysis.plot` into
 ``<out>/figures`` and writes ``<out>/summary.csv``. ``<out>`` is the experiment's own
 folder unless ``--out`` says otherwise (the smoke tests write into a temp dir).
 Runs resume: running the command again skips finished jobs and redraws.
@@ -12,7 +12,7 @@ seeds x ``sweep.lr`` learning rates (:func:`grid`: 5 seeds and the experiment's 
 ``--smoke``: 2 seeds, 2 lrs), with a validation split (``data.validation``) that
 chooses the "best lr" (:func:`best_lr`); test numbers are only reported. Numbers are
 means over seeds with a 95% Student-t interval (n >= 5) or the min-max range (n < 5),
-:func:`bnlab.stats.aggregate`; :class:`Results` writes them as markdown tables to
+:func:`bnlab.analysis.stats.aggregate`; :class:`Results` writes them as markdown tables to
 ``<out>/results.md``, which the READMEs quote. Each training command's wall time is
 appended to ``<out>/timing.log``.
 """
@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bnlab import plot  # noqa: E402
-from bnlab.runs import Sweep, load_sweep  # noqa: E402
-from bnlab.stats import aggregate, format_interval  # noqa: E402
+from bnlab.analysis import plot  # noqa: E402
+from bnlab.analysis.runs import Sweep, load_sweep  # noqa: E402
+from bnlab.analysis.stats import aggregate, format_interval  # noqa: E402
 
 SEEDS = 5  # replicates of every configuration (one vectorized run)
 SMOKE_SEEDS = 2

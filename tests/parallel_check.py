@@ -21,9 +21,9 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from trainer import COMPILE_CACHE, QUICK, compose, engine_for, train
 
-from bnlab.devices import DATA
+from bnlab.engine.devices import DATA
+from bnlab.engine.step import unstack
 from bnlab.models import build_network
-from bnlab.step import unstack
 
 DEVICES, BATCH = 4, 64
 SMALL = [*QUICK, "steps=100", "chunk_steps=50", "probe.every=25", "eval_every=50",

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 # isort: split
-# (until bnlab/engine.py exists, ruff would file this import as third-party)
-from bnlab.engine import batch_indices, epoch_permutation
+# (ruff would otherwise file this import as third-party)
+from bnlab.engine.batches import batch_indices, epoch_permutation
 
 
 def test_epoch_covers_every_index_once():

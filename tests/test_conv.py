@@ -11,9 +11,9 @@ import pytest
 from trainer import COMPILE_CACHE, QUICK, compose, tables, train
 
 from bnlab import config
+from bnlab.measure import activation_stats, sample_positions
 from bnlab.models import ACTIVATIONS, MONOTONE, activation_sources, build_network
 from bnlab.models.activations import resolve
-from bnlab.probe import activation_stats, sample_positions
 
 QS = [0, 15, 50, 85, 100]
 

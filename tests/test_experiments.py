@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from trainer import COMPILE_CACHE, ROOT
 
-from bnlab.runs import load_sweep
+from bnlab.analysis.runs import load_sweep
 
 EXPERIMENTS = {
     "ioffe2015_fig1": [

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from trainer import QUICK, ROOT, tables
 
-from bnlab import record
+from bnlab.record import tables as record
 
 pytestmark = pytest.mark.faults
 STEPS = 400

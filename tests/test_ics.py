@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from trainer import QUICK, compose, engine_for
 
-from bnlab import config, norm, probe, step
-from bnlab.step import unstack
+from bnlab import config, norm
+from bnlab import measure as probe
+from bnlab.engine import step
+from bnlab.engine.step import unstack
 
 
 def trainer(features, norm_over=("norm=bn",), *, ics_every=0, steps=(0.5, 1.0, 2.0), chunk=20,
@@ -137,7 +139,7 @@ def test_ics_is_measured_on_the_batch_the_paper_says(at):
     """``before``: at W(t) on the batch step t + 1 is about to use (Santurkar et al.);
     ``after``: on step t's own batch. Checked against the member's ICS at the state
     after 20 steps on that batch, drawn by the one batch rule."""
-    from bnlab.engine import batch_indices
+    from bnlab.engine.batches import batch_indices
 
     tr, st = trainer((8,), ics_every=20, chunk=20, every=10)
     tr_at, st_at = trainer((8,), ics_every=20, chunk=20, every=10)

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 from trainer import QUICK, cli
 
-from bnlab import record, report
+from bnlab.analysis import report
+from bnlab.record import tables as record
 
 BASE = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100"]
 

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 from trainer import COMPILE_CACHE, QUICK, tables, train
 
-from bnlab import record
+from bnlab.record import tables as record
 
 BASE = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100", "logger.histogram_every=100"]
 PROBE = 297  # data=digits' probe batch (its test split)

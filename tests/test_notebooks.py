@@ -3,7 +3,7 @@
 Like papermill: a cell with the test's parameters goes right after the cell tagged
 ``parameters``; the notebook then runs in a ``python3`` kernel of this interpreter.
 Fresh (``SWEEP_DIR = ""``) it trains real (tiny) runs on scikit-learn's digits through
-``bnlab.runs.demo_sweep`` (``python -m bnlab.train``); pointed at a record
+``bnlab.analysis.runs.demo_sweep`` (``python -m bnlab.train``); pointed at a record
 (``SWEEP_DIR``) it reads that record, here one the test writes with several seeds,
 and trains nothing.
 """
@@ -117,7 +117,7 @@ def test_stored_without_outputs(path):
     assert "PLACEHOLDER" not in text
     params = nb.cells[_parameters_index(nb)].source
     assert 'SWEEP_DIR = ""' in params, "an empty SWEEP_DIR parameter: train, else read"
-    # one helper trains, in bnlab.runs; no copy of it (or of subprocess) in the notebook
+    # one helper trains, in bnlab.analysis.runs; no copy of it (or of subprocess) in the notebook
     assert "runs.demo_sweep(" in text and "subprocess" not in text
 
 

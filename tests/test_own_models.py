@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from trainer import COMPILE_CACHE, QUICK, ROOT, cli, compose, engine_for, tables, train
 
-from bnlab import config, record
+from bnlab import config
+from bnlab.engine.step import unstack
 from bnlab.errors import UserError
 from bnlab.models import build_network, check_model
-from bnlab.step import unstack
+from bnlab.record import tables as record
 
 TESTS = ROOT / "tests"
 OWN = ["model=own", f"import_path=[{TESTS}]"]

@@ -126,7 +126,7 @@ def test_info_and_cfg_print_once(flag):
 
 def test_importing_orbax_adds_no_root_handler():
     code = (
-        "import logging, bnlab.checkpoint; bnlab.checkpoint._ocp(); "
+        "import logging, bnlab.record.checkpoint; bnlab.record.checkpoint._ocp(); "
         "print(len(logging.getLogger().handlers))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Figures (bnlab.plot): axes, lines and bands per table (files: test_report.py)."""
+"""Figures (bnlab.analysis.plot): axes, lines and bands per table (files: test_report.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from matplotlib.figure import Figure
 from scipy import stats as sps
 from test_runs import fake_run, fake_sweep
 
-from bnlab import plot
-from bnlab.runs import load_sweep
+from bnlab.analysis import plot
+from bnlab.analysis.runs import load_sweep
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from trainer import QUICK, engine_for
 
+from bnlab.engine.step import unstack
+from bnlab.measure import activation_stats, order_statistics, percentiles, percentiles_through
 from bnlab.models import ACTIVATIONS, MONOTONE, activation_sources, flatten_sites
-from bnlab.probe import activation_stats, order_statistics, percentiles, percentiles_through
-from bnlab.step import unstack
 
 QS = [0, 1, 15, 50, 85, 99, 100]
 

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 from trainer import QUICK, ROOT, cli, tables, train
 
-from bnlab import guard, record
 from bnlab.errors import UserError
+from bnlab.record import guard
+from bnlab.record import tables as record
 
 RUN = [*QUICK, "steps=200", "chunk_steps=50", "probe.every=25", "eval_every=100",
        "checkpoint_every=100", "model.features=[16,16]"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Files (bnlab.report): PNG figures of runs and sweeps, the sweep summary, the CLI."""
+"""Files (bnlab.analysis.report): PNG figures of runs and sweeps, the sweep summary, the CLI."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from test_runs import fake_run, fake_sweep
 
-from bnlab import report
-from bnlab.record import ACTIVATIONS, FIGURES, SCALARS, RunRecord
-from bnlab.runs import load_run, load_sweep
+from bnlab.analysis import report
+from bnlab.analysis.runs import load_run, load_sweep
+from bnlab.record.tables import ACTIVATIONS, FIGURES, SCALARS, RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
-"""The loader: runs and sweeps back into pandas (bnlab.runs).
+"""The loader: runs and sweeps back into pandas (bnlab.analysis.runs).
 
-Unit tests use run records written here through :class:`bnlab.record.RunRecord`
+Unit tests use run records written here through :class:`bnlab.record.tables.RunRecord`
 (the schema's own writer); the sweep test at the end trains a real 2x2 multirun.
 """
 
@@ -18,8 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bnlab.record import ACTIVATIONS, LAYERS, SCALARS, SUMMARY, RunRecord
-from bnlab.runs import (
+from bnlab.analysis.runs import (
     RunProblemWarning,
     find_runs,
     last_hidden_layer,
@@ -27,6 +26,7 @@ from bnlab.runs import (
     load_sweep,
     steps_to_target,
 )
+from bnlab.record.tables import ACTIVATIONS, LAYERS, SCALARS, SUMMARY, RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def fake_run(
     seed: int = 0,
     acc_offset: float = 0.0,
 ) -> Path:
-    """A run record in the schema of bnlab.record, with plausible synthetic values."""
+    """A run record in the schema of bnlab.record.tables, with plausible synthetic values."""
     rng = np.random.default_rng(seed)
     rec = RunRecord(path)
     last = diverged_at - 1 if diverged_at else steps
@@ -402,7 +402,7 @@ def test_load_sweep_real_2x2_multirun(tmp_path):
     assert set(acts.loc[acts["norm"] == "bn", "site"]) >= {"prenorm", "pre", "post"}
     summary = json.loads((sweep_dir / "0" / SUMMARY).read_text())
     assert summary["steps"] == 100
-    # the end-of-sweep callback (configs/train.yaml: bnlab.report.SweepSummary) ran
+    # the end-of-sweep callback (configs/train.yaml: bnlab.analysis.report.SweepSummary) ran
     assert len(pd.read_csv(sweep_dir / "summary.csv")) == 4
     assert (sweep_dir / "figures" / "sweep_summary.png").exists()
     assert (r["seed"] == 0).all() and (sweep.scalars["seed"] == 0).all()
@@ -411,7 +411,7 @@ def test_load_sweep_real_2x2_multirun(tmp_path):
 
 def test_ics_table_is_optional(tmp_path):
     """ics.parquet (gradient-ICS probes) loads when there, and its absence is no problem."""
-    from bnlab.record import ICS
+    from bnlab.record.tables import ICS
 
     fake_run(tmp_path / "a")
     fake_run(tmp_path / "b", norm="none")
@@ -425,7 +425,7 @@ def test_ics_table_is_optional(tmp_path):
 def test_demo_sweep_reuses_a_finished_sweep_and_reports_failure(tmp_path, capsys):
     """demo_sweep: a sweep it made (same overrides, every run done) is reused without
     starting the trainer; a command the trainer refuses is a RuntimeError with its words."""
-    from bnlab.runs import DEMO_MARK, demo_sweep
+    from bnlab.analysis.runs import DEMO_MARK, demo_sweep
 
     root = fake_sweep(tmp_path / "s")
     (root / DEMO_MARK).write_text(json.dumps({"overrides": ["norm=none,bn", "steps=200"]}))

@@ -1,4 +1,4 @@
-"""Means over seeds and their intervals (bnlab.stats), against numbers worked by hand
+"""Means over seeds and their intervals (bnlab.analysis.stats), against numbers worked by hand
 and scipy's."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bnlab.stats import aggregate, describe, format_interval, parse_errorbar
+from bnlab.analysis.stats import aggregate, describe, format_interval, parse_errorbar
 
 FIVE = [0.861, 0.874, 0.866, 0.872, 0.869]  # mean 0.8684, sd 0.005128...
 

@@ -14,9 +14,11 @@ import pytest
 from omegaconf import OmegaConf
 from trainer import COMPILE_CACHE, CONFIGS, QUICK, cli, tables, train
 
-from bnlab import members, record, report
+from bnlab.analysis import report
+from bnlab.analysis.runs import load_sweep
 from bnlab.errors import UserError
-from bnlab.runs import load_sweep
+from bnlab.record import members
+from bnlab.record import tables as record
 
 BASE = [*QUICK, "steps=200", "chunk_steps=100", "eval_every=100"]
 LRS = (0.05, 0.5, 1e6)  # 1e6 diverges within two steps

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from trainer import COMPILE_CACHE, QUICK, ROOT, cli, tables, train
 
-from bnlab import record
+from bnlab.record import tables as record
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -45,7 +45,7 @@ def cli(args: list[str], *, timeout: float = 600, **kw) -> subprocess.CompletedP
 
 def tables(run_dir: Path) -> dict[str, pd.DataFrame]:
     """Every record table the run wrote (optional ones only where present)."""
-    from bnlab import record
+    from bnlab.record import tables as record
 
     return {
         name: pd.read_parquet(run_dir / name)
@@ -55,8 +55,8 @@ def tables(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def train(overrides: list[str], run_dir: Path, cli_overrides: list[str] | None = None) -> list:
-    """Train in this process (``bnlab.driver.train_and_evaluate``); one summary per member."""
-    from bnlab.driver import train_and_evaluate
+    """Train in this process (``bnlab.run.driver.train_and_evaluate``); one summary per member."""
+    from bnlab.run.driver import train_and_evaluate
 
     return train_and_evaluate(compose(overrides), run_dir, cli_overrides)
 
@@ -64,7 +64,7 @@ def train(overrides: list[str], run_dir: Path, cli_overrides: list[str] | None =
 def engine_for(overrides: list[str], *, probes: bool = True, devices: tuple[int, int] = (1, 1)):
     """``(engine, member states, typed config)`` of a composed config, built as a run is."""
     from bnlab import config
-    from bnlab.driver import build_engine, load_data
+    from bnlab.run.driver import build_engine, load_data
 
     cfg = config.typed(compose(overrides))
     ds = load_data(cfg)

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
-from bnlab import probe
+from bnlab import measure as probe
 from bnlab.models.builtin import activation_sources, flatten_sites, layer_names
 from bnlab.models.sites import ALL, Norm, Recorder, intercept_linen, intercept_nnx
 
@@ -139,8 +139,8 @@ class Network:
         return bool(names) and "head" in params and all("linear" in params[n] for n in names)
 
     def layer_stats(self, params: dict, grads: dict, batch_stats: dict) -> dict:
-        """Per-layer parameter statistics (:func:`bnlab.probe.layer_stats` for the
-        built-ins' layout, else :func:`bnlab.probe.module_stats` by module path)."""
+        """Per-layer parameter statistics (:func:`bnlab.measure.layer_stats` for the
+        built-ins' layout, else :func:`bnlab.measure.module_stats` by module path)."""
         if self.builtin_layers(params):
             return probe.layer_stats(params, grads, batch_stats, layer_names(params))
         return probe.module_stats(params, grads, batch_stats)

@@ -25,7 +25,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bnlab import data, plot  # noqa: E402
+from bnlab import data  # noqa: E402
+from bnlab.analysis import plot
 
 NAME = "ioffe2015_fig1"
 NORMS = ["none", "bn", "bn_noaffine"]

@@ -27,7 +27,7 @@ import common  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bnlab import plot  # noqa: E402
+from bnlab.analysis import plot  # noqa: E402
 
 NAME = "ioffe2015_sec2_statgrad"
 NORMS = ["bn", "bn_nostatgrad_meanonly", "bn_nostatgrad"]

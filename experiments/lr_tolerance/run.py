@@ -28,9 +28,9 @@ from matplotlib import colormaps  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bnlab import plot  # noqa: E402
-from bnlab.runs import layer_order  # noqa: E402
-from bnlab.stats import aggregate  # noqa: E402
+from bnlab.analysis import plot  # noqa: E402
+from bnlab.analysis.runs import layer_order  # noqa: E402
+from bnlab.analysis.stats import aggregate  # noqa: E402
 
 NAME = "lr_tolerance"
 NORMS = ["none", "bn", "bn_noaffine"]

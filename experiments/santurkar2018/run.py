@@ -9,7 +9,7 @@ Trains norm=none, bn and bn_noisy, each one vectorized run of 4 SGD learning rat
 (784-100-100-100-10, sigmoid), and with --cnn a small ReLU CNN (conv 16, conv 32,
 dense 128). Every run measures the
 gradient-ICS of every layer and the landscape along the gradient every
-``probe.ics_every`` steps (bnlab.probe). Writes, per model, figures/accuracy_*.png,
+``probe.ics_every`` steps (bnlab.measure). Writes, per model, figures/accuracy_*.png,
 figures/drift_*.png (percentiles of a hidden layer's nonlinearity input),
 figures/moments_*.png, figures/ics_*.png, and figures/landscape.png (both models),
 and summary.csv. See README.md.
@@ -26,8 +26,8 @@ import common  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bnlab import plot  # noqa: E402
-from bnlab.runs import layer_order  # noqa: E402
+from bnlab.analysis import plot  # noqa: E402
+from bnlab.analysis.runs import layer_order  # noqa: E402
 
 NAME = "santurkar2018"
 NORMS = ["none", "bn", "bn_noisy"]

@@ -1,15 +1,15 @@
 """The engine: the compiled chunk every run goes through, and where its batches come from.
 
 A run is M members (a sweep's learning rates x seeds; a single run is M = 1) on a
-mesh of devices (:mod:`bnlab.devices`). Every array of a member state
-(:class:`~bnlab.step.TrainState`) has a leading member axis. A member differs from
+mesh of devices (:mod:`bnlab.engine.devices`). Every array of a member state
+(:class:`~bnlab.engine.step.TrainState`) has a leading member axis. A member differs from
 another only by data in its state: its parameters, its key (its seed: its
 initialization and its data order) and its peak learning rate (in the optimizer
-state, :mod:`bnlab.optim`). Members are laid out as a grid, learning rate major
+state, :mod:`bnlab.engine.optim`). Members are laid out as a grid, learning rate major
 (member ``i`` = lr ``i // S``, seed ``i % S``); members of one seed share every batch,
 so a batch meets all their weights in one wide matmul.
 
-A chunk is ``length`` steps of :meth:`bnlab.step.Learner.train_step`: an outer
+A chunk is ``length`` steps of :meth:`bnlab.engine.step.Learner.train_step`: an outer
 ``lax.scan`` over probe intervals, each an inner ``lax.scan`` of ``probe.every``
 steps followed by one probe of the fixed probe batch (:class:`Metrics`). Batches are
 drawn on device from the epoch permutations the chunk spans (:func:`batch_indices`
@@ -18,123 +18,33 @@ over the members of a device and ``shard_map``-ped over the mesh. With a probe
 device, the chunk returns the state at every probe and a second program computes the
 activation statistics there, beside the next chunk; the numbers are the same.
 
-With ``host_loop`` (``step_loop=host``; ``auto``: models that convolve, on a CPU) the
-host dispatches one compiled step after another (every ``probe.every``-th with its
-probes) and stacks their rows as the scan would: XLA:CPU runs convolutions inside a
-while loop several times slower (3.3x for the CNN preset: ``benchmarks/RESULTS.md``). Same
-numbers either way (``tests/test_conv.py``).
+With ``host_loop`` the host dispatches the same steps one program at a time
+(:mod:`bnlab.engine.host_steps`); the programs are compiled ahead of time as one set
+(:mod:`bnlab.engine.programs`).
 """
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jax import lax
-from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bnlab.batches import _take, batch_indices, epoch_permutation
-from bnlab.devices import DATA, MEMBERS
-from bnlab.step import Learner, TrainState, stack
+from bnlab.engine.batches import _take, batch_indices, epoch_permutation
+from bnlab.engine.devices import DATA, MEMBERS
+from bnlab.engine.grid import grid_map
+from bnlab.engine.host_steps import HostSteps
+from bnlab.engine.metrics import Metrics
+from bnlab.engine.programs import Programs
+from bnlab.engine.step import Learner, TrainState, stack
 
 Array = jax.Array
-__all__ = ["Engine", "Metrics", "batch_indices", "epoch_permutation", "grid_map"]  # + batches
-
-
-# --------------------------------------------------------------------------- measurements
-
-
-@struct.dataclass
-class Metrics:
-    """What a chunk measures, leading axes (members, probes): one row per probe.
-
-    ``step`` (probes,) is the steps done at each probe; ``loss``/``acc`` (M, P, every)
-    the training loss and accuracy of every step; ``lr`` (M, P) the learning rate at
-    the probe; ``layers``, ``acts`` and ``ics`` are ``{name: {stat: (M, P)}}`` (per
-    layer parameter statistics; activation statistics per site, None when probes are
-    computed elsewhere and not yet attached; gradient-ICS and landscape measures,
-    None when off, valid where ``ics_due``).
-    """
-
-    step: Array
-    loss: Array | None
-    acc: Array | None
-    lr: Array | None
-    layers: dict
-    acts: dict | None = None
-    ics: dict | None = None
-    ics_due: Array | None = None
-
-    def member(self, m: int) -> Metrics:
-        """Member ``m``'s measurements (host arrays), the member axis dropped."""
-        pick = lambda t: None if t is None else jax.tree.map(lambda a: np.asarray(a)[m], t)  # noqa: E731
-        return self.replace(
-            step=np.asarray(self.step), loss=pick(self.loss), acc=pick(self.acc),
-            lr=pick(self.lr), layers=pick(self.layers), acts=pick(self.acts),
-            ics=pick(self.ics), ics_due=None if self.ics_due is None else np.asarray(self.ics_due),
-        )  # fmt: skip
-
-
-class _Compiling(dict):
-    """Lowered programs by key, each handed to ``pool`` to compile as it is set (XLA
-    compiles outside the GIL); the values are futures of the compiled programs."""
-
-    def __init__(self, pool: ThreadPoolExecutor):
-        super().__init__()
-        self.pool = pool
-
-    def __setitem__(self, key: tuple, lowered: Any) -> None:
-        super().__setitem__(key, self.pool.submit(lowered.compile))
-
-
-def _one_probe(tree: Any) -> Any:
-    """The shapes of ``tree`` (leading member axis) as snapshots of one probe."""
-    return jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct((a.shape[0], 1, *a.shape[1:]), a.dtype), tree
-    )
-
-
-def grid_map(fn, kinds: tuple[str | None, ...], grid: tuple[int, int]):
-    """``fn`` of one member, mapped over the members of a ``(L, S)`` grid.
-
-    ``kinds[k]`` says how argument k varies: ``'member'`` (leading L*S), ``'seed'``
-    (leading S) or None (shared: not mapped, so a shared batch meets every member's
-    weights in one wide matmul). Outputs lead with L*S. A grid axis of one is
-    squeezed, not mapped (a unit ``vmap`` costs transposes in every step).
-    """
-    L, S = grid
-
-    def over_seeds(*args):
-        if S == 1:
-            args = [
-                jax.tree.map(lambda v: v[0], a) if k else a
-                for a, k in zip(args, kinds, strict=True)
-            ]
-            return jax.tree.map(lambda o: o[None], fn(*args))
-        return jax.vmap(fn, in_axes=tuple(0 if k else None for k in kinds))(*args)
-
-    def wrapped(*args):
-        args = [
-            jax.tree.map(lambda v: v.reshape((L, S) + v.shape[1:]), a) if k == "member" else a
-            for a, k in zip(args, kinds, strict=True)
-        ]
-        if L == 1:
-            args = [jax.tree.map(lambda v: v[0], a) if k == "member" else a
-                    for a, k in zip(args, kinds, strict=True)]  # fmt: skip
-            out = jax.tree.map(lambda o: o[None], over_seeds(*args))
-        else:
-            lr_axes = tuple(0 if k == "member" else None for k in kinds)
-            out = jax.vmap(over_seeds, in_axes=lr_axes)(*args)
-        return jax.tree.map(lambda o: o.reshape((L * S,) + o.shape[2:]), out)
-
-    return wrapped
+__all__ = ["Engine", "Metrics", "batch_indices", "epoch_permutation", "grid_map"]
 
 
 # --------------------------------------------------------------------------- the engine
@@ -185,18 +95,8 @@ class Engine:
         self._snap_acts_jit = jax.jit(self._snapshot_acts)
         self._eval_beside_jit = jax.jit(self._evaluate)
         self._hist_jit: dict[int, Any] = {}  # histograms(), per number of bins
-        if host_loop:  # a device's permutations are its seeds': split where seeds are split
-            ps = P(MEMBERS) if md > 1 and L % md else P()
-            res_specs = dict(step=P(), lr=pm, layers=pm)
-            res_specs.update({"snaps": pm} if self.probe_device is not None else
-                             {"acts": pm} if probes else {})  # fmt: skip
-            res_specs.update(dict(ics=pm, ics_due=P()) if ics else {})
-            self._perms_jit = jax.jit(self._spmd(self._perms, (ps, P())), static_argnames="steps")
-            self._step_jit = jax.jit(self._spmd(self._one, (pm, pm, pm, pm), (pm, P(), ps, P(), P())),
-                                     donate_argnums=0)  # fmt: skip
-            self._probe_jit = jax.jit(self._spmd(self._probe, res_specs,
-                                                 (pm, P(), pm, ps, P(), P())))  # fmt: skip
-        self._compiled: dict[tuple, Any] = {}  # (program, length or split) -> compiled
+        self.host_steps = HostSteps(self, metrics_specs) if host_loop else None
+        self.programs = Programs(self)  # the compile set
 
     # -- placement and sharding ----------------------------------------------------
     def _place(self, tree: Any, spec: P) -> Any:
@@ -352,125 +252,26 @@ class Engine:
         metrics, snaps = self._metrics(out)
         return states, metrics, snaps
 
-    # -- the same steps dispatched from the host (host_loop) ----------------------------
-    def _host_chunk(self, states: TrainState, t0: int, length: int):
-        """``_chunk`` as a loop on the host: one program per step (see the module doc).
-        The permutations come two epochs at a time (the step's and the next, which the
-        probe's batch may reach), so every program is one whatever the chunk's length."""
-        run = lambda name: self._compiled[name,]  # noqa: E731
-        spe = self.steps_per_epoch
-        rows, acts = [], []
-        t, epoch = t0, None
-        for _ in range(length // self.every):
-            losses, accs = [], []
-            for _ in range(self.every):
-                if t // spe != epoch:
-                    epoch = t // spe
-                    perms, epoch0 = run("perms")(states, np.int32(t))
-                states, loss, acc, grads = run("step")(states, np.int32(t), perms, epoch0,
-                                                       self.data)  # fmt: skip
-                losses.append(loss), accs.append(acc)
-                t += 1
-            res = run("probe")(states, np.int32(t), grads, perms, epoch0, self.data)
-            res.update(loss=jnp.stack(losses), acc=jnp.stack(accs))
-            snaps = res.pop("snaps", None)
-            if snaps is not None:  # this interval's probe, beside the next interval
-                snap = jax.tree.map(lambda a: a[:, None], snaps)
-                acts.append(self._compiled["snaps", 1](jax.device_put(snap, self.probe_device),
-                                                       self.remote["probe_x"]))  # fmt: skip
-            rows.append(res)
-        out = jax.tree.map(lambda *r: jnp.stack(r), *rows)
-        metrics, _ = self._metrics(out)
-        if acts:
-            on_probe = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *acts)
-            metrics = metrics.replace(acts=on_probe)
-        return states, metrics
-
-    # -- compilation ----------------------------------------------------------------
+    # -- public calls (futures) -------------------------------------------------------
     def compile(self, states: TrainState, lengths: list[int]) -> float:
-        """Compile, ahead of time and concurrently, every program not compiled yet: the
-        chunk of each length (with its probe program on the probe device, one per
-        number of probes in a chunk), the step-0 probe and the evaluations. With a probe
-        device the step-0 probe is its program of one probe and the evaluations run
-        there only (two programs fewer to compile at start). Returns the seconds it
-        took."""
-        start = time.perf_counter()
-        with ThreadPoolExecutor(8) as pool:
-            jobs = _Compiling(pool)  # each program compiles while the next one is traced
-            self._lower_all(states, lengths, jobs)
-            done = {key: job.result() for key, job in jobs.items()}
-        self._compiled.update(done)
-        return time.perf_counter() - start
-
-    def _lower_all(self, states: TrainState, lengths: list[int], jobs: dict) -> None:
-        t0 = jnp.zeros((), jnp.int32)
-        pd = self.probe_device
-        on_pd = lambda tree: jax.tree.map(  # noqa: E731
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=SingleDeviceSharding(pd)),
-            tree,
-        )
-        for n in lengths:
-            if self.compiled(n):
-                continue
-            if self.host_loop:
-                self._lower_host(states, jobs, on_pd)
-                break
-            low = self._chunk_jit.lower(states, t0, self.data, length=n)
-            jobs["chunk", n] = low
-            if pd is not None:
-                self._lower_snaps(on_pd(low.out_info[2]), jobs)
-        if ("measure",) not in self._compiled and ("layers0",) not in self._compiled:
-            if pd is None:
-                jobs["measure",] = self._measure_jit.lower(states, self.data["probe_x"])
-            else:
-                jobs["layers0",] = self._layers0_jit.lower(states)
-                self._lower_snaps(on_pd(_one_probe(states.replace(opt_state=None))), jobs)
-            for s in self.splits:
-                if pd is None:
-                    x, y = self.data[f"{s}_x"], self.data[f"{s}_y"]
-                    jobs["eval", s] = self._eval_jit.lower(states, x, y)
-                else:
-                    x, y = self.remote[f"{s}_x"], self.remote[f"{s}_y"]
-                    jobs["eval_beside", s] = self._eval_beside_jit.lower(on_pd(states), x, y)
-
-    def _lower_snaps(self, snaps: Any, jobs: dict) -> None:
-        """The probe device's activations of ``snaps`` (members, probes), one program
-        per number of probes."""
-        key = ("snaps", jax.tree.leaves(snaps)[0].shape[1])
-        if key not in self._compiled and key not in jobs:
-            jobs[key] = self._snap_acts_jit.lower(snaps, self.remote["probe_x"])
+        """Compile every program chunks of ``lengths`` need (:class:`Programs`); seconds."""
+        return self.programs.compile(states, lengths)
 
     def compiled(self, length: int) -> bool:
-        if self.host_loop:  # one set of programs for every length
-            return ("step",) in self._compiled
-        return ("chunk", length) in self._compiled
+        return self.programs.compiled(length)
 
-    def _lower_host(self, states: TrainState, jobs: dict, on_pd) -> None:
-        """The host loop's programs: two epochs' permutations, one step, one probe (and
-        the probe device's activations of one snapshot)."""
-        t0 = jnp.zeros((), jnp.int32)
-        low = self._perms_jit.lower(states, t0, steps=0)
-        perms, epoch0 = low.out_info
-        step = self._step_jit.lower(states, t0, perms, epoch0, self.data)
-        probe = self._probe_jit.lower(states, t0, step.out_info[3], perms, epoch0, self.data)
-        jobs["perms",], jobs["step",], jobs["probe",] = low, step, probe
-        snaps = probe.out_info.get("snaps")
-        if snaps is not None:
-            self._lower_snaps(on_pd(_one_probe(snaps)), jobs)
-
-    # -- public calls (futures) -------------------------------------------------------
     def chunk(self, states: TrainState, t0: int, length: int) -> tuple[TrainState, Metrics]:
         """``length`` steps of every member from global step ``t0`` (donates
         ``states``). With a probe device, ``acts`` is computed there once the chunk is
         done: dispatch the next chunk before reading it, and the two overlap."""
         self.compile(states, [length])
         if self.host_loop:
-            return self._host_chunk(states, t0, length)
+            return self.host_steps.chunk(states, t0, length)
         t = jnp.asarray(t0, jnp.int32)
-        states, metrics, snaps = self._compiled["chunk", length](states, t, self.data)
+        states, metrics, snaps = self.programs["chunk", length](states, t, self.data)
         if snaps is not None:
             snaps = jax.device_put(snaps, self.probe_device)
-            acts = self._compiled["snaps", length // self.every](snaps, self.remote["probe_x"])
+            acts = self.programs["snaps", length // self.every](snaps, self.remote["probe_x"])
             metrics = metrics.replace(acts=acts)
         return states, metrics
 
@@ -480,12 +281,12 @@ class Engine:
         self.compile(states, [])
         add = lambda tree: jax.tree.map(lambda a: a[:, None], tree)  # noqa: E731
         if self.probe_device is None:
-            acts, layers = self._compiled["measure",](states, self.data["probe_x"])
+            acts, layers = self.programs["measure",](states, self.data["probe_x"])
             acts = add(acts)
         else:
-            layers = self._compiled["layers0",](states)
+            layers = self.programs["layers0",](states)
             one = jax.device_put(add(states.replace(opt_state=None)), self.probe_device)
-            acts = self._compiled["snaps", 1](one, self.remote["probe_x"])
+            acts = self.programs["snaps", 1](one, self.remote["probe_x"])
         step = jnp.zeros((1,), jnp.int32)
         return Metrics(step=step, loss=None, acc=None, lr=None, layers=add(layers), acts=acts)
 
@@ -501,8 +302,7 @@ class Engine:
         else:
             copy, kind, arrays = states, "eval", self.data
         return {
-            s: self._compiled[kind, s](copy, arrays[f"{s}_x"], arrays[f"{s}_y"])
-            for s in self.splits
+            s: self.programs[kind, s](copy, arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in self.splits
         }
 
     def histograms(self, states: TrainState, bins: int, beside: bool = True) -> dict:

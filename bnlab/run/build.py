@@ -1,11 +1,11 @@
 """From a checked config to a ready engine: the dataset, the model, the optimizer.
 
 :func:`build_engine` is what every run, test and benchmark uses to turn a
-:class:`~bnlab.config.TrainConfig` and a dataset into an :class:`~bnlab.engine.Engine`:
+:class:`~bnlab.config.TrainConfig` and a dataset into an :class:`~bnlab.engine.chunk.Engine`:
 the networks (:mod:`bnlab.models`: the model by ``_target_``, bnlab's BN injected or
 substituted, the sites found and chosen by ``probe.sites``), the optimizer
-(:mod:`bnlab.optim`), the learner (:mod:`bnlab.step`) and the engine on the mesh of
-:mod:`bnlab.devices`.
+(:mod:`bnlab.engine.optim`), the learner (:mod:`bnlab.engine.step`) and the engine on the mesh of
+:mod:`bnlab.engine.devices`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from typing import Any
 
 import jax
 
-from bnlab import config, data, devices
+from bnlab import config, data
 from bnlab.config import TrainConfig
-from bnlab.engine import Engine
+from bnlab.engine import devices
+from bnlab.engine.chunk import Engine
+from bnlab.engine.optim import make_optimizer
+from bnlab.engine.step import Learner
 from bnlab.errors import say
 from bnlab.models import build_networks, check_input
-from bnlab.optim import make_optimizer
-from bnlab.step import Learner
 
 
 def data_settings(cfg: TrainConfig) -> dict[str, Any]:

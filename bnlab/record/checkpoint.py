@@ -15,7 +15,7 @@ from bnlab.errors import say
 @functools.cache
 def _ocp() -> Any:
     """``orbax.checkpoint``, imported when first needed (start-up: see
-    :func:`bnlab.session.preload`) and without a root log handler: at import it logs
+    :func:`bnlab.run.session.preload`) and without a root log handler: at import it logs
     through absl (``ArrayHandler``), and absl calls ``logging.basicConfig()`` when the
     root logger has no handler, which then printed every line of Hydra's ``--info``
     and ``--cfg`` twice. A placeholder handler during the import keeps root as it was."""

@@ -18,7 +18,7 @@ import jax
 
 from bnlab.config import TrainConfig
 from bnlab.errors import say
-from bnlab.record import RunRecord
+from bnlab.record.tables import RunRecord
 
 DONE = ("finished", "diverged")
 
@@ -27,7 +27,7 @@ def setup_process(cfg: Any) -> None:
     """Process-wide settings a run needs before JAX starts its backends."""
     import logging
 
-    from bnlab import devices
+    from bnlab.engine import devices
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing chatter
     if cfg.compile_cache:  # re-runs of a config skip most of XLA's compile time
@@ -48,7 +48,7 @@ def preload() -> None:
             import pandas  # noqa: F401
             import pyarrow.parquet  # noqa: F401
 
-            from bnlab.checkpoint import _ocp
+            from bnlab.record.checkpoint import _ocp
 
             _ocp()
         except Exception:  # the loop imports them again, and says what is wrong
@@ -60,7 +60,7 @@ def preload() -> None:
 def complete(cfg: TrainConfig, workdir: Path, records: list[RunRecord], sums: list) -> None:
     """What completes a run once its members ended: their figures (once each) and the
     sweep's summary table and figures (made again only when missing)."""
-    from bnlab import report
+    from bnlab.analysis import report
 
     drew = False
     for rec, s in zip(records, sums, strict=True):

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from bnlab.config import TrainConfig, to_yaml_dict
 from bnlab.errors import UserError, say
-from bnlab.record import ACTIVATIONS, COLUMNS, ICS, LAYERS, SCALARS
+from bnlab.record.tables import ACTIVATIONS, COLUMNS, ICS, LAYERS, SCALARS
 
 LOCK = ".lock"
 # settings that do not change a run's results: a run may continue with other values
@@ -88,7 +88,7 @@ def write_problem(where: Path, e: OSError) -> str:
 
 
 def saved_config_path(cfg: TrainConfig, workdir: Path) -> Path:
-    from bnlab.members import HIDDEN_HYDRA
+    from bnlab.record.members import HIDDEN_HYDRA
 
     return workdir / (HIDDEN_HYDRA if cfg.is_sweep else ".hydra") / "config.yaml"
 

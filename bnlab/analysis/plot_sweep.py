@@ -1,7 +1,7 @@
 """The sweep summary figure: a final metric versus a swept value, one line per variant.
 
-Part of :mod:`bnlab.plot` (which re-exports :func:`sweep_summary`); it reads the
-``runs`` table of :func:`bnlab.runs.load_sweep`, one row per run.
+Part of :mod:`bnlab.analysis.plot` (which re-exports :func:`sweep_summary`); it reads the
+``runs`` table of :func:`bnlab.analysis.runs.load_sweep`, one row per run.
 """
 
 from __future__ import annotations
@@ -14,9 +14,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import offset_copy
 
-from bnlab.plotkit import LONG_NAMES, STEP_LABEL, colors, figure, legend_below, require, suptitle
-from bnlab.runs import steps_to_target
-from bnlab.stats import ERRORBAR, aggregate, describe
+from bnlab.analysis.plotkit import (
+    LONG_NAMES,
+    STEP_LABEL,
+    colors,
+    figure,
+    legend_below,
+    require,
+    suptitle,
+)
+from bnlab.analysis.runs import steps_to_target
+from bnlab.analysis.stats import ERRORBAR, aggregate, describe
 
 __all__ = ["sweep_summary"]
 
@@ -35,9 +43,9 @@ def sweep_summary(
 ) -> Figure:
     """Final test accuracy versus ``x`` (the learning rate), one line per ``hue`` (norm variant).
 
-    ``runs`` is :attr:`bnlab.runs.Sweep.runs`. Lines join the mean over the runs at
+    ``runs`` is :attr:`bnlab.analysis.runs.Sweep.runs`. Lines join the mean over the runs at
     each ``x`` that did not diverge; where several runs (seeds) share a point, a
-    vertical bar shows their ``errorbar`` interval (:func:`bnlab.stats.aggregate`:
+    vertical bar shows their ``errorbar`` interval (:func:`bnlab.analysis.stats.aggregate`:
     by default a 95% t interval of the mean with 5 seeds or more, min-max with
     fewer) and the legend says n. Diverged runs are marked with an X at their last
     finite value. With ``target`` (and ``scalars``) a second panel shows the first

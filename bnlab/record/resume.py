@@ -5,7 +5,7 @@ A run directory keeps the command line's overrides it was made with
 multirun's in ``multirun.yaml``). :func:`expand` turns ``resume=DIR`` into those
 overrides plus the directory, so nothing has to be retyped; arguments given beside it
 come after (they may change only what does not change results, see
-:data:`bnlab.guard.FREE`). ``resume=true|false`` is short for ``resume.enabled=...``.
+:data:`bnlab.record.guard.FREE`). ``resume=true|false`` is short for ``resume.enabled=...``.
 """
 
 from __future__ import annotations

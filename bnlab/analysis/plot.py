@@ -1,16 +1,16 @@
 """Figures of runs and sweeps (matplotlib, Agg; no pyplot state; nothing written).
 
-Every function takes the long tables of :mod:`bnlab.runs` (one run's or a sweep's)
+Every function takes the long tables of :mod:`bnlab.analysis.runs` (one run's or a sweep's)
 and returns a :class:`matplotlib.figure.Figure`; nothing is shown or saved (files:
 :mod:`bnlab.report`). Lines are told apart by the ``by`` column (default ``label``,
-which :func:`bnlab.runs.load_sweep` adds and which names a configuration: runs that
+which :func:`bnlab.analysis.runs.load_sweep` adds and which names a configuration: runs that
 differ only by their seed share it); a table without it is one run or configuration.
 
 **Seeds.** Where one label holds several runs (``run`` values: seeds), a curve is
 their mean with a shaded interval, like seaborn's ``errorbar``: ``("ci", 95)`` (the
 default) a 95% Student-t interval of the mean with 5 runs or more and the min-max
 range with fewer, ``"sd"``, ``("pi", 95)``, ``"minmax"``, or ``None`` (the mean
-alone); see :mod:`bnlab.stats`. The legend says n and the interval, e.g.
+alone); see :mod:`bnlab.analysis.stats`. The legend says n and the interval, e.g.
 ``bn (n=5, 95% t)``. A label with one run is drawn as before. ``by="run"`` draws
 every run on its own.
 
@@ -20,7 +20,7 @@ every run on its own.
 - :func:`learning_curves`: test accuracy and train loss, runs overlaid;
 - :func:`sweep_summary`: final test accuracy (and steps to a target) versus a swept
   value, one line per norm variant, error bars over seeds, diverged runs marked
-  (:mod:`bnlab.plot_sweep`);
+  (:mod:`bnlab.analysis.plot_sweep`);
 - :func:`gamma_beta`: the learned BN scale/shift per layer over training;
 - :func:`layer_curves`: any per-layer statistics of a long (step, layer, stat, value)
   table over training, a panel per statistic x layer, runs overlaid (the gradient-ICS
@@ -39,8 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from bnlab.plot_sweep import sweep_summary
-from bnlab.plotkit import (
+from bnlab.analysis.plot_sweep import sweep_summary
+from bnlab.analysis.plotkit import (
     BAND_ALPHA,
     DPI,
     LONG_NAMES,
@@ -62,8 +62,8 @@ from bnlab.plotkit import (
     suptitle,
     wrap,
 )
-from bnlab.runs import last_hidden_layer, layer_order
-from bnlab.stats import ERRORBAR, describe, methods_label
+from bnlab.analysis.runs import last_hidden_layer, layer_order
+from bnlab.analysis.stats import ERRORBAR, describe, methods_label
 
 __all__ = [
     "drift_bands",

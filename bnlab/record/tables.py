@@ -20,12 +20,12 @@ A run directory (Hydra's output dir) holds:
   step 0 and every ``probe.every`` steps.
 - ``layers.parquet``, one row per step x layer x statistic, columns ``step``,
   ``layer``, ``stat``, ``value``: the parameter statistics of
-  :func:`bnlab.probe.layer_stats` (weight and gradient norms, gamma/beta, running
+  :func:`bnlab.measure.layer_stats` (weight and gradient norms, gamma/beta, running
   mean/var summaries; the built-ins' ``layer{i}``, other models' modules by path,
-  :func:`bnlab.probe.module_stats`) at the same steps as the activations.
+  :func:`bnlab.measure.module_stats`) at the same steps as the activations.
 - ``ics.parquet``, one row per step x layer x statistic, columns ``step``, ``layer``,
   ``stat``, ``value``: the gradient-ICS and landscape probes of Santurkar et al. 2018
-  (:func:`bnlab.probe.gradient_ics`, :func:`bnlab.probe.landscape`), every
+  (:func:`bnlab.measure.gradient_ics`, :func:`bnlab.measure.landscape`), every
   ``probe.ics_every`` steps (empty when it is 0), measured at the parameters after
   ``step`` steps, on the batch step ``step + 1`` is about to use (``probe.ics_at=before``,
   the paper's convention) or on step ``step``'s own batch (``after``). Per layer
@@ -201,7 +201,7 @@ class RunRecord:
 
 
 # --------------------------------------------------------------------------- rows
-# A member's measurements (:meth:`bnlab.engine.Metrics.member`) as record rows: the one
+# A member's measurements (:meth:`bnlab.engine.chunk.Metrics.member`) as record rows: the one
 # place that turns them into table rows, for a single run and every sweep member alike.
 
 

@@ -1,4 +1,4 @@
-"""One run directory (see :mod:`bnlab.record`) back into pandas: :func:`load_run`.
+"""One run directory (see :mod:`bnlab.record.tables`) back into pandas: :func:`load_run`.
 
 ::
 
@@ -8,7 +8,7 @@
     run.value("seed")  # a dotted key: the command-line override, else the resolved config
 
 :func:`find_runs` finds the run directories under a multirun directory or a glob;
-:mod:`bnlab.runs` loads many of them as one sweep (and re-exports all of this).
+:mod:`bnlab.analysis.runs` loads many of them as one sweep (and re-exports all of this).
 
 A missing or half-written piece (no ``summary.json``, status ``running`` or
 ``interrupted``, a missing, truncated or unreadable table) never raises: the run
@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from bnlab.record import ACTIVATIONS, COLUMNS, ICS, LAYERS, SCALARS, SUMMARY
+from bnlab.record.tables import ACTIVATIONS, COLUMNS, ICS, LAYERS, SCALARS, SUMMARY
 
 __all__ = [
     "Run",

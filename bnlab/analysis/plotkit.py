@@ -1,9 +1,9 @@
-"""The pieces the figures of :mod:`bnlab.plot` share (internal; use :mod:`bnlab.plot`).
+"""The pieces the figures of :mod:`bnlab.analysis.plot` share (internal; use :mod:`bnlab.analysis.plot`).
 
 A canvas without pyplot state, a colour per run or configuration, legends below the
 panels, step axes, and :func:`curve`: one configuration's curve, which is its run's
 line when it has one run, and the mean over its runs (seeds) with a shaded interval
-(:func:`bnlab.stats.aggregate`) when it has several.
+(:func:`bnlab.analysis.stats.aggregate`) when it has several.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from bnlab.stats import aggregate, methods_label, parse_errorbar
+from bnlab.analysis.stats import aggregate, methods_label, parse_errorbar
 
 STEP_LABEL = "training step"
 PANEL = (3.8, 2.9)  # inches per panel
@@ -170,7 +170,7 @@ def curve(
     One run (one ``run`` value): its line, as always (``smooth`` > 1: a centred
     rolling median over that many points, the raw points faint behind it). Several
     runs (seeds): the mean over them at each ``x`` and, unless ``errorbar`` is None
-    or ``band=False``, the interval of :func:`bnlab.stats.aggregate` shaded around it
+    or ``band=False``, the interval of :func:`bnlab.analysis.stats.aggregate` shaded around it
     (each run smoothed first). ``methods`` are the intervals used (``t``, ``min-max``...).
     """
     rows = rows.sort_values(x, kind="stable")

@@ -4,7 +4,7 @@ A single run's record is its directory. A vectorized sweep (``sweep.lr``,
 ``sweep.seeds``) writes one record per member into ``<run dir>/<i>/``, each with the
 ``.hydra/config.yaml`` and ``.hydra/overrides.yaml`` of the single run with its
 settings (``optimizer.lr``, ``seed``; ``sweep`` emptied), so
-:func:`bnlab.runs.load_sweep` reads it exactly as a Hydra multirun and each member's
+:func:`bnlab.analysis.runs.load_sweep` reads it exactly as a Hydra multirun and each member's
 config re-runs it alone; the sweep's own config goes to ``.hydra-sweep/``.
 
 The ``.hydra/`` files are written here, not by Hydra (``hydra.output_subdir: null``):

@@ -1,7 +1,7 @@
 """One member's functions: its loss, its training step, its probes and its evaluation.
 
 Pure functions of a single member's :class:`TrainState` (no member axis): the
-:class:`~bnlab.engine.Engine` maps them over the members of a device and the devices
+:class:`~bnlab.engine.chunk.Engine` maps them over the members of a device and the devices
 of a mesh. :meth:`Learner.train_step` freezes a member whose loss is non-finite or
 above ``diverge_loss`` (``alive`` turns false; its parameters, running statistics and
 optimizer state keep their values), so no NaN reaches the others.
@@ -20,10 +20,10 @@ import optax
 from flax import struct
 from jax import lax
 
-from bnlab import probe
-from bnlab.devices import DATA
+from bnlab import measure as probe
+from bnlab.engine.devices import DATA
+from bnlab.engine.optim import peak_lr, with_lr
 from bnlab.models.network import Network
-from bnlab.optim import peak_lr, with_lr
 
 Array = jax.Array
 NOISE_STREAM, PROBE_NOISE_STREAM = 0x6E6F6973, 0x70726F62  # fold_in tags of the noise keys
@@ -56,7 +56,7 @@ class Learner:
     ``net`` trains (a :class:`~bnlab.models.network.Network`, linen or NNX; its BN may
     average statistics over the mesh's ``data`` axis, of ``shards`` devices);
     ``probe_net`` is the same network with local statistics, for probes and evaluation.
-    ``unit`` is the optimizer's unit schedule (:mod:`bnlab.optim`). ``unroll``: loops
+    ``unit`` is the optimizer's unit schedule (:mod:`bnlab.engine.optim`). ``unroll``: loops
     over probe batches and evaluation batches are unrolled in the trace instead of
     ``lax.map`` (XLA:CPU runs convolutions inside a loop several times slower).
     """

@@ -1,10 +1,10 @@
 """Everything that writes analysis files: figures as PNG, the sweep summary, the CLI.
 
 - :func:`save_run_figures` (called by the trainer at the end of every run) and
-  :func:`save_sweep_figures` draw the figures of :mod:`bnlab.plot` into ``figures/``;
+  :func:`save_sweep_figures` draw the figures of :mod:`bnlab.analysis.plot` into ``figures/``;
 - :func:`write_summary` is the end-of-sweep summary: it loads a sweep (a Hydra
   multirun directory, or a vectorized sweep's run directory) and writes into it
-  ``summary.csv`` and ``summary.parquet`` (:attr:`bnlab.runs.Sweep.runs`, one row per
+  ``summary.csv`` and ``summary.parquet`` (:attr:`bnlab.analysis.runs.Sweep.runs`, one row per
   run: overrides, seed, label, status, diverged_at, final_test_accuracy, ...) and
   ``figures/`` (every sweep figure; with ``figure=false`` only ``sweep_summary.png``,
   final accuracy versus learning rate per norm variant, error bars over seeds);
@@ -14,7 +14,7 @@
 - ``python -m bnlab.report PATH`` writes the figures of a run or a sweep, by what
   PATH holds, and prints their paths.
 
-Analysis side: imports :mod:`bnlab.runs` and :mod:`bnlab.plot`, never the trainer.
+Analysis side: imports :mod:`bnlab.analysis.runs` and :mod:`bnlab.analysis.plot`, never the trainer.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
 
-from bnlab import plot
-from bnlab.record import FIGURES
-from bnlab.runs import (
+from bnlab.analysis import plot
+from bnlab.analysis.runs import (
     RunProblemWarning,
     Sweep,
     find_runs,
@@ -44,6 +43,7 @@ from bnlab.runs import (
     load_run,
     load_sweep,
 )
+from bnlab.record.tables import FIGURES
 
 __all__ = [
     "save_run_figures",
@@ -103,7 +103,7 @@ def drift_site(acts: pd.DataFrame, site: str | None = None) -> tuple[str | None,
 
 def moment_layers(at_site: pd.DataFrame) -> pd.DataFrame:
     """``at_site`` restricted to at most :data:`MOMENT_LAYERS` layers, evenly spaced in
-    :func:`~bnlab.runs.layer_order`, the first and last included (a ResNet-20 has 19
+    :func:`~bnlab.analysis.runs.layer_order`, the first and last included (a ResNet-20 has 19
     norm layers)."""
     names = layer_order(at_site["layer"].unique())
     if len(names) <= MOMENT_LAYERS:
@@ -121,7 +121,7 @@ def save_run_figures(run_dir: str | Path, *, warn: bool = False) -> list[Path]:
     gamma/beta. A
     figure whose rows are missing (a run that diverged at once, a table not
     written) is skipped, never an error; ``warn=True`` (the CLI) announces such a
-    record with a :class:`bnlab.runs.RunProblemWarning` (the trainer, which calls
+    record with a :class:`bnlab.analysis.runs.RunProblemWarning` (the trainer, which calls
     this at the end of every run, reports its own record).
     """
     run = load_run(run_dir, warn=warn)
@@ -302,10 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runs = find_runs(args.path)
     except FileNotFoundError as e:
-        print(f"bnlab.report: {e}", file=sys.stderr)
+        print(f"bnlab.analysis.report: {e}", file=sys.stderr)
         return 2
     if not runs:
-        print(f"bnlab.report: no run directories under {' '.join(args.path)}", file=sys.stderr)
+        print(
+            f"bnlab.analysis.report: no run directories under {' '.join(args.path)}",
+            file=sys.stderr,
+        )
         return 2
     single = len(args.path) == 1 and is_run_dir(args.path[0])
     if single and args.out is None and args.layer is None and args.site is None:
@@ -323,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = Path(args.out)
         paths = save_sweep_figures(sweep, out, layer=args.layer, site=args.site, target=target)
     if not paths:
-        print("bnlab.report: nothing to plot (empty tables)", file=sys.stderr)
+        print("bnlab.analysis.report: nothing to plot (empty tables)", file=sys.stderr)
         return 1
     for p in paths:
         print(p)

@@ -1,6 +1,6 @@
-"""Read run records (see :mod:`bnlab.record`) back into pandas.
+"""Read run records (see :mod:`bnlab.record.tables`) back into pandas.
 
-One run (:mod:`bnlab.rundir`, re-exported here)::
+One run (:mod:`bnlab.record.rundir`, re-exported here)::
 
     run = load_run("outputs/2025-01-01/12-00-00")
     run.config["norm"]["name"], run.summary["status"], run.scalars, run.activations, run.layers
@@ -20,8 +20,8 @@ every table (the override, else the resolved config's ``seed``): seeds are the
 replicate axis. ``label`` names each *configuration* for legends from the keys
 other than ``seed`` that differ between runs (``bn`` when only ``norm`` differs,
 ``norm=bn, optimizer.lr=0.5`` otherwise); runs that differ only by their seed share
-a label, and the figures of :mod:`bnlab.plot` draw their mean with a band.
-:func:`bnlab.stats.aggregate` (also here as :func:`aggregate`) gives the means and
+a label, and the figures of :mod:`bnlab.analysis.plot` draw their mean with a band.
+:func:`bnlab.analysis.stats.aggregate` (also here as :func:`aggregate`) gives the means and
 intervals as a table.
 
 Missing or half-written runs (no ``summary.json``, status ``running`` or
@@ -49,8 +49,8 @@ from typing import Any
 
 import pandas as pd
 
-from bnlab.record import ICS, SUMMARY
-from bnlab.rundir import (
+from bnlab.analysis.stats import aggregate, format_interval
+from bnlab.record.rundir import (
     TABLES,
     Run,
     RunProblemWarning,
@@ -61,7 +61,7 @@ from bnlab.rundir import (
     is_run_dir,
     load_run,
 )
-from bnlab.stats import aggregate, format_interval
+from bnlab.record.tables import ICS, SUMMARY
 
 __all__ = [
     "Run",
@@ -128,10 +128,10 @@ class Sweep:
 
         ``by`` defaults to :attr:`settings` (``label`` when only seeds vary); the
         output has the ``by`` columns, ``label``, then those of
-        :func:`bnlab.stats.aggregate`, ``diverged`` and ``text``. The
-        interval is :func:`bnlab.stats.aggregate`'s (a 95% t interval with 5 seeds or
+        :func:`bnlab.analysis.stats.aggregate`, ``diverged`` and ``text``. The
+        interval is :func:`bnlab.analysis.stats.aggregate`'s (a 95% t interval with 5 seeds or
         more, else min-max; the ``method`` column says which); ``text`` is the row
-        as :func:`bnlab.stats.format_interval` writes it. Diverged runs' values (their
+        as :func:`bnlab.analysis.stats.format_interval` writes it. Diverged runs' values (their
         last finite value) are left out unless ``diverged=True``; the ``diverged``
         column counts them.
         """

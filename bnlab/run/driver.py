@@ -1,8 +1,8 @@
 """The host loop every run goes through: a single run, a sweep, one device or many.
 
-:func:`train_and_evaluate` checks the config and the run directory (:mod:`bnlab.guard`),
-loads the data, builds the engine (:mod:`bnlab.build`) and drives its compiled chunks,
-writing one record per member (:mod:`bnlab.record`). Between chunks the host reads
+:func:`train_and_evaluate` checks the config and the run directory (:mod:`bnlab.record.guard`),
+loads the data, builds the engine (:mod:`bnlab.run.build`) and drives its compiled chunks,
+writing one record per member (:mod:`bnlab.record.tables`). Between chunks the host reads
 the losses (per-member divergence), dispatches the next chunk at once, and only then
 records this one's rows and evaluates beside training, so its work overlaps the
 device's. With ``chunk_steps=auto`` the first chunk is one probe interval, timed, and
@@ -29,15 +29,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from bnlab import config, data, guard, loggers, members, session
-from bnlab.build import build_engine, data_settings, load_data
-from bnlab.checkpoint import Checkpoints
+from bnlab import config, data, loggers
 from bnlab.config import TrainConfig
-from bnlab.engine import Engine
+from bnlab.engine.chunk import Engine
+from bnlab.engine.step import TrainState, stack, unstack
 from bnlab.errors import UserError, say
 from bnlab.models import check_model
-from bnlab.record import RunRecord, activation_rows, eval_rows, metrics_rows
-from bnlab.step import TrainState, stack, unstack
+from bnlab.record import guard, members
+from bnlab.record.checkpoint import Checkpoints
+from bnlab.record.tables import RunRecord, activation_rows, eval_rows, metrics_rows
+from bnlab.run import session
+from bnlab.run.build import build_engine, data_settings, load_data
 
 CHUNK_SECONDS = 7.0  # chunk_steps=auto: a chunk's target running time
 

@@ -2,7 +2,7 @@
 
 Chosen with ``logger=[tensorboard,wandb,mlflow,csv]`` (any subset; ``configs/logger/``).
 The Parquet record stays the record of truth: the loggers read the rows the host loop
-has just added to each member's :class:`~bnlab.record.RunRecord` (its tables' new
+has just added to each member's :class:`~bnlab.record.tables.RunRecord` (its tables' new
 column blocks) once per chunk, so they see exactly what the record holds, in the
 record's names:
 
@@ -12,7 +12,7 @@ record's names:
 - ``layers``: ``layers/<layer>/<stat>``; ``ics``: ``ics/<layer>/<stat>``;
 - histograms (TensorBoard, W&B): ``hist/<layer>/<site>``, every site's raw values on
   the probe batch at step 0 and every ``logger.histogram_every`` steps, computed on
-  the device by :meth:`bnlab.engine.Engine.histograms` (one forward pass of the probe
+  the device by :meth:`bnlab.engine.chunk.Engine.histograms` (one forward pass of the probe
   batch, only at those steps, on the probe device where there is one).
 
 Every backend is an optional extra; a missing one is a one-line
@@ -32,8 +32,12 @@ import numpy as np
 
 from bnlab.config import TrainConfig
 from bnlab.errors import UserError, say
-from bnlab.logger_backends import Csv, Mlflow, Sink, TensorBoard, Wandb
-from bnlab.record import COLUMNS, RunRecord
+from bnlab.loggers.base import Sink
+from bnlab.loggers.csvfiles import Csv
+from bnlab.loggers.mlflow import Mlflow
+from bnlab.loggers.tensorboard import TensorBoard
+from bnlab.loggers.wandb import Wandb
+from bnlab.record.tables import COLUMNS, RunRecord
 
 EXTRAS = {  # logger -> (module it needs, extra that installs it)
     "tensorboard": ("tensorboardX", "tensorboard"),
@@ -85,7 +89,7 @@ def _member_info(cfg: TrainConfig, member: Any, run_dir: Path, group: str | None
     from omegaconf import OmegaConf
 
     from bnlab.config import to_yaml_dict
-    from bnlab.members import member_config
+    from bnlab.record.members import member_config
 
     conf = OmegaConf.to_container(to_yaml_dict(member_config(cfg, member)), resolve=True)
     return dict(config=conf, dir=run_dir, name=run_dir.name, group=group)

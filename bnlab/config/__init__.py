@@ -1,0 +1,27 @@
+"""A run's config: the typed schema Hydra composes into (:mod:`~bnlab.config.schema`) and
+the one check of its values at start (:mod:`~bnlab.config.validate`)."""
+
+from bnlab.config.schema import (
+    MODEL_SCHEMAS,
+    Choice,
+    DataConfig,
+    LoggerConfig,
+    NormConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    ProbeConfig,
+    ResumeConfig,
+    SweepConfig,
+    TrainConfig,
+    model_dict,
+    register,
+    to_yaml_dict,
+    typed,
+)
+from bnlab.config.validate import check, check_data
+
+__all__ = [
+    "MODEL_SCHEMAS", "Choice", "DataConfig", "LoggerConfig", "NormConfig", "OptimizerConfig",
+    "ParallelConfig", "ProbeConfig", "ResumeConfig", "SweepConfig", "TrainConfig", "check",
+    "check_data", "model_dict", "register", "to_yaml_dict", "typed",
+]  # fmt: skip

@@ -1,0 +1,136 @@
+"""Every value and combination of a run's config, checked once at start: each failure
+is a one-line :class:`~bnlab.errors.UserError` that names the fix."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bnlab.config.schema import TrainConfig
+from bnlab.errors import UserError, say
+
+
+def _positive(**values: Any) -> None:
+    for key, v in values.items():
+        if not (isinstance(v, int) and v >= 1):
+            raise UserError(f"{key}={v} must be a positive integer")
+
+
+def _finite_positive(key: str, v: float) -> None:
+    if not (math.isfinite(v) and v > 0):
+        raise UserError(f"{key}={v} must be a finite number > 0")
+
+
+def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
+    """Every value and combination that needs no data; returns the device counts
+    ``(data, members)`` the run uses. Raises :class:`UserError` (one line).
+    ``eval_every`` and ``checkpoint_every`` are rounded up to multiples of
+    ``chunk_steps`` (of ``probe.every`` with ``chunk_steps=auto``), with a notice."""
+    if not (cfg.chunk_steps == "auto" or isinstance(cfg.chunk_steps, int)):
+        raise UserError(f"chunk_steps={cfg.chunk_steps!r} must be a positive integer or auto")
+    p, n, o = cfg.probe, cfg.norm, cfg.optimizer
+    auto = cfg.chunk_steps == "auto"
+    _positive(
+        steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
+        checkpoint_every=cfg.checkpoint_every,
+        **{"probe.every": p.every, "data.probe_size": cfg.data.probe_size,
+           "parallel.members": cfg.parallel.members},
+        **({} if auto else {"chunk_steps": cfg.chunk_steps}),
+    )  # fmt: skip
+    for key, v in (("seed", cfg.seed), ("sweep.seeds", cfg.sweep.seeds),
+                   ("probe.ics_every", p.ics_every), ("parallel.data", cfg.parallel.data)):  # fmt: skip
+        if v < 0:
+            raise UserError(f"{key}={v} must be >= 0")
+    if cfg.steps % p.every:
+        raise UserError(f"steps={cfg.steps} must be a multiple of probe.every={p.every}")
+    unit = p.every if auto else cfg.chunk_steps
+    if unit % p.every:
+        raise UserError(f"chunk_steps={unit} must be a multiple of probe.every={p.every}")
+    for key in ("eval_every", "checkpoint_every"):  # the host acts between chunks
+        v = getattr(cfg, key)
+        if v % unit:
+            up = -(-v // unit) * unit
+            what = "probe.every" if auto else "chunk_steps"
+            say(f"{key}={v} rounded up to {up}, a multiple of {what}={unit}")
+            setattr(cfg, key, up)
+    if p.ics_every % p.every:
+        raise UserError(
+            f"probe.ics_every={p.ics_every} must be a multiple of probe.every={p.every}"
+        )
+    if any(not 0 <= q <= 100 for q in p.percentiles):
+        raise UserError(f"probe.percentiles={list(p.percentiles)} must lie in [0, 100]")
+    if any(u < 0 for u in p.units):
+        raise UserError(f"probe.units={list(p.units)} must be >= 0")
+    if not p.sites:
+        raise UserError("probe.sites=[] selects no site: use ['*'] for every site")
+    if p.sample is not None and p.sample < 1:
+        raise UserError(f"probe.sample={p.sample} must be >= 1 positions (or null: every one)")
+    if not (math.isfinite(cfg.diverge_loss) and cfg.diverge_loss > 0):
+        raise UserError(f"diverge_loss={cfg.diverge_loss} must be a finite number > 0")
+    # norm
+    if not 0 <= n.momentum < 1:
+        raise UserError(f"norm.momentum={n.momentum} must be in [0, 1) (Flax convention)")
+    if not n.epsilon >= 0:
+        raise UserError(f"norm.epsilon={n.epsilon} must be >= 0")
+    if n.noise_mean < 0 or n.noise_std < 0:
+        raise UserError("norm.noise_mean and norm.noise_std must be >= 0")
+    # optimizer
+    for i, lr in enumerate(cfg.lrs):
+        _finite_positive("optimizer.lr" if not cfg.sweep.lr else f"sweep.lr[{i}]", lr)
+    if len(set(cfg.lrs)) < len(cfg.lrs):
+        raise UserError(f"sweep.lr has repeated values: {cfg.lrs}")
+    if o.name != "adam" and not 0 <= o.momentum < 1:
+        raise UserError(f"optimizer.momentum={o.momentum} must be in [0, 1)")
+    if o.name == "adam" and not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
+        raise UserError(f"optimizer.b1={o.b1} and b2={o.b2} must be in [0, 1)")
+    if o.weight_decay < 0 or o.warmup_steps < 0:
+        raise UserError("optimizer.weight_decay and optimizer.warmup_steps must be >= 0")
+    # devices
+    data_dev = cfg.parallel.data or local_devices
+    mem_dev = cfg.parallel.members
+    if data_dev * mem_dev > local_devices:
+        raise UserError(
+            f"parallel.data={cfg.parallel.data} x parallel.members={mem_dev} asks for more "
+            f"devices than the {local_devices} local device(s); on CPU, simulate more with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={data_dev * mem_dev}"
+        )
+    if cfg.batch_size % data_dev:
+        raise UserError(
+            f"batch_size={cfg.batch_size} must be divisible by parallel.data={data_dev} "
+            "(every device takes an equal share of the batch)"
+        )
+    n_lr, n_seed = len(cfg.lrs), len(cfg.seeds)
+    if mem_dev > 1 and not (n_lr % mem_dev == 0 or (n_lr == 1 and n_seed % mem_dev == 0)):
+        raise UserError(
+            f"parallel.members={mem_dev} must divide the {n_lr} learning rates of sweep.lr "
+            f"(or, with one learning rate, the {n_seed} seeds of sweep.seeds)"
+        )
+    local = cfg.batch_size // data_dev
+    if n.normalizes:
+        ghost = n.ghost_batch_size
+        if ghost is not None and (ghost < 2 or local % ghost):
+            raise UserError(
+                f"norm.ghost_batch_size={ghost} must divide the batch of {local} examples "
+                "(batch_size, per device) and be >= 2"
+            )
+        if ghost is None and local < 2 and not (n.sync and data_dev > 1):
+            raise UserError(
+                f"BN over a batch of {local} example(s) per device is degenerate "
+                "(its output is beta): use batch_size >= 2 per device, or norm=none"
+            )
+    return data_dev, mem_dev
+
+
+def check_data(cfg: TrainConfig, num_train: int, num_probe: int, image_ndim: int) -> None:
+    """The checks that need the loaded dataset's sizes; one-line :class:`UserError`.
+    (The model's: :func:`bnlab.models.check_input` and :func:`bnlab.models.build_networks`.)"""
+    if cfg.batch_size > num_train:
+        raise UserError(f"batch_size={cfg.batch_size} exceeds the {num_train} training examples")
+    n = cfg.norm
+    if n.normalizes and n.ghost_batch_size and cfg.probe.bn_mode == "batch":
+        if num_probe % n.ghost_batch_size:
+            raise UserError(
+                f"norm.ghost_batch_size={n.ghost_batch_size} must divide the probe batch of "
+                f"{num_probe} examples (BN in train mode on it); set data.probe_size to a "
+                "multiple of it, or probe.bn_mode=eval"
+            )
