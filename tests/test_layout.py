@@ -43,21 +43,15 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def _type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
 def imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """The bnlab modules ``path`` imports, at any depth (lazy imports in functions
-    included), leaving out ``if TYPE_CHECKING:`` blocks."""
+    """The bnlab modules ``path`` imports, at any depth (lazy imports in functions and
+    ``if TYPE_CHECKING:`` blocks included: a circle there is a circle in the design)."""
     tree = ast.parse(path.read_text())
     is_pkg = path.name == "__init__.py"
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if _type_checking(child):
-                continue
             if isinstance(child, ast.Import):
                 found.update(a.name for a in child.names if a.name.startswith("bnlab"))
             elif isinstance(child, ast.ImportFrom):

@@ -9,7 +9,7 @@ either way (``tests/test_conv.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +21,13 @@ from bnlab.engine.metrics import Metrics
 from bnlab.engine.programs import one_probe
 from bnlab.engine.step import TrainState
 
-if TYPE_CHECKING:
-    from bnlab.engine.chunk import Engine
-
 
 class HostSteps:
     """An engine's host-dispatched loop: its three programs (two epochs' permutations,
-    one step, one probe) and the loop that runs them."""
+    one step, one probe) and the loop that runs them, for ``engine`` (the
+    :class:`~bnlab.engine.chunk.Engine` that owns it)."""
 
-    def __init__(self, engine: Engine, metrics_specs: Metrics):
+    def __init__(self, engine: Any, metrics_specs: Metrics):
         e = self.engine = engine
         L, _ = e.grid
         md = e.mesh.shape[MEMBERS] if e.mesh is not None else 1

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
 from bnlab.engine.step import TrainState
-
-if TYPE_CHECKING:
-    from bnlab.engine.chunk import Engine
 
 
 class _Compiling(dict):
@@ -45,9 +42,11 @@ def one_probe(tree: Any) -> Any:
 class Programs(dict):
     """An engine's compiled programs by key: ``('chunk', length)``, ``('snaps', probes)``,
     ``('measure',)`` or ``('layers0',)``, ``('eval', split)`` or ``('eval_beside',
-    split)``, and the host loop's ``('perms',)``, ``('step',)``, ``('probe',)``."""
+    split)``, and the host loop's ``('perms',)``, ``('step',)``, ``('probe',)``.
+    ``engine``: the :class:`~bnlab.engine.chunk.Engine` whose programs these are (not
+    imported here: the engine imports this module)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Any):
         super().__init__()
         self.engine = engine
 
