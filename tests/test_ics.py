@@ -12,6 +12,7 @@ from bnlab import config, norm
 from bnlab import measure as probe
 from bnlab.engine import step
 from bnlab.engine.step import unstack
+from bnlab.errors import UserError
 
 
 def trainer(features, norm_over=("norm=bn",), *, ics_every=0, steps=(0.5, 1.0, 2.0), chunk=20,
@@ -144,7 +145,7 @@ def test_ics_is_measured_on_the_batch_the_paper_says(at):
     tr, st = trainer((8,), ics_every=20, chunk=20, every=10)
     tr_at, st_at = trainer((8,), ics_every=20, chunk=20, every=10)
     tr_at.ics_before = at == "before"
-    tr_at._compiled.clear()
+    tr_at.programs.clear()
     st, _ = tr.chunk(st, 0, 20)  # the state after 20 steps (ICS off in what we compare)
     _, out = tr_at.chunk(st_at, 0, 20)
     got = jax.device_get(out.ics)["head"]["grad_diff_l2"][0, -1]
@@ -164,7 +165,7 @@ def test_ics_in_the_compiled_chunk_only_when_due():
     assert (out.ics["head"]["grad_diff_l2"][0, [0, 2]] == 0).all()
     tr_off, st_off = trainer((8,))
     assert jax.device_get(tr_off.chunk(st_off, 0, 20)[1]).ics is None
-    with pytest.raises(config.UserError, match="ics_every"):
+    with pytest.raises(UserError, match="ics_every"):
         config.check(config.typed(compose([*QUICK, "probe.ics_every=15"])), 1)
 
 
