@@ -42,6 +42,7 @@ def config_dir() -> str:
 def app(cfg: DictConfig) -> float:
     """One job: train, report, and return what Hydra's sweepers rank."""
     from bnlab.run import driver, session
+    from bnlab.run.multirun import summary_after_failure
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -53,7 +54,13 @@ def app(cfg: DictConfig) -> float:
     except UserError as e:
         say(f"error: {e}")
         session.remove_if_untouched(hc.runtime.output_dir)
+        if multirun:
+            summary_after_failure(hc.sweep.dir, bool(cfg.get("figure", True)))
         sys.exit(2)
+    except Exception:
+        if multirun:
+            summary_after_failure(hc.sweep.dir, bool(cfg.get("figure", True)))
+        raise
     return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
 
 

@@ -27,7 +27,7 @@ def test_fashion_mnist_short_run_writes_record(tmp_path):
     """A real run on Fashion-MNIST: every record file, documented columns, learning, BN sites."""
     over = [
         "data=fashion_mnist", "steps=400", "chunk_steps=200", "eval_every=200",
-        "checkpoint_every=200", "progress=false", "figure=false",
+        "checkpoint_every=200", "progress=false", "figure=false", "probe.every=50",
     ]  # fmt: skip
     (summary,) = train(over, tmp_path)
     assert summary["status"] == "finished" and summary["step"] == 400

@@ -59,9 +59,10 @@ def check_settings(
     flatten: bool = False,
     validation: int = 0,
     validation_seed: int = 0,
-    probe_size: int = 1000,
+    probe_size: int | str = "auto",
     probe_split: str = "test",
     probe_seed: int = 0,
+    probe_multiple: int = 1,
 ) -> None:
     """Raise a one-line DataError for a setting that is wrong on its face, before any
     data loads (the same keywords as :func:`load`; limits that depend on the size of
@@ -72,8 +73,8 @@ def check_settings(
         raise DataError(
             f"data.probe_split={probe_split!r} is not known: use train, validation or test"
         )
-    if probe_size < 1:
-        raise DataError(f"data.probe_size={probe_size} is below 1: use 1 or more")
+    if probe_size != "auto" and not (isinstance(probe_size, int) and probe_size >= 1):
+        raise DataError(f"data.probe_size={probe_size} is not a size: use 1 or more, or auto")
     if validation < 0:
         raise DataError(f"data.validation={validation} is negative: use 0 (none) or more")
     if probe_split == "validation" and validation == 0:
@@ -108,9 +109,10 @@ def load(
     flatten: bool = False,
     validation: int = 0,
     validation_seed: int = 0,
-    probe_size: int = 1000,
+    probe_size: int | str = "auto",
     probe_split: str = "test",
     probe_seed: int = 0,
+    probe_multiple: int = 1,
 ) -> Dataset:
     """Load a dataset by name into host memory, preprocessed, with a fixed probe batch.
 
@@ -126,7 +128,9 @@ def load(
     for the validation split (standardization uses the remaining training examples).
     The probe batch holds `probe_size` examples (1 up to the size of the split) drawn
     without replacement from `probe_split` (train, validation or test) with
-    default_rng(`probe_seed`), sorted by index, and stays in its split.
+    default_rng(`probe_seed`), sorted by index, and stays in its split;
+    ``probe_size="auto"`` is the smaller of 1,000 and the split, rounded down to a
+    multiple of `probe_multiple` (ghost BN's virtual batch, which must divide it).
     Raises DataError (one line) when a setting is wrong or the data cannot be had.
     """
     settings = dict(
@@ -142,6 +146,7 @@ def load(
         probe_size=probe_size,
         probe_split=probe_split,
         probe_seed=probe_seed,
+        probe_multiple=probe_multiple,
     )
     check_settings(name, **settings)
     if name == "digits":
@@ -165,6 +170,7 @@ def load(
         probe_size=probe_size,
         probe_split=probe_split,
         probe_seed=probe_seed,
+        probe_multiple=probe_multiple,
     )
 
 

@@ -25,8 +25,12 @@ from bnlab.models import build_networks, check_input
 
 
 def data_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """``cfg.data`` as :func:`bnlab.data.load` takes it (choices as their names)."""
-    return {k: str(v) if isinstance(v, config.Choice) else v for k, v in vars(cfg.data).items()}
+    """``cfg.data`` as :func:`bnlab.data.load` takes it (choices as their names), with
+    the multiple an auto probe batch rounds to (ghost BN in batch mode on the probe)."""
+    n = cfg.norm
+    ghost = n.normalizes and n.ghost_batch_size and cfg.probe.bn_mode == "batch"
+    out = {k: str(v) if isinstance(v, config.Choice) else v for k, v in vars(cfg.data).items()}
+    return dict(out, probe_multiple=n.ghost_batch_size if ghost else 1)
 
 
 def load_data(cfg: TrainConfig) -> data.Dataset:

@@ -116,10 +116,10 @@ def report(
 
 def remove_if_untouched(path: str) -> None:
     """The output directory Hydra made for a run that was refused: nothing was written
-    there but Hydra's empty log and the run's lock, so it goes (a record stays)."""
+    there but Hydra's log (the refusal) and the run's lock, so it goes (a record stays)."""
     d = Path(path)
     files = list(d.iterdir()) if d.is_dir() else []
-    if all(f.name == ".lock" or (f.suffix == ".log" and f.stat().st_size == 0) for f in files):
+    if all(f.name == ".lock" or f.suffix == ".log" for f in files):
         for f in files:
             f.unlink()
         d.rmdir()
