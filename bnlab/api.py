@@ -75,7 +75,7 @@ def compose(overrides: list[str]) -> tuple[Any, str]:
     from omegaconf.errors import OmegaConfBaseException
 
     from bnlab import config
-    from bnlab.train import config_dir
+    from bnlab.config.tree import config_dir
 
     config.register()
     if GlobalHydra.instance().is_initialized():  # e.g. called from a Hydra app
@@ -170,12 +170,27 @@ def target(cls: type) -> str:
 
 def _log_to(workdir: Path) -> logging.Handler:
     """A handler writing bnlab's lines into ``workdir/train.log`` (as a Hydra job's)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    h = logging.FileHandler(workdir / "train.log", delay=True)
+    h = _RunLog(workdir / "train.log")
     h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     LOG.addHandler(h)
     LOG.setLevel(logging.INFO)
     return h
+
+
+class _RunLog(logging.Handler):
+    """Appends records to ``path`` once its folder exists (a refused run writes no
+    directory); the lines before that are kept and written first."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path, self.waiting = path, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.waiting.append(self.format(record))
+        if self.path.parent.is_dir():
+            with open(self.path, "a") as f:
+                f.write("".join(line + "\n" for line in self.waiting))
+            self.waiting.clear()
 
 
 def load_variables(run_dir: str | Path, step: int | None = None) -> dict[str, Any]:

@@ -16,7 +16,6 @@ _T0 = time.perf_counter()  # before the heavy imports: time-to-first-chunk count
 
 import os  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -24,18 +23,8 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from bnlab import config  # noqa: E402
+from bnlab.config.tree import config_dir  # noqa: E402
 from bnlab.errors import UserError, say  # noqa: E402
-
-
-def config_dir() -> str:
-    """The config tree: the wheel's ``bnlab/configs``, else the checkout's ``configs/``
-    (absolute, so Hydra finds it however the entry is started: ``python -m``, the
-    console script, or an import)."""
-    here = Path(__file__).resolve().parent
-    for d in (here / "configs", here.parent / "configs"):
-        if (d / "train.yaml").is_file():
-            return str(d)
-    return str(here.parent / "configs")  # Hydra then names what it could not find
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
