@@ -167,8 +167,12 @@ def test_bad_override_fails_cleanly(tmp_path, override, needle):
     ("override", "needle"),
     [
         ("probe.bn_mode=typo", "probe.bn_mode"),
-        # digits' probe batch is 297 examples: ghost BN in train mode cannot split it
-        ("norm=bn_ghost", "norm.ghost_batch_size=20 must divide the probe batch"),
+        # a probe batch of 297 examples set by hand: ghost BN in train mode cannot split
+        # it (data.probe_size=auto rounds it down to 280: tests/test_scale.py)
+        (
+            "norm=bn_ghost data.probe_size=297",
+            "norm.ghost_batch_size=20 must divide the probe batch",
+        ),
         ("norm=bn_ghost batch_size=50", "norm.ghost_batch_size=20 must divide the batch"),
     ],
     ids=["bn_mode", "ghost-probe", "ghost-batch"],
