@@ -44,7 +44,8 @@ def test_save_run_figures(tmp_path):
 
 def test_figures_of_a_model_with_module_path_sites(tmp_path):
     """A ResNet's sites (``stage1/block1/norm1/in|out``, no ``pre``): the drift figure
-    shows the last norm layer's ``out``, the mean/std figure 8 of its 12 norm layers."""
+    shows the last norm layer's input (``in``: what drifts), also when a conv's input
+    comes after it in the network; the mean/std figure 8 of its 12 norm layers."""
     rng = np.random.default_rng(0)
     steps = np.arange(0, 201, 50)
     norms = [f"stage{s}/block{b}/norm{n}" for s in (1, 2, 3) for b in (1, 2) for n in (1, 2)]
@@ -58,15 +59,17 @@ def test_figures_of_a_model_with_module_path_sites(tmp_path):
     rec.write_tables()
     rec.write_summary(status="finished", step=200, steps=200, final={})
     got = pd.read_parquet(tmp_path / "r" / ACTIVATIONS)
-    assert report.drift_site(got) == ("stage3/block2/norm2", "out")
-    assert report.drift_site(got, "in") == ("stage3/block2/norm2", "in")
+    assert report.drift_site(got) == ("stage3/block2/norm2", "in")
+    assert report.drift_site(got, "out") == ("stage3/block2/norm2", "out")
+    no_norm = got[got["layer"] == "stage3/block2/conv2"]
+    assert report.drift_site(no_norm) == ("stage3/block2/conv2", "in")  # a hidden layer's input
     kept = report.moment_layers(got[got["site"] == "out"])["layer"].unique()
     assert len(kept) == report.MOMENT_LAYERS and {norms[0], norms[-1]} <= set(kept)
     names = {p.name for p in report.save_run_figures(tmp_path / "r")}
-    assert {"drift_stage3_block2_norm2_out.png", "layer_moments_out.png"} <= names
-    p = _cli(tmp_path / "r", "--site", "in", "--out", tmp_path / "figs")
+    assert {"drift_stage3_block2_norm2_in.png", "layer_moments_in.png"} <= names
+    p = _cli(tmp_path / "r", "--site", "out", "--out", tmp_path / "figs")
     assert p.returncode == 0, p.stderr
-    assert "drift_stage3_block2_norm2_in.png" in p.stdout
+    assert "drift_stage3_block2_norm2_out.png" in p.stdout
 
 
 def test_save_run_figures_diverged_and_empty(tmp_path):

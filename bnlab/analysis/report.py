@@ -38,7 +38,6 @@ from bnlab.analysis.runs import (
     Sweep,
     find_runs,
     is_run_dir,
-    last_hidden_layer,
     layer_order,
     load_run,
     load_sweep,
@@ -92,13 +91,25 @@ MOMENT_LAYERS = 8  # the mean/std figure's columns at most (evenly spaced throug
 
 
 def drift_site(acts: pd.DataFrame, site: str | None = None) -> tuple[str | None, str]:
-    """The (layer, site) a drift figure shows: ``site`` (default ``pre``, the input of
-    the built-in models' nonlinearity; where no layer has it, ``out``, a norm layer's
-    output: module-path models such as the ResNet) in the last layer that has it."""
+    """The (layer, site) a drift figure shows, the last in network order (the order the
+    run recorded its sites in). ``site`` defaults to ``pre`` (the built-in models'
+    nonlinearity input) where the record has it, else ``in``: a norm layer's input
+    (what drifts; its output is gamma/beta by construction), else a hidden layer's.
+    With ``in`` or ``out`` the norm layers (those with both) come first."""
     pooled = acts[acts["unit"] == -1] if len(acts) else acts
+    if not len(pooled):
+        return None, site or "pre"
+    sites: dict[str, set[str]] = {}
+    for layer, s in zip(pooled["layer"], pooled["site"], strict=True):
+        sites.setdefault(layer, set()).add(s)  # first appearance: network order
+    norms = [la for la, s in sites.items() if {"in", "out"} <= s]
     if site is None:
-        site = "pre" if not len(pooled) or (pooled["site"] == "pre").any() else "out"
-    return last_hidden_layer(pooled[pooled["site"] == site] if len(pooled) else pooled), site
+        has = set().union(*sites.values())
+        site = "pre" if "pre" in has else "in" if "in" in has else "out"
+    have = [la for la, s in sites.items() if site in s]
+    if site in ("in", "out") and any(la in norms for la in have):
+        have = [la for la in have if la in norms]
+    return (have[-1] if have else None), site
 
 
 def moment_layers(at_site: pd.DataFrame) -> pd.DataFrame:
@@ -289,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", help="folder for the PNGs (default: <path>/figures)")
     ap.add_argument("--layer", help="layer of the drift figure (default: last hidden layer)")
     ap.add_argument(
-        "--site", help="site of the drift and mean/std figures (default: pre, else a norm's out)"
+        "--site",
+        help="site of the drift and mean/std figures (default: pre, else a norm layer's in)",
     )
     ap.add_argument(
         "--target", default="auto",
