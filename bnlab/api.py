@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bnlab.errors import LOG, UserError
+from bnlab.errors import LOG, UserError, one_line
 
 MODULE = "bnlab_api_models"  # where classes that cannot be imported by name are found
 
@@ -85,8 +85,6 @@ def compose(overrides: list[str]) -> tuple[Any, str]:
             cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
             run_dir = str(OmegaConf.select(cfg, "hydra.run.dir"))
     except (HydraException, OmegaConfBaseException) as e:
-        from bnlab.run.session import one_line
-
         raise UserError(one_line(e)) from None
     with open_dict(cfg):
         del cfg["hydra"]

@@ -23,3 +23,14 @@ def say(msg: str) -> None:
     on the ``bnlab`` logger (the run's ``train.log``; nothing without a handler)."""
     print(f"bnlab: {msg}", file=sys.stderr, flush=True)
     LOG.info(msg)
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception (and of its cause): a Hydra or OmegaConf error
+    as the one ``bnlab: error:`` line."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.removeprefix("Error merging override ")
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return first

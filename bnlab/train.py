@@ -56,18 +56,24 @@ def app(cfg: DictConfig) -> float:
 def main(argv: list[str] | None = None) -> None:
     """The console entry: ``resume=DIR`` expanded; Hydra's own errors (a misspelled key,
     a bad choice) as one line."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:  # the groups and options, without composing
+        from bnlab.config.help import text
+
+        print(text(config_dir()))
+        return
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from bnlab.errors import one_line
     from bnlab.record.resume import expand
-    from bnlab.run.session import one_line
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us, not Hydra's printer
     # hydra/launcher=ray_cluster: Ray's workers use this environment (with its extras),
     # not a fresh one Ray would build for a `uv run` driver (configs/hydra/launcher/)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
-        sys.argv[1:] = expand(sys.argv[1:] if argv is None else argv)
+        sys.argv[1:] = expand(args)
         app()
     except UserError as e:
         say(f"error: {e}")

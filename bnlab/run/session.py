@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from bnlab.config import TrainConfig
-from bnlab.errors import say
+from bnlab.errors import one_line, say  # noqa: F401  (one_line: re-exported)
 from bnlab.record.tables import RunRecord
 
 DONE = ("finished", "diverged")
@@ -123,12 +123,3 @@ def remove_if_untouched(path: str) -> None:
         for f in files:
             f.unlink()
         d.rmdir()
-
-
-def one_line(e: BaseException) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    first = first.removeprefix("Error merging override ")
-    cause = e.__cause__
-    if cause is not None and str(cause).strip():
-        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
-    return first
