@@ -171,3 +171,33 @@ def test_swept_key_is_never_the_seed(tmp_path):
     assert report.swept_key(lr_and_seeds) == "optimizer.lr"
     paths = report.save_sweep_figures(only_seeds, tmp_path / "figs")
     assert report.SWEEP_PNG not in {p.name for p in paths}
+
+
+def test_two_sweeps_plotted_together_keep_every_run(tmp_path):
+    """Sweeps over different keys plotted together: a run without the x key is named,
+    never dropped silently; --x and --hue choose the axes."""
+    import warnings
+
+    from bnlab.analysis import plot
+    from bnlab.analysis.runs import load_sweep
+
+    fake_sweep(tmp_path / "a", norms=("none", "bn"), lrs=(0.1, 0.5))  # 4 runs over the lr
+    for i, width in enumerate((16, 32, 64)):  # 3 runs over a model key
+        fake_run(tmp_path / "b" / str(i), overrides=[f"model.flat_features={width}"])
+    sweep = load_sweep([tmp_path / "a" / "*", tmp_path / "b" / "*"])
+    assert len(sweep.runs) == 7
+    with pytest.warns(UserWarning, match=r"4 of 7 runs have no model.flat_features"):
+        fig = plot.sweep_summary(sweep.runs, x="model.flat_features")
+    assert "3 of 7 runs (4 without model.flat_features)" in fig._suptitle.get_text().replace(
+        "\n", " "
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every run has the lr: none left out
+        fig = plot.sweep_summary(sweep.runs, x="optimizer.lr", hue="norm")
+    assert fig._suptitle.get_text().endswith(": 7 runs")
+    p = _cli(tmp_path / "a" / "*", tmp_path / "b" / "*", "--x", "optimizer.lr", "--hue", "norm",
+             "--out", tmp_path / "figs")  # fmt: skip
+    assert p.returncode == 0 and "sweep_summary.png" in p.stdout, p.stderr
+    assert "have no" not in p.stderr
+    bad = _cli(tmp_path / "a", "--x", "no.such", "--out", tmp_path / "figs")
+    assert bad.returncode == 2 and "no key 'no.such'" in bad.stderr

@@ -192,8 +192,12 @@ def save_sweep_figures(
     layer: str | None = None,
     site: str | None = None,
     target: float | str | None = "auto",
+    x: str | None = None,
+    hue: str | None = None,
 ) -> list[Path]:
     """Write a sweep's figures as PNG into ``out`` (default ``<sweep dir>/figures``).
+    ``x``/``hue``: the sweep summary's axis and line keys (default: :func:`swept_key`
+    and ``norm``); runs without ``x`` are named in a warning and the title.
 
     Drift bands (runs side by side; ``layer``/``site`` default: :func:`drift_site`),
     per-layer mean/std, learning curves,
@@ -226,11 +230,12 @@ def save_sweep_figures(
     lay = sweep.layers
     if len(lay) and lay["stat"].isin(["gamma_mean", "beta_mean"]).any():
         paths.append(_save(plot.gamma_beta(lay), out / "gamma_beta.png"))
-    x = swept_key(sweep)
+    x = x or swept_key(sweep)
     if x is not None and "final_test_accuracy" in sweep.runs:
         if target == "auto":
             target = _auto_target(sweep.runs)
-        fig = plot.sweep_summary(sweep.runs, sc, x=x, target=target if len(sc) else None)
+        fig = plot.sweep_summary(sweep.runs, sc, x=x, hue=hue or "norm",
+                                 target=target if len(sc) else None)  # fmt: skip
         paths.append(_save(fig, out / SWEEP_PNG))
     return paths
 
@@ -303,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--site",
         help="site of the drift and mean/std figures (default: pre, else a norm layer's in)",
     )
+    ap.add_argument("--x", help="the sweep summary's x axis, a key (default: the lr if it varies)")
+    ap.add_argument("--hue", help="the sweep summary's lines, a key (default: norm)")
     ap.add_argument(
         "--target", default="auto",
         help="test accuracy for the steps-to-target panel (default: 90%% of the best; 'none')",
@@ -323,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     single = len(args.path) == 1 and is_run_dir(args.path[0])
-    if single and args.out is None and args.layer is None and args.site is None:
+    if single and args.out is None and not (args.layer or args.site or args.x or args.hue):
         paths = save_run_figures(args.path[0], warn=True)
     else:
         sweep = load_sweep(runs)
@@ -336,7 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = root / FIGURES
         else:
             out = Path(args.out)
-        paths = save_sweep_figures(sweep, out, layer=args.layer, site=args.site, target=target)
+        for key in (args.x, args.hue):
+            if key is not None and key not in sweep.runs.columns:
+                keys = ", ".join(k for k in sweep.keys if k != "seed")
+                print(f"bnlab.analysis.report: no key {key!r} in these runs; keys: {keys}",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+        paths = save_sweep_figures(sweep, out, layer=args.layer, site=args.site, target=target,
+                                   x=args.x, hue=args.hue)  # fmt: skip
     if not paths:
         print("bnlab.analysis.report: nothing to plot (empty tables)", file=sys.stderr)
         return 1
