@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -38,6 +39,9 @@ def test_readme_example_equals_the_command_line(tmp_path):
     assert res.returncode == 0, res.stderr
     (api_dir,) = (tmp_path / "api" / "outputs").glob("*/*")
     assert "vectorized sweep: 2 members" in (api_dir / "train.log").read_text()
+    summary = json.loads((api_dir / "0" / "summary.json").read_text())
+    # the sites in the order the model calls them (the figures' panel order)
+    assert summary["sites"] == ["BatchNorm_0/in", "BatchNorm_0/out", "Dense_1/in"]
     over = ["data=digits", "steps=300", "sweep.lr=[0.05,0.5]", "model._target_=readme_net.Net",
             f"import_path=[{tmp_path}]", f"hydra.run.dir={tmp_path / 'cli'}"]  # fmt: skip
     ok = cli(over, env=env)

@@ -201,3 +201,29 @@ def test_two_sweeps_plotted_together_keep_every_run(tmp_path):
     assert "have no" not in p.stderr
     bad = _cli(tmp_path / "a", "--x", "no.such", "--out", tmp_path / "figs")
     assert bad.returncode == 2 and "no key 'no.such'" in bad.stderr
+
+
+def test_panels_follow_the_order_the_run_recorded(tmp_path):
+    """A model whose layers' names do not sort in network order: summary.json's
+    ``sites`` (call order) orders the mean/std panels and picks the last norm layer."""
+    from bnlab.analysis import plot
+    from bnlab.analysis.runs import layer_order, network_order
+
+    sites = ["m_norm/in", "m_norm/out", "a_second/in", "b_norm/in", "b_norm/out", "head/in"]
+    assert network_order([{"sites": sites}]) == ["m_norm", "a_second", "b_norm", "head"]
+    assert layer_order(["head", "a_second", "m_norm", "x"], ["m_norm", "a_second", "head"]) == [
+        "m_norm", "a_second", "head", "x"
+    ]  # fmt: skip
+    steps = np.arange(0, 101, 50)
+    rng = np.random.default_rng(0)
+    stats = ("mean", "std", "p15", "p50", "p85")
+    rec = RunRecord(tmp_path / "r")
+    rec.activations(steps, {s: {k: rng.standard_normal(3) for k in stats} for s in sorted(sites)})
+    rec.write_tables()
+    rec.write_summary(status="finished", step=100, steps=100, final={}, sites=sites)
+    acts = load_sweep([tmp_path / "r"]).activations
+    assert acts.attrs["layer_order"] == ["m_norm", "a_second", "b_norm", "head"]
+    assert report.drift_site(acts) == ("b_norm", "in")
+    fig = plot.layer_moments(acts[acts["site"] == "in"], "in")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert [t.split("/")[0] for t in titles[:4]] == ["m_norm", "a_second", "b_norm", "head"]

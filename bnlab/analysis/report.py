@@ -41,6 +41,7 @@ from bnlab.analysis.runs import (
     layer_order,
     load_run,
     load_sweep,
+    network_order,
 )
 from bnlab.record.tables import FIGURES
 
@@ -99,9 +100,11 @@ def drift_site(acts: pd.DataFrame, site: str | None = None) -> tuple[str | None,
     pooled = acts[acts["unit"] == -1] if len(acts) else acts
     if not len(pooled):
         return None, site or "pre"
-    sites: dict[str, set[str]] = {}
+    found: dict[str, set[str]] = {}
     for layer, s in zip(pooled["layer"], pooled["site"], strict=True):
-        sites.setdefault(layer, set()).add(s)  # first appearance: network order
+        found.setdefault(layer, set()).add(s)
+    recorded = acts.attrs.get("layer_order") or list(found)  # else first appearance
+    sites = {la: found[la] for la in layer_order(found, recorded)}
     norms = [la for la, s in sites.items() if {"in", "out"} <= s]
     if site is None:
         has = set().union(*sites.values())
@@ -116,7 +119,7 @@ def moment_layers(at_site: pd.DataFrame) -> pd.DataFrame:
     """``at_site`` restricted to at most :data:`MOMENT_LAYERS` layers, evenly spaced in
     :func:`~bnlab.analysis.runs.layer_order`, the first and last included (a ResNet-20 has 19
     norm layers)."""
-    names = layer_order(at_site["layer"].unique())
+    names = layer_order(at_site["layer"].unique(), at_site.attrs.get("layer_order"))
     if len(names) <= MOMENT_LAYERS:
         return at_site
     step = (len(names) - 1) / (MOMENT_LAYERS - 1)
@@ -141,6 +144,8 @@ def save_run_figures(run_dir: str | Path, *, warn: bool = False) -> list[Path]:
     label = run.label
     title = _run_title(run)
     acts = run.activations.assign(label=label)
+    order = network_order([run.summary or {}])
+    acts.attrs["layer_order"] = run.layers.attrs["layer_order"] = order
     paths: list[Path] = []
     layer, site = drift_site(acts)
     pre = acts[(acts["site"] == site) & (acts["unit"] == -1)] if len(acts) else acts

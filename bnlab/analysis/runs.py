@@ -73,6 +73,7 @@ __all__ = [
     "steps_to_target",
     "last_hidden_layer",
     "layer_order",
+    "network_order",
     "aggregate",
     "format_interval",
     "demo_sweep",
@@ -280,6 +281,9 @@ def load_sweep(
             t[k] = _column(list(t[k])) if len(t) else t[k]
         tables[attr] = t
 
+    order = network_order(m.summary or {} for m in members)
+    for t in tables.values():
+        t.attrs["layer_order"] = order
     problems = [f"{rid}: {p}" for m, rid in zip(members, ids, strict=True) for p in m.problems]
     if problems and warn:
         warnings.warn(
@@ -315,9 +319,25 @@ def last_hidden_layer(table: pd.DataFrame) -> str | None:
     return max(names, key=_natural_key_str) if len(names) else None
 
 
-def layer_order(names: Iterable[str]) -> list[str]:
-    """Layer names in network order (``layer2`` before ``layer10``)."""
-    return sorted(set(names), key=_natural_key_str)
+def layer_order(names: Iterable[str], order: Sequence[str] | None = None) -> list[str]:
+    """Layer names in network order: ``order`` (:func:`network_order`, what the run
+    recorded) where it names them, the rest after them by name (``layer2`` before
+    ``layer10``)."""
+    known = {n: i for i, n in enumerate(order or [])}
+    return sorted(set(names), key=lambda n: (n not in known, known.get(n, 0), _natural_key_str(n)))
+
+
+def network_order(summaries: Iterable[dict[str, Any]]) -> list[str] | None:
+    """The layers in the order the runs' models call them (``summary.json``'s
+    ``sites``, in call order); None for records without it. The tables of
+    :func:`load_sweep` carry it as ``attrs["layer_order"]`` for the figures."""
+    order: list[str] = []
+    for s in summaries:
+        for site in s.get("sites") or []:
+            layer = str(site).rsplit("/", 1)[0]
+            if layer not in order:
+                order.append(layer)
+    return order or None
 
 
 def _natural_key_str(s: str) -> list[Any]:

@@ -84,7 +84,9 @@ def train_and_evaluate(
             say(f"vectorized sweep: {len(ms)} members ({len(cfg.lrs)} lr x "
                 f"{len(cfg.seeds)} seed) in one program on {data_dev * mem_dev} device(s)")  # fmt: skip
         loop = Loop(cfg, engine, ms, records, previous, t0)
-        loop.base.update(devices=data_dev * mem_dev, data_source=ds.source)
+        lay = engine.learner.probe_net.layout  # the sites in call order: the figures' order
+        sites = [s for s in lay.sites if not lay.selected or s in lay.selected]
+        loop.base.update(devices=data_dev * mem_dev, data_source=ds.source, sites=sites)
         loop.loggers = loggers.Loggers.create(cfg, ms, workdir, hydra_cfg)
         summaries = loop.run()
         if cfg.is_sweep and (workdir / "summary.csv").exists():
