@@ -102,3 +102,25 @@ def test_a_mistake_is_one_line(tmp_path):
 def test_load_variables_names_what_is_missing(tmp_path):
     with pytest.raises(UserError, match="has no checkpoint"):
         api.load_variables(tmp_path)
+
+
+def test_an_nnx_model_trains_and_loads_back(tmp_path):
+    """An NNX class (BatchNorm hard-coded) through the API, its checkpoint read back into
+    a fresh instance: its accuracy on the test split is the run's final one."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from own_models import NNXFlaxBN
+    from sklearn.datasets import load_digits
+    from trainer import COMPILE_CACHE
+
+    run = api.train("data=digits", model=NNXFlaxBN, workdir=tmp_path / "r", steps=100,
+                    progress=False, figure=False, compile_cache=str(COMPILE_CACHE),
+                    **{"+model.din": 64, "data.flatten": True, "probe.every": 50})  # fmt: skip
+    assert run.summary["status"] == "finished"
+    model = api.load_into(NNXFlaxBN(64, rngs=nnx.Rngs(1)), tmp_path / "r")
+    model.eval()
+    x, y = load_digits(return_X_y=True)
+    acc = float(
+        jnp.mean(jnp.argmax(model(jnp.asarray(x[-297:] / 16, jnp.float32)), -1) == y[-297:])
+    )
+    assert acc == pytest.approx(run.summary["final"]["test_accuracy"], abs=1e-6)
