@@ -95,3 +95,16 @@ def test_a_multirun_that_fails_keeps_the_summary_of_the_jobs_that_ran(tmp_path):
     assert "batch_size=3000 exceeds the 1500 training examples" in res.stderr
     table = pd.read_csv(sweep / "summary.csv")
     assert list(table["status"]) == ["finished"]
+
+
+def test_a_run_continued_with_more_steps_keeps_its_auto_intervals(tmp_path):
+    """probe.every and eval_every left at auto keep the values of the record they
+    continue (a finished run asked for more steps is not refused for new intervals)."""
+    run = tmp_path / "run"
+    over = [*SMALL, "chunk_steps=100"]
+    (s,) = train([*over, "steps=100"], run)  # auto: probes every 10 steps
+    assert s["status"] == "finished"
+    (s,) = train([*over, "steps=200"], run)  # auto alone would probe every 20
+    assert s["status"] == "finished" and s["step"] == 200
+    steps = sorted(pd.read_parquet(run / "activations.parquet")["step"].unique())
+    assert steps == list(range(0, 201, 10))
