@@ -42,6 +42,8 @@ def check_job(cfg: DictConfig) -> None:
     from bnlab.run.build import data_settings
 
     c = config.typed(cfg)
+    if c.parallel.data == 0:  # all local devices: how many, only the job knows
+        c.parallel.data = 1
     config.check(c, NOT_CHECKED_HERE)
     check_model(c.model, c.import_path)
     data.check_settings(**data_settings(c))
