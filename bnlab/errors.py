@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 
-LOG = logging.getLogger("bnlab")  # say()'s lines, for a run's train.log (its own handlers:
-LOG.propagate = False  # they are on stderr already, not for the root logger's console)
+LOG = logging.getLogger("bnlab.say")  # say()'s lines, for a run's train.log (its own
+LOG.propagate = False  # handlers: they are on stderr already, not for the root's console)
 
 
 class UserError(Exception):
@@ -20,7 +20,7 @@ class UserError(Exception):
 
 def say(msg: str) -> None:
     """Print ``bnlab: msg`` on stderr, flushed (a killed job still shows it), and log it
-    on the ``bnlab`` logger (the run's ``train.log``; nothing without a handler)."""
+    on the ``bnlab.say`` logger (the run's ``train.log``; nothing without a handler)."""
     print(f"bnlab: {msg}", file=sys.stderr, flush=True)
     LOG.info(msg)
 
