@@ -62,7 +62,6 @@ def check_settings(
     probe_size: int | str = "auto",
     probe_split: str = "test",
     probe_seed: int = 0,
-    probe_multiple: int = 1,
 ) -> None:
     """Raise a one-line DataError for a setting that is wrong on its face, before any
     data loads (the same keywords as :func:`load`; limits that depend on the size of
@@ -73,8 +72,10 @@ def check_settings(
         raise DataError(
             f"data.probe_split={probe_split!r} is not known: use train, validation or test"
         )
-    if probe_size != "auto" and not (isinstance(probe_size, int) and probe_size >= 1):
-        raise DataError(f"data.probe_size={probe_size} is not a size: use 1 or more, or auto")
+    if probe_size != "auto" and not isinstance(probe_size, int):
+        raise DataError(f"data.probe_size={probe_size!r} is not a size: use 1 or more, or auto")
+    if probe_size != "auto" and probe_size < 1:
+        raise DataError(f"data.probe_size={probe_size} is below 1: use 1 or more")
     if validation < 0:
         raise DataError(f"data.validation={validation} is negative: use 0 (none) or more")
     if probe_split == "validation" and validation == 0:
@@ -112,7 +113,6 @@ def load(
     probe_size: int | str = "auto",
     probe_split: str = "test",
     probe_seed: int = 0,
-    probe_multiple: int = 1,
 ) -> Dataset:
     """Load a dataset by name into host memory, preprocessed, with a fixed probe batch.
 
@@ -129,8 +129,8 @@ def load(
     The probe batch holds `probe_size` examples (1 up to the size of the split) drawn
     without replacement from `probe_split` (train, validation or test) with
     default_rng(`probe_seed`), sorted by index, and stays in its split;
-    ``probe_size="auto"`` is the smaller of 1,000 and the split, rounded down to a
-    multiple of `probe_multiple` (ghost BN's virtual batch, which must divide it).
+    ``probe_size="auto"`` is the smaller of 1,000 and the split (a run then keeps the
+    first multiple of ghost BN's virtual batch: :func:`bnlab.run.build.load_data`).
     Raises DataError (one line) when a setting is wrong or the data cannot be had.
     """
     settings = dict(
@@ -146,7 +146,6 @@ def load(
         probe_size=probe_size,
         probe_split=probe_split,
         probe_seed=probe_seed,
-        probe_multiple=probe_multiple,
     )
     check_settings(name, **settings)
     if name == "digits":
@@ -170,7 +169,6 @@ def load(
         probe_size=probe_size,
         probe_split=probe_split,
         probe_seed=probe_seed,
-        probe_multiple=probe_multiple,
     )
 
 

@@ -42,7 +42,6 @@ def preprocess(
     probe_size: int | str,
     probe_split: str,
     probe_seed: int,
-    probe_multiple: int = 1,
 ) -> Dataset:
     """Validation hold-out, float32, optional /pixel_max and per-pixel standardization
     (statistics of the remaining training examples only), probe batch, flatten."""
@@ -82,7 +81,7 @@ def preprocess(
             "to 1 or more, or use data.probe_split=test"
         )
     if probe_size == "auto":
-        probe_size = auto_probe_size(len(py), probe_multiple)
+        probe_size = auto_probe_size(len(py))
     if probe_size > len(py):
         raise DataError(
             f"data.probe_size={probe_size} exceeds the {len(py)} examples of the "
