@@ -8,7 +8,11 @@ bytecode compiling it does):
 - ``uv run python -m bnlab.train --cfg job``: Hydra composes and prints the config
   (the light path: no JAX);
 - ``uv run python -c "import bnlab.run.driver, bnlab.analysis.report"``: everything a run imports
-  before it compiles (JAX, Flax, Orbax, TFDS, pandas, matplotlib).
+  before it compiles (JAX, Flax, Orbax, TFDS, pandas, matplotlib);
+- ``.venv/bin/bnlab-train --help`` and one tab completion (``bnlab-train -sc
+  query=bash`` with ``COMP_LINE="bnlab-train optimizer.l"``, what bash runs at each
+  key press once ``eval "$(bnlab-train -sc install=bash)"`` is done): the installed
+  console script as a shell runs it, without ``uv run`` (``--only help,complete``).
 
 Warm: the median of ``--repeat`` runs after one untimed run. Cold: every ``.pyc``
 of the environment and the checkout removed before each of ``--cold`` runs (as after a
@@ -36,7 +40,10 @@ COMMANDS = {
         "-c",
         "import bnlab.run.driver, bnlab.analysis.report",
     ],
+    "help": [str(ROOT / ".venv" / "bin" / "bnlab-train"), "--help"],
+    "complete": [str(ROOT / ".venv" / "bin" / "bnlab-train"), "-sc", "query=bash"],
 }
+ENV = {"complete": {"COMP_LINE": "bnlab-train optimizer.l", "COMP_POINT": "23"}}
 
 
 def clear_bytecode() -> None:
@@ -48,9 +55,11 @@ def clear_bytecode() -> None:
     shutil.rmtree(venv / ".pycache", ignore_errors=True)  # bnlab's sys.pycache_prefix
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, **(env or {})}
+    )
     return time.perf_counter() - t
 
 
@@ -58,16 +67,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--only", help="comma-separated command names (default: all)")
     args = ap.parse_args()
     rows = []
     for name, cmd in COMMANDS.items():
+        if args.only and name not in args.only.split(","):
+            continue
+        env = ENV.get(name)
         cold = []
         for _ in range(args.cold):
             clear_bytecode()
-            cold.append(timed(cmd))
-        timed(cmd)
-        warm = [timed(cmd) for _ in range(args.repeat)]
-        rows.append((name, statistics.median(cold), statistics.median(warm), min(warm)))
+            cold.append(timed(cmd, env))
+        timed(cmd, env)
+        warm = [timed(cmd, env) for _ in range(args.repeat)]
+        rows.append((name, statistics.median(cold) if cold else float("nan"),
+                     statistics.median(warm), min(warm)))  # fmt: skip
     load = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} at the end; "
           f"python {sys.version.split()[0]}; "

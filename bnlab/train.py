@@ -16,7 +16,6 @@ _T0 = time.perf_counter()  # before the heavy imports: time-to-first-chunk count
 
 import os  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -24,24 +23,15 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from bnlab import config  # noqa: E402
+from bnlab.config.tree import config_dir  # noqa: E402
 from bnlab.errors import UserError, say  # noqa: E402
-
-
-def config_dir() -> str:
-    """The config tree: the wheel's ``bnlab/configs``, else the checkout's ``configs/``
-    (absolute, so Hydra finds it however the entry is started: ``python -m``, the
-    console script, or an import)."""
-    here = Path(__file__).resolve().parent
-    for d in (here / "configs", here.parent / "configs"):
-        if (d / "train.yaml").is_file():
-            return str(d)
-    return str(here.parent / "configs")  # Hydra then names what it could not find
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
     """One job: train, report, and return what Hydra's sweepers rank."""
     from bnlab.run import driver, session
+    from bnlab.run.multirun import summary_after_failure
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -53,25 +43,37 @@ def app(cfg: DictConfig) -> float:
     except UserError as e:
         say(f"error: {e}")
         session.remove_if_untouched(hc.runtime.output_dir)
+        if multirun:
+            summary_after_failure(hc.sweep.dir, bool(cfg.get("figure", True)))
         sys.exit(2)
+    except Exception:
+        if multirun:
+            summary_after_failure(hc.sweep.dir, bool(cfg.get("figure", True)))
+        raise
     return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
 
 
 def main(argv: list[str] | None = None) -> None:
     """The console entry: ``resume=DIR`` expanded; Hydra's own errors (a misspelled key,
     a bad choice) as one line."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:  # the groups and options, without composing
+        from bnlab.config.help import text
+
+        print(text(config_dir()))
+        return
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from bnlab.errors import one_line
     from bnlab.record.resume import expand
-    from bnlab.run.session import one_line
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us, not Hydra's printer
     # hydra/launcher=ray_cluster: Ray's workers use this environment (with its extras),
     # not a fresh one Ray would build for a `uv run` driver (configs/hydra/launcher/)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
-        sys.argv[1:] = expand(sys.argv[1:] if argv is None else argv)
+        sys.argv[1:] = expand(args)
         app()
     except UserError as e:
         say(f"error: {e}")

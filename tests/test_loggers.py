@@ -209,7 +209,8 @@ def test_wandb_groups_a_sweeps_members(tmp_path):
         names.append(r.display_name)
         conf = {u.key: json.loads(u.value_json) for u in r.config.update}
         assert conf["optimizer"]["lr"] == [0.05, 0.5][i] and conf["sweep"]["lr"] == []
-    assert groups == {str(tmp_path.resolve())} and names == ["0", "1"]
+    # named by their overrides (the lr each member trains with), as TensorBoard and MLflow
+    assert groups == {str(tmp_path.resolve())} and names == ["lr=0.05", "lr=0.5"]
 
 
 def test_a_logger_that_cannot_start_is_one_line(tmp_path):
@@ -228,3 +229,51 @@ def test_a_logger_that_cannot_start_is_one_line(tmp_path):
         .splitlines()[-1]
         .startswith("bnlab: error: logger=mlflow could not start: ")
     )
+
+
+def test_tensorboard_compares_a_sweep_by_its_overrides(tmp_path):
+    """A vectorized sweep's members in TensorBoard (its real server's HTTP API): runs
+    named by their overrides, the overrides and final metrics as hparams, and each
+    site's percentiles as one multi-line chart."""
+    over = [*QUICK, "steps=100", "chunk_steps=100", "eval_every=100", "sweep.lr=[0.05,0.5]",
+            "logger=tensorboard", "logger.histogram_every=0", "norm=bn"]  # fmt: skip
+    train(over, tmp_path / "s", ["norm=bn", "sweep.lr=[0.05,0.5]"])
+    port = _free_port()
+    exe = Path(sys.executable).with_name("tensorboard")
+    server = subprocess.Popen(
+        [str(exe), "--logdir", str(tmp_path / "s"), "--host", "127.0.0.1", "--port", str(port),
+         "--load_fast=false", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        deadline, runs = time.monotonic() + 90, []
+        while time.monotonic() < deadline and len(runs) < 2:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                runs = _get(f"{base}/runs")
+            except OSError:
+                pass
+            time.sleep(1)
+        assert runs == ["0/tensorboard/norm=bn,lr=0.05", "1/tensorboard/norm=bn,lr=0.5"]
+        req = urllib.request.Request(
+            f"{base}/plugin/hparams/experiment", data=b'{"experimentName": ""}',
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        deadline, exp = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and not exp.get("metricInfos"):
+            with urllib.request.urlopen(req, timeout=10) as r:
+                exp = json.loads(r.read())
+            time.sleep(1)
+        assert {h["name"] for h in exp["hparamInfos"]} == {"norm", "optimizer.lr"}
+        assert "test_accuracy" in {m["name"]["tag"] for m in exp["metricInfos"]}
+        layout = _get(f"{base}/plugin/custom_scalars/layout")
+        charts = {c["title"]: c["multiline"]["tag"] for c in layout["category"][0]["chart"]}
+        assert charts["acts/layer3/pre"] == [f"acts/layer3/pre/p{q}" for q in (15, 50, 85)]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=15)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
 
-SMALL = {"DATA": "digits", "PROBE_EVERY": 50, "CHUNK_STEPS": 100, "EVAL_EVERY": 100}
+SMALL = {"DATA": "digits", "OVERRIDES": ["probe.every=50", "chunk_steps=100", "eval_every=100"]}
 PARAMS = {
     "activation_drift.ipynb": {**SMALL, "STEPS": 200},
     "lr_sweep.ipynb": {**SMALL, "STEPS": 100, "LRS": [0.5, 50.0], "SEEDS": 2, "TARGET": 0.3},
@@ -44,7 +44,7 @@ def inject(nb, params: dict):
     return nb
 
 
-def execute(path: Path, params: dict, timeout: int = 600):
+def execute(path: Path, params: dict, cwd: Path, timeout: int = 600):
     from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
     from nbclient import NotebookClient
 
@@ -53,7 +53,7 @@ def execute(path: Path, params: dict, timeout: int = 600):
         nb,
         timeout=timeout,
         kernel_name=NATIVE_KERNEL_NAME,  # "python3": ipykernel's, on this interpreter
-        resources={"metadata": {"path": str(path.parent)}},
+        resources={"metadata": {"path": str(cwd)}},  # the kernel's working directory
     )
     # make sure the kernel is this interpreter (the venv), not some python3 on PATH
     client.kernel_manager_class = _manager_for(sys.executable)
@@ -124,9 +124,11 @@ def test_stored_without_outputs(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path):
-    """Fresh: the notebook trains its sweep into OUT, then shows every figure."""
-    params = {**PARAMS[path.name], "OUT": str(tmp_path / "out")}
-    nb = execute(path, params)
+    """Fresh, from a directory outside the checkout: the notebook trains its sweep
+    into OUT (relative to its working directory), then shows every figure. (Reusing
+    a finished sweep: tests/test_runs.py::test_demo_sweep_reuses_...)"""
+    params = {**PARAMS[path.name], "OUT": "out"}
+    nb = execute(path, params, cwd=tmp_path)
     assert not _errors(nb), _errors(nb)
     assert _images(nb) == FIGURES[path.name], "the notebook should show each of its figures"
     # the runs it trained are where OUT says (lr_sweep: vectorized members in each job)
@@ -138,28 +140,43 @@ def test_notebook_runs(path, tmp_path):
         p = PARAMS[path.name]
         assert len(runs) == 3 * len(p["LRS"]) * p["SEEDS"]
         assert "(n=2, min-max)" in _text(nb)  # the table of means over the 2 seeds
-    # run again: the finished sweep is reused, nothing retrains
-    again = execute(path, params)
-    assert not _errors(again) and "reusing the" in _text(again)
 
 
-# a record with 5 seeds per configuration (the runs differ in accuracy by seed)
+# a record with 5 seeds per configuration (the runs differ in accuracy by seed), of a
+# user's own model (sites by module path: BatchNorm_{i}/in|out, then head/in)
 RECORDS = {
     "activation_drift.ipynb": dict(norms=("none", "bn"), lrs=(0.5,)),
     "lr_sweep.ipynb": dict(norms=("none", "bn", "bn_noaffine"), lrs=(0.5, 2.0)),
 }
 
 
+@pytest.mark.parametrize("how", ["environment", "papermill"])
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
-def test_notebook_reads_a_record(path, tmp_path):
-    """Pointed at an existing record (SWEEP_DIR) the notebook reads it, trains nothing,
-    and draws the seeds' means with their intervals."""
-    record = fake_sweep(tmp_path / "record", seeds=range(5), **RECORDS[path.name])
-    out = tmp_path / "out"
-    nb = execute(path, {**PARAMS[path.name], "SWEEP_DIR": str(record), "OUT": str(out)})
+def test_notebook_reads_a_record(path, how, tmp_path, monkeypatch):
+    """Pointed at an existing record of a user's own model, by SWEEP_DIR in the
+    environment (the parameters cell left empty) or by papermill's -p, from a
+    directory outside the checkout, the notebook reads it, trains nothing, draws the
+    seeds' means with their intervals, and its drift site comes from the record (the
+    last norm layer's input, not the head's) unless SITE says otherwise."""
+    record = fake_sweep(tmp_path / "record", seeds=range(5), own=True, **RECORDS[path.name])
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    drift = path.name == "activation_drift.ipynb"
+    if how == "environment":
+        monkeypatch.setenv("SWEEP_DIR", str(record))
+        nb = execute(path, {"OUT": "out"}, cwd=work)
+    else:
+        import papermill as pm
+
+        params = {"SWEEP_DIR": str(record), "OUT": "out", **({"SITE": "out"} if drift else {})}
+        pm.execute_notebook(str(path), str(tmp_path / "ran.ipynb"), parameters=params,
+                            cwd=str(work), progress_bar=False, kernel_name="python3")  # fmt: skip
+        nb = nbformat.read(tmp_path / "ran.ipynb", as_version=4)
     assert not _errors(nb), _errors(nb)
     assert _images(nb) == FIGURES[path.name]
-    assert not out.exists(), "a notebook pointed at a record must not train"
+    assert not (work / "out").exists(), "a notebook pointed at a record must not train"
     text = _text(nb)
     assert f"reading the record in {record}" in text
     assert "(n=5, 95% t)" in text  # the final accuracies as mean ± interval
+    if drift:
+        assert f"drift of BatchNorm_2/{'in' if how == 'environment' else 'out'}" in text

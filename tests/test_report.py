@@ -44,7 +44,8 @@ def test_save_run_figures(tmp_path):
 
 def test_figures_of_a_model_with_module_path_sites(tmp_path):
     """A ResNet's sites (``stage1/block1/norm1/in|out``, no ``pre``): the drift figure
-    shows the last norm layer's ``out``, the mean/std figure 8 of its 12 norm layers."""
+    shows the last norm layer's input (``in``: what drifts), also when a conv's input
+    comes after it in the network; the mean/std figure 8 of its 12 norm layers."""
     rng = np.random.default_rng(0)
     steps = np.arange(0, 201, 50)
     norms = [f"stage{s}/block{b}/norm{n}" for s in (1, 2, 3) for b in (1, 2) for n in (1, 2)]
@@ -58,15 +59,17 @@ def test_figures_of_a_model_with_module_path_sites(tmp_path):
     rec.write_tables()
     rec.write_summary(status="finished", step=200, steps=200, final={})
     got = pd.read_parquet(tmp_path / "r" / ACTIVATIONS)
-    assert report.drift_site(got) == ("stage3/block2/norm2", "out")
-    assert report.drift_site(got, "in") == ("stage3/block2/norm2", "in")
+    assert report.drift_site(got) == ("stage3/block2/norm2", "in")
+    assert report.drift_site(got, "out") == ("stage3/block2/norm2", "out")
+    no_norm = got[got["layer"] == "stage3/block2/conv2"]
+    assert report.drift_site(no_norm) == ("stage3/block2/conv2", "in")  # a hidden layer's input
     kept = report.moment_layers(got[got["site"] == "out"])["layer"].unique()
     assert len(kept) == report.MOMENT_LAYERS and {norms[0], norms[-1]} <= set(kept)
     names = {p.name for p in report.save_run_figures(tmp_path / "r")}
-    assert {"drift_stage3_block2_norm2_out.png", "layer_moments_out.png"} <= names
-    p = _cli(tmp_path / "r", "--site", "in", "--out", tmp_path / "figs")
+    assert {"drift_stage3_block2_norm2_in.png", "layer_moments_in.png"} <= names
+    p = _cli(tmp_path / "r", "--site", "out", "--out", tmp_path / "figs")
     assert p.returncode == 0, p.stderr
-    assert "drift_stage3_block2_norm2_in.png" in p.stdout
+    assert "drift_stage3_block2_norm2_out.png" in p.stdout
 
 
 def test_save_run_figures_diverged_and_empty(tmp_path):
@@ -168,3 +171,59 @@ def test_swept_key_is_never_the_seed(tmp_path):
     assert report.swept_key(lr_and_seeds) == "optimizer.lr"
     paths = report.save_sweep_figures(only_seeds, tmp_path / "figs")
     assert report.SWEEP_PNG not in {p.name for p in paths}
+
+
+def test_two_sweeps_plotted_together_keep_every_run(tmp_path):
+    """Sweeps over different keys plotted together: a run without the x key is named,
+    never dropped silently; --x and --hue choose the axes."""
+    import warnings
+
+    from bnlab.analysis import plot
+    from bnlab.analysis.runs import load_sweep
+
+    fake_sweep(tmp_path / "a", norms=("none", "bn"), lrs=(0.1, 0.5))  # 4 runs over the lr
+    for i, width in enumerate((16, 32, 64)):  # 3 runs over a model key
+        fake_run(tmp_path / "b" / str(i), overrides=[f"model.flat_features={width}"])
+    sweep = load_sweep([tmp_path / "a" / "*", tmp_path / "b" / "*"])
+    assert len(sweep.runs) == 7
+    with pytest.warns(UserWarning, match=r"4 of 7 runs have no model.flat_features"):
+        fig = plot.sweep_summary(sweep.runs, x="model.flat_features")
+    assert "3 of 7 runs (4 without model.flat_features)" in fig._suptitle.get_text().replace(
+        "\n", " "
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every run has the lr: none left out
+        fig = plot.sweep_summary(sweep.runs, x="optimizer.lr", hue="norm")
+    assert fig._suptitle.get_text().endswith(": 7 runs")
+    p = _cli(tmp_path / "a" / "*", tmp_path / "b" / "*", "--x", "optimizer.lr", "--hue", "norm",
+             "--out", tmp_path / "figs")  # fmt: skip
+    assert p.returncode == 0 and "sweep_summary.png" in p.stdout, p.stderr
+    assert "have no" not in p.stderr
+    bad = _cli(tmp_path / "a", "--x", "no.such", "--out", tmp_path / "figs")
+    assert bad.returncode == 2 and "no key 'no.such'" in bad.stderr
+
+
+def test_panels_follow_the_order_the_run_recorded(tmp_path):
+    """A model whose layers' names do not sort in network order: summary.json's
+    ``sites`` (call order) orders the mean/std panels and picks the last norm layer."""
+    from bnlab.analysis import plot
+    from bnlab.analysis.runs import layer_order, network_order
+
+    sites = ["m_norm/in", "m_norm/out", "a_second/in", "b_norm/in", "b_norm/out", "head/in"]
+    assert network_order([{"sites": sites}]) == ["m_norm", "a_second", "b_norm", "head"]
+    assert layer_order(["head", "a_second", "m_norm", "x"], ["m_norm", "a_second", "head"]) == [
+        "m_norm", "a_second", "head", "x"
+    ]  # fmt: skip
+    steps = np.arange(0, 101, 50)
+    rng = np.random.default_rng(0)
+    stats = ("mean", "std", "p15", "p50", "p85")
+    rec = RunRecord(tmp_path / "r")
+    rec.activations(steps, {s: {k: rng.standard_normal(3) for k in stats} for s in sorted(sites)})
+    rec.write_tables()
+    rec.write_summary(status="finished", step=100, steps=100, final={}, sites=sites)
+    acts = load_sweep([tmp_path / "r"]).activations
+    assert acts.attrs["layer_order"] == ["m_norm", "a_second", "b_norm", "head"]
+    assert report.drift_site(acts) == ("b_norm", "in")
+    fig = plot.layer_moments(acts[acts["site"] == "in"], "in")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert [t.split("/")[0] for t in titles[:4]] == ["m_norm", "a_second", "b_norm", "head"]

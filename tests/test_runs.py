@@ -44,8 +44,11 @@ def fake_run(
     overrides: list[str] | None = None,
     seed: int = 0,
     acc_offset: float = 0.0,
+    own: bool = False,
 ) -> Path:
-    """A run record in the schema of bnlab.record.tables, with plausible synthetic values."""
+    """A run record in the schema of bnlab.record.tables, with plausible synthetic values;
+    ``own``: a user's model's sites (``BatchNorm_{i}/in|out`` by module path, and the
+    head's input ``head/in`` last) instead of the preset's ``layer{i}/pre|post``."""
     rng = np.random.default_rng(seed)
     rec = RunRecord(path)
     last = diverged_at - 1 if diverged_at else steps
@@ -61,13 +64,16 @@ def fake_run(
             for q, z in ((15, -1.04), (50, 0.0), (85, 1.04)):
                 stats[f"p{q}"] = m + z * s + 0.01 * rng.standard_normal(len(t))
             stats.update({f"u0/{k}": v * 1.1 for k, v in list(stats.items())})
-            acts[f"layer{i}/{site}"] = stats
+            name = f"BatchNorm_{i - 1}/" + {"pre": "in", "post": "out"}[site] if own else None
+            acts[name or f"layer{i}/{site}"] = stats
         d = {"weight_norm": 1 + t, "grad_norm": 0.1 + 0 * t}
         if norm in ("bn", "bn_nostatgrad", "bn_ghost"):
             d.update(
                 gamma_mean=1 + 0.2 * t, gamma_std=0.1 * t, beta_mean=-0.1 * t, beta_std=0.05 * t
             )
-        lay[f"layer{i}"] = d
+        lay[f"BatchNorm_{i - 1}" if own else f"layer{i}"] = d
+    if own:
+        acts["head/in"] = acts[f"BatchNorm_{n_layers - 1}/out"]
     rec.activations(probe_steps, acts)
     rec.layers(probe_steps, lay)
     train_steps = probe_steps[probe_steps > 0]
@@ -94,6 +100,7 @@ def fake_run(
         "optimizer": {"name": "sgd", "lr": lr},
         "seed": seed,
         "steps": steps,
+        **({"model": {"_target_": "my_models.Net"}} if own else {}),
     }
     (hyd / "config.yaml").write_text(yaml.safe_dump(config))
     ovr = overrides if overrides is not None else [f"norm={norm}", f"optimizer.lr={lr}"]

@@ -27,7 +27,7 @@ def test_fashion_mnist_short_run_writes_record(tmp_path):
     """A real run on Fashion-MNIST: every record file, documented columns, learning, BN sites."""
     over = [
         "data=fashion_mnist", "steps=400", "chunk_steps=200", "eval_every=200",
-        "checkpoint_every=200", "progress=false", "figure=false",
+        "checkpoint_every=200", "progress=false", "figure=false", "probe.every=50",
     ]  # fmt: skip
     (summary,) = train(over, tmp_path)
     assert summary["status"] == "finished" and summary["step"] == 400
@@ -167,8 +167,12 @@ def test_bad_override_fails_cleanly(tmp_path, override, needle):
     ("override", "needle"),
     [
         ("probe.bn_mode=typo", "probe.bn_mode"),
-        # digits' probe batch is 297 examples: ghost BN in train mode cannot split it
-        ("norm=bn_ghost", "norm.ghost_batch_size=20 must divide the probe batch"),
+        # a probe batch of 297 examples set by hand: ghost BN in train mode cannot split
+        # it (data.probe_size=auto rounds it down to 280: tests/test_scale.py)
+        (
+            "norm=bn_ghost data.probe_size=297",
+            "norm.ghost_batch_size=20 must divide the probe batch",
+        ),
         ("norm=bn_ghost batch_size=50", "norm.ghost_batch_size=20 must divide the batch"),
     ],
     ids=["bn_mode", "ghost-probe", "ghost-batch"],

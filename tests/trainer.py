@@ -20,6 +20,8 @@ QUICK = [
     "figure=false",
     f"compile_cache={COMPILE_CACHE}",
     "chunk_steps=100",  # fixed: auto chunks compile one more program (tested on its own)
+    "probe.every=50",  # fixed intervals (the auto ones scale with steps: test_scale.py)
+    "eval_every=1000",
 ]
 
 

@@ -186,7 +186,7 @@ def layer_moments(
         & (activations["stat"].isin(["mean", "std"]))
     ]
     require(df, f"mean/std of */{site} (unit {unit})")
-    layers = layer_order(df["layer"].unique())
+    layers = layer_order(df["layer"].unique(), df.attrs.get("layer_order"))
     grouped = groups(df, by)
     cmap = run_colors(grouped)
     bands = Bands(errorbar)
@@ -271,7 +271,7 @@ def gamma_beta(
     """
     df = layers[layers["stat"].isin(["gamma_mean", "gamma_std", "beta_mean", "beta_std"])]
     require(df, "gamma/beta (no run with a learned BN scale/shift)")
-    names = layer_order(df["layer"].unique())
+    names = layer_order(df["layer"].unique(), df.attrs.get("layer_order"))
     grouped = groups(df, by)
     cmap = run_colors(grouped)
     bands = Bands(errorbar)
@@ -348,7 +348,11 @@ def layer_curves(
     v = df["value"].astype(float)
     df = df[np.isfinite(v) & ~(df["stat"].isin(list(logy)) & (v <= 0))]
     require(df, f"statistics {list(stats)}")
-    names = list(layers) if layers is not None else layer_order(df["layer"].unique())
+    names = (
+        list(layers)
+        if layers is not None
+        else layer_order(df["layer"].unique(), df.attrs.get("layer_order"))
+    )
     grouped = groups(df, by)
     cmap = run_colors(grouped)
     bands = Bands(errorbar)

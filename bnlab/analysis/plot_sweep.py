@@ -6,6 +6,7 @@ Part of :mod:`bnlab.analysis.plot` (which re-exports :func:`sweep_summary`); it 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,15 @@ def sweep_summary(
     runs = runs.copy()
     if hue not in runs.columns:
         runs[hue] = "all runs"
+    missing = runs[runs[x].isna()]
+    if len(missing):  # e.g. runs of another sweep, plotted together: said, never silent
+        ids = ", ".join(str(r) for r in missing.get("run", missing.index))
+        warnings.warn(
+            f"sweep_summary: {len(missing)} of {len(runs)} runs have no {x} and are not "
+            f"drawn ({ids}); choose x= a key every run has",
+            stacklevel=2,
+        )
+    total = len(runs)
     runs = runs[runs[x].notna()]
     runs["_x"] = pd.to_numeric(runs[x], errors="coerce")
     if runs["_x"].isna().any():
@@ -161,7 +171,12 @@ def sweep_summary(
         handles.append(Line2D([], [], ls="", marker="^", mfc="none", color="grey", ms=7))
         labels.append("never reached target")
     legend_below(fig, handles, labels, title=hue)
-    suptitle(fig, title or f"sweep over {x}: {len(runs)} runs")
+    drawn = (
+        f"{len(runs)} runs"
+        if len(runs) == total
+        else f"{len(runs)} of {total} runs ({total - len(runs)} without {x})"
+    )
+    suptitle(fig, title or f"sweep over {x}: {drawn}")
     return fig
 
 

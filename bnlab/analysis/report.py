@@ -38,10 +38,10 @@ from bnlab.analysis.runs import (
     Sweep,
     find_runs,
     is_run_dir,
-    last_hidden_layer,
     layer_order,
     load_run,
     load_sweep,
+    network_order,
 )
 from bnlab.record.tables import FIGURES
 
@@ -92,20 +92,34 @@ MOMENT_LAYERS = 8  # the mean/std figure's columns at most (evenly spaced throug
 
 
 def drift_site(acts: pd.DataFrame, site: str | None = None) -> tuple[str | None, str]:
-    """The (layer, site) a drift figure shows: ``site`` (default ``pre``, the input of
-    the built-in models' nonlinearity; where no layer has it, ``out``, a norm layer's
-    output: module-path models such as the ResNet) in the last layer that has it."""
+    """The (layer, site) a drift figure shows, the last in network order (the order the
+    run recorded its sites in). ``site`` defaults to ``pre`` (the built-in models'
+    nonlinearity input) where the record has it, else ``in``: a norm layer's input
+    (what drifts; its output is gamma/beta by construction), else a hidden layer's.
+    With ``in`` or ``out`` the norm layers (those with both) come first."""
     pooled = acts[acts["unit"] == -1] if len(acts) else acts
+    if not len(pooled):
+        return None, site or "pre"
+    found: dict[str, set[str]] = {}
+    for layer, s in zip(pooled["layer"], pooled["site"], strict=True):
+        found.setdefault(layer, set()).add(s)
+    recorded = acts.attrs.get("layer_order") or list(found)  # else first appearance
+    sites = {la: found[la] for la in layer_order(found, recorded)}
+    norms = [la for la, s in sites.items() if {"in", "out"} <= s]
     if site is None:
-        site = "pre" if not len(pooled) or (pooled["site"] == "pre").any() else "out"
-    return last_hidden_layer(pooled[pooled["site"] == site] if len(pooled) else pooled), site
+        has = set().union(*sites.values())
+        site = "pre" if "pre" in has else "in" if "in" in has else "out"
+    have = [la for la, s in sites.items() if site in s]
+    if site in ("in", "out") and any(la in norms for la in have):
+        have = [la for la in have if la in norms]
+    return (have[-1] if have else None), site
 
 
 def moment_layers(at_site: pd.DataFrame) -> pd.DataFrame:
     """``at_site`` restricted to at most :data:`MOMENT_LAYERS` layers, evenly spaced in
     :func:`~bnlab.analysis.runs.layer_order`, the first and last included (a ResNet-20 has 19
     norm layers)."""
-    names = layer_order(at_site["layer"].unique())
+    names = layer_order(at_site["layer"].unique(), at_site.attrs.get("layer_order"))
     if len(names) <= MOMENT_LAYERS:
         return at_site
     step = (len(names) - 1) / (MOMENT_LAYERS - 1)
@@ -130,6 +144,8 @@ def save_run_figures(run_dir: str | Path, *, warn: bool = False) -> list[Path]:
     label = run.label
     title = _run_title(run)
     acts = run.activations.assign(label=label)
+    order = network_order([run.summary or {}])
+    acts.attrs["layer_order"] = run.layers.attrs["layer_order"] = order
     paths: list[Path] = []
     layer, site = drift_site(acts)
     pre = acts[(acts["site"] == site) & (acts["unit"] == -1)] if len(acts) else acts
@@ -181,8 +197,12 @@ def save_sweep_figures(
     layer: str | None = None,
     site: str | None = None,
     target: float | str | None = "auto",
+    x: str | None = None,
+    hue: str | None = None,
 ) -> list[Path]:
     """Write a sweep's figures as PNG into ``out`` (default ``<sweep dir>/figures``).
+    ``x``/``hue``: the sweep summary's axis and line keys (default: :func:`swept_key`
+    and ``norm``); runs without ``x`` are named in a warning and the title.
 
     Drift bands (runs side by side; ``layer``/``site`` default: :func:`drift_site`),
     per-layer mean/std, learning curves,
@@ -215,11 +235,12 @@ def save_sweep_figures(
     lay = sweep.layers
     if len(lay) and lay["stat"].isin(["gamma_mean", "beta_mean"]).any():
         paths.append(_save(plot.gamma_beta(lay), out / "gamma_beta.png"))
-    x = swept_key(sweep)
+    x = x or swept_key(sweep)
     if x is not None and "final_test_accuracy" in sweep.runs:
         if target == "auto":
             target = _auto_target(sweep.runs)
-        fig = plot.sweep_summary(sweep.runs, sc, x=x, target=target if len(sc) else None)
+        fig = plot.sweep_summary(sweep.runs, sc, x=x, hue=hue or "norm",
+                                 target=target if len(sc) else None)  # fmt: skip
         paths.append(_save(fig, out / SWEEP_PNG))
     return paths
 
@@ -289,8 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", help="folder for the PNGs (default: <path>/figures)")
     ap.add_argument("--layer", help="layer of the drift figure (default: last hidden layer)")
     ap.add_argument(
-        "--site", help="site of the drift and mean/std figures (default: pre, else a norm's out)"
+        "--site",
+        help="site of the drift and mean/std figures (default: pre, else a norm layer's in)",
     )
+    ap.add_argument("--x", help="the sweep summary's x axis, a key (default: the lr if it varies)")
+    ap.add_argument("--hue", help="the sweep summary's lines, a key (default: norm)")
     ap.add_argument(
         "--target", default="auto",
         help="test accuracy for the steps-to-target panel (default: 90%% of the best; 'none')",
@@ -311,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     single = len(args.path) == 1 and is_run_dir(args.path[0])
-    if single and args.out is None and args.layer is None and args.site is None:
+    if single and args.out is None and not (args.layer or args.site or args.x or args.hue):
         paths = save_run_figures(args.path[0], warn=True)
     else:
         sweep = load_sweep(runs)
@@ -324,7 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = root / FIGURES
         else:
             out = Path(args.out)
-        paths = save_sweep_figures(sweep, out, layer=args.layer, site=args.site, target=target)
+        for key in (args.x, args.hue):
+            if key is not None and key not in sweep.runs.columns:
+                keys = ", ".join(k for k in sweep.keys if k != "seed")
+                print(f"bnlab.analysis.report: no key {key!r} in these runs; keys: {keys}",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+        paths = save_sweep_figures(sweep, out, layer=args.layer, site=args.site, target=target,
+                                   x=args.x, hue=args.hue)  # fmt: skip
     if not paths:
         print("bnlab.analysis.report: nothing to plot (empty tables)", file=sys.stderr)
         return 1

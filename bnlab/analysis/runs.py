@@ -35,12 +35,9 @@ the trainer, and no matplotlib.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import subprocess
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +46,7 @@ from typing import Any
 
 import pandas as pd
 
+from bnlab.analysis.demo import DEMO_MARK, demo_sweep  # noqa: F401  (re-exported)
 from bnlab.analysis.stats import aggregate, format_interval
 from bnlab.record.rundir import (
     TABLES,
@@ -61,7 +59,7 @@ from bnlab.record.rundir import (
     is_run_dir,
     load_run,
 )
-from bnlab.record.tables import ICS, SUMMARY
+from bnlab.record.tables import ICS
 
 __all__ = [
     "Run",
@@ -75,6 +73,7 @@ __all__ = [
     "steps_to_target",
     "last_hidden_layer",
     "layer_order",
+    "network_order",
     "aggregate",
     "format_interval",
     "demo_sweep",
@@ -282,6 +281,9 @@ def load_sweep(
             t[k] = _column(list(t[k])) if len(t) else t[k]
         tables[attr] = t
 
+    order = network_order(m.summary or {} for m in members)
+    for t in tables.values():
+        t.attrs["layer_order"] = order
     problems = [f"{rid}: {p}" for m, rid in zip(members, ids, strict=True) for p in m.problems]
     if problems and warn:
         warnings.warn(
@@ -317,68 +319,26 @@ def last_hidden_layer(table: pd.DataFrame) -> str | None:
     return max(names, key=_natural_key_str) if len(names) else None
 
 
-def layer_order(names: Iterable[str]) -> list[str]:
-    """Layer names in network order (``layer2`` before ``layer10``)."""
-    return sorted(set(names), key=_natural_key_str)
+def layer_order(names: Iterable[str], order: Sequence[str] | None = None) -> list[str]:
+    """Layer names in network order: ``order`` (:func:`network_order`, what the run
+    recorded) where it names them, the rest after them by name (``layer2`` before
+    ``layer10``)."""
+    known = {n: i for i, n in enumerate(order or [])}
+    return sorted(set(names), key=lambda n: (n not in known, known.get(n, 0), _natural_key_str(n)))
+
+
+def network_order(summaries: Iterable[dict[str, Any]]) -> list[str] | None:
+    """The layers in the order the runs' models call them (``summary.json``'s
+    ``sites``, in call order); None for records without it. The tables of
+    :func:`load_sweep` carry it as ``attrs["layer_order"]`` for the figures."""
+    order: list[str] = []
+    for s in summaries:
+        for site in s.get("sites") or []:
+            layer = str(site).rsplit("/", 1)[0]
+            if layer not in order:
+                order.append(layer)
+    return order or None
 
 
 def _natural_key_str(s: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
-
-
-# --------------------------------------------------------------------------- a demo sweep
-
-DEMO_MARK = "demo_sweep.json"  # in the sweep dir: the overrides it was made with
-DEMO_FIXED = ("progress=false", "figure=false")  # unless the overrides set these keys
-_SAID = ("finished", "diverged", "interrupted", "error", "already")
-
-
-def demo_sweep(
-    out_dir: str | os.PathLike,
-    overrides: Sequence[str],
-    *,
-    cwd: str | os.PathLike | None = None,
-    timeout: float | None = None,
-) -> Path:
-    """Train a small sweep for a notebook or a test; return its directory (``out_dir``).
-
-    Runs ``python -m bnlab.train -m OVERRIDES progress=false figure=false
-    hydra.sweep.dir=OUT_DIR`` in a subprocess of this interpreter (analysis code never
-    imports the trainer) and prints the command and the trainer's one-line verdicts.
-    ``out_dir`` already holding a finished sweep made with the same overrides (every
-    run finished or diverged) is reused as it is, without starting the trainer. A
-    failed command raises ``RuntimeError`` with the end of its stderr.
-    """
-    out_dir = Path(out_dir).resolve()
-    overrides = [str(o) for o in overrides]
-    mark = out_dir / DEMO_MARK
-    if mark.exists() and json.loads(mark.read_text()).get("overrides") == overrides:
-        paths = find_runs(out_dir)
-        statuses = [_status(p) for p in paths]
-        if paths and all(s in ("finished", "diverged") for s in statuses):
-            print(f"reusing the {len(paths)} finished runs in {out_dir}")
-            return out_dir
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    fixed = [o for o in DEMO_FIXED if o.split("=", 1)[0] not in given]
-    cmd = [sys.executable, "-m", "bnlab.train", "-m", *overrides, *fixed]
-    cmd.append(f"hydra.sweep.dir={out_dir}")
-    print("python " + " ".join(cmd[1:]), flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    said = [
-        ln
-        for ln in proc.stderr.splitlines()
-        if ln.startswith("bnlab:") and any(w in ln for w in _SAID)
-    ]
-    if said:
-        print("\n".join(said), flush=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    mark.write_text(json.dumps({"overrides": overrides, "command": cmd[1:]}, indent=2) + "\n")
-    return out_dir
-
-
-def _status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / SUMMARY).read_text()).get("status")
-    except (OSError, ValueError):
-        return None

@@ -48,7 +48,7 @@ class DataConfig:
     flatten: bool = MISSING
     validation: int = MISSING
     validation_seed: int = MISSING
-    probe_size: int = MISSING
+    probe_size: Any = MISSING  # a positive int, or "auto" (bnlab.data.resolve_probe_size)
     probe_split: ProbeSplit = MISSING
     probe_seed: int = MISSING
 
@@ -138,7 +138,7 @@ class OptimizerConfig:
 
 @dataclass
 class ProbeConfig:
-    every: int = MISSING
+    every: Any = MISSING  # a positive int, or "auto" (bnlab.config.scale)
     percentiles: list[float] = MISSING
     units: list[int] = MISSING
     bn_mode: BnMode = MISSING
@@ -221,7 +221,7 @@ class TrainConfig:
     steps: int = MISSING
     batch_size: int = MISSING
     chunk_steps: Any = MISSING  # a positive int, or "auto"
-    eval_every: int = MISSING
+    eval_every: Any = MISSING  # a positive int, or "auto" (bnlab.config.scale)
     diverge_loss: float = MISSING
     checkpoint_every: int = MISSING
     resume: ResumeConfig = field(default_factory=ResumeConfig)

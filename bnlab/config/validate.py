@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bnlab.config.scale import resolve
 from bnlab.config.schema import TrainConfig
 from bnlab.errors import UserError, say
 
@@ -25,7 +26,9 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
     """Every value and combination that needs no data; returns the device counts
     ``(data, members)`` the run uses. Raises :class:`UserError` (one line).
     ``eval_every`` and ``checkpoint_every`` are rounded up to multiples of
-    ``chunk_steps`` (of ``probe.every`` with ``chunk_steps=auto``), with a notice."""
+    ``chunk_steps`` (of ``probe.every`` with ``chunk_steps=auto``), with a notice;
+    ``auto`` intervals are resolved first (:mod:`bnlab.config.scale`)."""
+    resolve(cfg)
     if not (cfg.chunk_steps == "auto" or isinstance(cfg.chunk_steps, int)):
         raise UserError(f"chunk_steps={cfg.chunk_steps!r} must be a positive integer or auto")
     p, n, o = cfg.probe, cfg.norm, cfg.optimizer
@@ -33,8 +36,8 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
     _positive(
         steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
         checkpoint_every=cfg.checkpoint_every,
-        **{"probe.every": p.every, "data.probe_size": cfg.data.probe_size,
-           "parallel.members": cfg.parallel.members},
+        **{"probe.every": p.every, "parallel.members": cfg.parallel.members},
+        **({} if cfg.data.probe_size == "auto" else {"data.probe_size": cfg.data.probe_size}),
         **({} if auto else {"chunk_steps": cfg.chunk_steps}),
     )  # fmt: skip
     for key, v in (("seed", cfg.seed), ("sweep.seeds", cfg.sweep.seeds),
@@ -48,6 +51,8 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
         raise UserError(f"chunk_steps={unit} must be a multiple of probe.every={p.every}")
     for key in ("eval_every", "checkpoint_every"):  # the host acts between chunks
         v = getattr(cfg, key)
+        if key == "checkpoint_every" and v > cfg.steps:  # at the end only: no notice
+            cfg.checkpoint_every = v = -(-cfg.steps // unit) * unit
         if v % unit:
             up = -(-v // unit) * unit
             what = "probe.every" if auto else "chunk_steps"

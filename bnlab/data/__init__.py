@@ -59,7 +59,7 @@ def check_settings(
     flatten: bool = False,
     validation: int = 0,
     validation_seed: int = 0,
-    probe_size: int = 1000,
+    probe_size: int | str = "auto",
     probe_split: str = "test",
     probe_seed: int = 0,
 ) -> None:
@@ -72,7 +72,9 @@ def check_settings(
         raise DataError(
             f"data.probe_split={probe_split!r} is not known: use train, validation or test"
         )
-    if probe_size < 1:
+    if probe_size != "auto" and not isinstance(probe_size, int):
+        raise DataError(f"data.probe_size={probe_size!r} is not a size: use 1 or more, or auto")
+    if probe_size != "auto" and probe_size < 1:
         raise DataError(f"data.probe_size={probe_size} is below 1: use 1 or more")
     if validation < 0:
         raise DataError(f"data.validation={validation} is negative: use 0 (none) or more")
@@ -108,7 +110,7 @@ def load(
     flatten: bool = False,
     validation: int = 0,
     validation_seed: int = 0,
-    probe_size: int = 1000,
+    probe_size: int | str = "auto",
     probe_split: str = "test",
     probe_seed: int = 0,
 ) -> Dataset:
@@ -126,7 +128,9 @@ def load(
     for the validation split (standardization uses the remaining training examples).
     The probe batch holds `probe_size` examples (1 up to the size of the split) drawn
     without replacement from `probe_split` (train, validation or test) with
-    default_rng(`probe_seed`), sorted by index, and stays in its split.
+    default_rng(`probe_seed`), sorted by index, and stays in its split;
+    ``probe_size="auto"`` is the smaller of 1,000 and the split (a run then keeps the
+    first multiple of ghost BN's virtual batch: :func:`bnlab.run.build.load_data`).
     Raises DataError (one line) when a setting is wrong or the data cannot be had.
     """
     settings = dict(

@@ -75,6 +75,12 @@ class Raw:
 
 
 def default_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """`data_dir`, else $TFDS_DATA_DIR (read now, not at import), else ~/tensorflow_datasets."""
-    chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    """`data_dir`, else $TFDS_DATA_DIR (read now, not at import), else
+    $BNLAB_CACHE/datasets (bnlab's one setting for its caches), else ~/tensorflow_datasets."""
+    cache = os.environ.get("BNLAB_CACHE")
+    chosen = (
+        data_dir
+        or os.environ.get("TFDS_DATA_DIR")
+        or (os.path.join(cache, "datasets") if cache else "~/tensorflow_datasets")
+    )
     return Path(chosen).expanduser().absolute()

@@ -8,6 +8,15 @@ import numpy as np
 
 from bnlab.data.dataset import DataError, Dataset, Raw
 
+PROBE_AUTO = 1000  # data.probe_size=auto: at most this many examples
+
+
+def auto_probe_size(split: int, multiple: int = 1) -> int:
+    """``data.probe_size=auto``: the smaller of :data:`PROBE_AUTO` and the split's
+    ``split`` examples, rounded down to a multiple of ``multiple`` (at least one)."""
+    n = min(PROBE_AUTO, split)
+    return max(n // multiple * multiple, min(multiple, split), 1)
+
 
 def hold_out(n: int, validation: int, seed: int) -> np.ndarray:
     """Sorted indices of the `validation` training examples set aside as the validation
@@ -30,7 +39,7 @@ def preprocess(
     flatten: bool,
     validation: int,
     validation_seed: int,
-    probe_size: int,
+    probe_size: int | str,
     probe_split: str,
     probe_seed: int,
 ) -> Dataset:
@@ -71,12 +80,16 @@ def preprocess(
             "data.probe_split=validation needs a validation split: set data.validation "
             "to 1 or more, or use data.probe_split=test"
         )
+    if probe_size == "auto":
+        probe_size = auto_probe_size(len(py))
     if probe_size > len(py):
         raise DataError(
             f"data.probe_size={probe_size} exceeds the {len(py)} examples of the "
             f"{probe_split} split: use data.probe_size={len(py)} or less"
         )
-    idx = np.sort(np.random.default_rng(probe_seed).choice(len(py), size=probe_size, replace=False))
+    idx = np.sort(
+        np.random.default_rng(probe_seed).choice(len(py), size=int(probe_size), replace=False)
+    )
     xs["probe"], ys["probe"] = px[idx], py[idx]
 
     if flatten or raw.flat:

@@ -9,6 +9,30 @@ import numpy as np
 
 from bnlab.record.tables import ACTIVATIONS, ICS, LAYERS, SCALARS
 
+# overrides that do not change results (bnlab.record.guard.FREE) and the loggers' own:
+# left out of a run's name and hparams
+UNNAMED = ("progress", "figure", "resume", "compile_cache", "chunk_steps", "checkpoint_every",
+           "data.dir", "data.data_dir", "data.download", "parallel", "probe.overlap",
+           "step_loop", "import_path", "logger", "hydra")  # fmt: skip
+
+
+def run_overrides(overrides: list[str]) -> dict[str, str]:
+    """A run's command-line overrides that change its results, ``{key: value}``."""
+    out = {}
+    for o in overrides:
+        key, eq, value = str(o).partition("=")
+        key = key.lstrip("+~")
+        if eq and not any(key == k or key.startswith(k + ".") for k in UNNAMED):
+            out[key] = value
+    return out
+
+
+def run_name(overrides: dict[str, str], default: str) -> str:
+    """The name a logger gives a run: its overrides, the last part of each key
+    (``norm=bn,lr=0.1,seed=0``); ``default`` (the run directory's name) without any."""
+    return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items()) or default
+
+
 PREFIX = {ACTIVATIONS: "acts", LAYERS: "layers", ICS: "ics"}
 
 # --------------------------------------------------------------------------- rows and sinks

@@ -32,7 +32,7 @@ import numpy as np
 
 from bnlab.config import TrainConfig
 from bnlab.errors import UserError, say
-from bnlab.loggers.base import Sink
+from bnlab.loggers.base import Sink, run_name, run_overrides
 from bnlab.loggers.csvfiles import Csv
 from bnlab.loggers.mlflow import Mlflow
 from bnlab.loggers.tensorboard import TensorBoard
@@ -92,7 +92,10 @@ def _member_info(cfg: TrainConfig, member: Any, run_dir: Path, group: str | None
     from bnlab.record.members import member_config
 
     conf = OmegaConf.to_container(to_yaml_dict(member_config(cfg, member)), resolve=True)
-    return dict(config=conf, dir=run_dir, name=run_dir.name, group=group)
+    saved = run_dir / ".hydra" / "overrides.yaml"  # written before the loggers start
+    overrides = run_overrides(list(OmegaConf.load(saved))) if saved.is_file() else {}
+    return dict(config=conf, dir=run_dir, name=run_name(overrides, run_dir.name), group=group,
+                overrides=overrides)  # fmt: skip
 
 
 def make_sinks(cfg: TrainConfig, member: Any, group: str | None, floor: int) -> list[Sink]:

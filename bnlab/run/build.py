@@ -10,12 +10,14 @@ substituted, the sites found and chosen by ``probe.sites``), the optimizer
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 
 from bnlab import config, data
 from bnlab.config import TrainConfig
+from bnlab.data.preprocess import auto_probe_size
 from bnlab.engine import devices
 from bnlab.engine.chunk import Engine
 from bnlab.engine.optim import make_optimizer
@@ -30,8 +32,19 @@ def data_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def load_data(cfg: TrainConfig) -> data.Dataset:
-    """The dataset of ``cfg.data``, announced in one line."""
+    """The dataset of ``cfg.data``, announced in one line. With ``data.probe_size=auto``
+    and ghost BN in batch mode on the probe, the probe batch keeps its first multiple
+    of the ghost batch (BN's virtual batches must divide it)."""
     ds = data.load(**data_settings(cfg))
+    n = cfg.norm
+    if (
+        cfg.data.probe_size == "auto"
+        and n.normalizes
+        and n.ghost_batch_size
+        and (cfg.probe.bn_mode == "batch")
+    ):
+        keep = auto_probe_size(len(ds.probe_x), n.ghost_batch_size)
+        ds = dataclasses.replace(ds, probe_x=ds.probe_x[:keep], probe_y=ds.probe_y[:keep])
     val = f" / {len(ds.val_y)} validation" if len(ds.val_y) else ""
     say(
         f"data {ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test{val}, "

@@ -6,7 +6,7 @@ writing one record per member (:mod:`bnlab.record.tables`). Between chunks the h
 the losses (per-member divergence), dispatches the next chunk at once, and only then
 records this one's rows and evaluates beside training, so its work overlaps the
 device's. With ``chunk_steps=auto`` the first chunk is one probe interval, timed, and
-the rest are the largest that run in about :data:`CHUNK_SECONDS`.
+the rest are the largest that run in about :data:`~bnlab.run.pacing.CHUNK_SECONDS`.
 
 Commit order: a checkpoint at step s is written only after every row up to s is in
 the tables on disk, and the summary only after the checkpoint; a resume truncates the
@@ -19,9 +19,7 @@ draws them when run again.
 
 from __future__ import annotations
 
-import math
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,8 +38,7 @@ from bnlab.record.checkpoint import Checkpoints
 from bnlab.record.tables import RunRecord, activation_rows, eval_rows, metrics_rows
 from bnlab.run import session
 from bnlab.run.build import build_engine, data_settings, load_data
-
-CHUNK_SECONDS = 7.0  # chunk_steps=auto: a chunk's target running time
+from bnlab.run.pacing import auto_chunk, keep_saved_intervals, progress_bar
 
 
 def train_and_evaluate(
@@ -57,6 +54,8 @@ def train_and_evaluate(
     """
     t0 = time.perf_counter() if t0 is None else t0
     cfg = config.typed(cfg)
+    if cfg.resume.enabled:  # auto intervals as the record they continue has them
+        keep_saved_intervals(cfg, guard.saved_config_path(cfg, Path(workdir)))
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
     check_model(cfg.model, cfg.import_path)
     data.check_settings(**data_settings(cfg))
@@ -85,7 +84,9 @@ def train_and_evaluate(
             say(f"vectorized sweep: {len(ms)} members ({len(cfg.lrs)} lr x "
                 f"{len(cfg.seeds)} seed) in one program on {data_dev * mem_dev} device(s)")  # fmt: skip
         loop = Loop(cfg, engine, ms, records, previous, t0)
-        loop.base.update(devices=data_dev * mem_dev, data_source=ds.source)
+        lay = engine.learner.probe_net.layout  # the sites in call order: the figures' order
+        sites = [s for s in lay.sites if not lay.selected or s in lay.selected]
+        loop.base.update(devices=data_dev * mem_dev, data_source=ds.source, sites=sites)
         loop.loggers = loggers.Loggers.create(cfg, ms, workdir, hydra_cfg)
         summaries = loop.run()
         if cfg.is_sweep and (workdir / "summary.csv").exists():
@@ -110,15 +111,6 @@ def _summary(record: RunRecord) -> dict[str, Any] | None:
     except ValueError as e:  # garbled: the tables and checkpoints say where the run is
         say(f"warning: {record.dir}/summary.json is unreadable ({e}); checking the tables")
         return None
-
-
-def auto_chunk(seconds_per_step: float, every: int, cfg: TrainConfig) -> int:
-    """The chunk length for ``chunk_steps=auto``: the largest multiple of ``probe.every``
-    dividing ``eval_every`` and ``checkpoint_every`` that runs in about CHUNK_SECONDS."""
-    g = math.gcd(cfg.eval_every, cfg.checkpoint_every)
-    target = CHUNK_SECONDS / max(seconds_per_step, 1e-9)
-    fits = [d for d in range(every, g + 1, every) if g % d == 0 and d <= target]
-    return max(fits, default=every)
 
 
 class Loop:
@@ -148,6 +140,7 @@ class Loop:
         self.t_start, self.start = 0.0, 0
         self.compiling = 0.0  # seconds spent compiling after the loop started
         self.chunk = None if cfg.chunk_steps == "auto" else int(cfg.chunk_steps)
+        self.ran = 0  # the longest chunk that ran: the summary's chunk_steps
         self.loggers = loggers.Loggers()  # none unless set
 
     # -- signals ---------------------------------------------------------------------
@@ -247,7 +240,7 @@ class Loop:
             self.records[i].write_summary(**self.sums[i])
         old = [signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)]
         length = self._next_length(step)
-        bar = _progress_bar(cfg, step)
+        bar = progress_bar(cfg, step)
         self.t_start, ahead, saved_at = time.perf_counter(), None, step
         host = jax.device_get(states)  # the state at `step`: what an interrupt checkpoints
         try:
@@ -284,6 +277,7 @@ class Loop:
                     self._flush()
                     for i, at in diverged:
                         self._finish(i, "diverged", at)
+                self.ran = max(self.ran, length)
                 bar.update(length)
                 bar.set_postfix(self._postfix(), refresh=False)
                 if self.running and (step % cfg.checkpoint_every == 0 or last):
@@ -361,7 +355,7 @@ class Loop:
                 self.ckpts[i].save(unstack(host, i), step)
             for i in self.running:
                 self.sums[i].update(step=step, compile_s=self.base["compile_s"],
-                                    chunk_steps=self.chunk)  # fmt: skip
+                                    chunk_steps=self.ran or None)  # fmt: skip
                 self.records[i].write_summary(**self.sums[i])
         finally:
             self.committing = False
@@ -369,11 +363,15 @@ class Loop:
     def _finish(self, i: int, status: str, step: int) -> None:
         """Member ``i``'s record is complete: its tables and final summary."""
         s, now = self.sums[i], time.perf_counter()
-        wall = now - self.t_start
-        s.update(status=status, step=step, first_chunk_s=self.base["first_chunk_s"],
-                 compile_s=self.base["compile_s"], chunk_steps=self.chunk,
-                 wall_time_s=round(wall, 3))  # fmt: skip
-        trained = wall - self.compiling
+        s.update(
+            status=status,
+            step=step,
+            first_chunk_s=self.base["first_chunk_s"],
+            compile_s=self.base["compile_s"],
+            chunk_steps=self.ran or None,
+            wall_time_s=round(now - self.t0, 3),
+        )  # from t0: start-up included
+        trained = now - self.t_start - self.compiling
         if step > self.start and trained > 0:  # the steady rate: compilation left out
             s["steps_per_sec"] = round((step - self.start) / trained, 1)
         s["final"] = dict(self.records[i].last)
@@ -389,11 +387,3 @@ class Loop:
         last = dict(self.records[self.running[0]].last)
         keys = (("loss", "train_loss"), ("acc", "train_accuracy"), ("test_acc", "test_accuracy"))
         return {k: f"{last[n]:.4f}" for k, n in keys if n in last}
-
-
-def _progress_bar(cfg: TrainConfig, initial: int) -> Any:
-    """A tqdm bar over ``cfg.steps``; silent with ``progress=false`` or no terminal."""
-    from tqdm.auto import tqdm
-
-    disable = not cfg.progress or not sys.stderr.isatty()
-    return tqdm(total=cfg.steps, initial=initial, unit="step", disable=disable, dynamic_ncols=True)

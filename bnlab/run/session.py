@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from bnlab.config import TrainConfig
-from bnlab.errors import say
+from bnlab.errors import one_line, say  # noqa: F401  (one_line: re-exported)
 from bnlab.record.tables import RunRecord
 
 DONE = ("finished", "diverged")
@@ -116,19 +116,10 @@ def report(
 
 def remove_if_untouched(path: str) -> None:
     """The output directory Hydra made for a run that was refused: nothing was written
-    there but Hydra's empty log and the run's lock, so it goes (a record stays)."""
+    there but Hydra's log (the refusal) and the run's lock, so it goes (a record stays)."""
     d = Path(path)
     files = list(d.iterdir()) if d.is_dir() else []
-    if all(f.name == ".lock" or (f.suffix == ".log" and f.stat().st_size == 0) for f in files):
+    if all(f.name == ".lock" or f.suffix == ".log" for f in files):
         for f in files:
             f.unlink()
         d.rmdir()
-
-
-def one_line(e: BaseException) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    first = first.removeprefix("Error merging override ")
-    cause = e.__cause__
-    if cause is not None and str(cause).strip():
-        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
-    return first
