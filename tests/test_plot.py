@@ -221,7 +221,13 @@ def test_drift_bands_over_seeds(seeds):
     assert len(fig.axes) == 4  # a panel per configuration, not per run
     for ax in fig.axes:
         assert [ln.get_label() for ln in ax.lines] == ["p15", "p50", "p85"]
-        assert len(_bands(ax)) == 3  # each percentile's interval over the seeds
+        band, *intervals = _bands(ax)
+        assert len(intervals) == 3  # each percentile's interval over the seeds
+        assert band.get_label() == "p15-p85"  # one band per label, between the seed means
+        xs = ax.lines[0].get_xdata()
+        lo, hi = _band_edges(band, xs)
+        np.testing.assert_allclose(lo, ax.lines[0].get_ydata(), rtol=1e-6)
+        np.testing.assert_allclose(hi, ax.lines[2].get_ydata(), rtol=1e-6)
         assert "mean of n=5, 95% t" in ax.get_title()
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[-1].startswith("over seeds: 95% t interval")

@@ -98,8 +98,9 @@ def drift_bands(
     the title then says so). ``layer`` defaults to the last hidden layer;
     ``unit=-1`` is the value pooled over every unit and example of the probe batch,
     ``unit=j`` unit j alone. A panel whose label holds several runs (seeds) shows
-    each percentile's mean over them with its ``errorbar`` interval shaded (and no
-    band between the percentiles). Axes: one per label; lines: one per percentile.
+    each percentile's mean over them with its ``errorbar`` interval shaded, and a
+    lighter band between the outer percentiles' means. Axes: one per label; lines:
+    one per percentile; one band per label.
     """
     layer = layer or last_hidden_layer(activations)
     df = activations[
@@ -125,11 +126,11 @@ def drift_bands(
     bands = Bands(errorbar)
     for ax, (label, g) in zip(axes.flat, grouped, strict=False):
         several = n_runs(g) > 1
-        if len(pcts) >= 2 and not several:
+        if len(pcts) >= 2:  # one band per label: between the outer percentiles (seed means)
             wide = g.pivot_table(index="step", columns="stat", values="value").sort_index()
             ax.fill_between(
-                wide.index.to_numpy(), wide[pcts[0]], wide[pcts[-1]], color="C0", alpha=0.15,
-                linewidth=0,
+                wide.index.to_numpy(), wide[pcts[0]], wide[pcts[-1]], color="C0",
+                alpha=0.08 if several else 0.15, linewidth=0, label=f"{pcts[0]}-{pcts[-1]}",
             )  # fmt: skip
         for s in pcts:
             bold = s == mid
