@@ -15,6 +15,19 @@ import time
 _T0 = time.perf_counter()  # before the heavy imports: time-to-first-chunk counts them
 
 import os  # noqa: E402
+import signal  # noqa: E402
+
+
+def _before_start(signum: int, frame: object) -> None:
+    """SIGINT or SIGTERM while the modules load: one line, exit 130 (nothing written)."""
+    os.write(2, b"bnlab: interrupted before the run started; nothing was recorded\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":  # the command, not an import: signals from the first moment
+    for _s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_s, _before_start)
+
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -54,7 +67,13 @@ def app(cfg: DictConfig) -> float:
         say(f"error: {e}")
         session.remove_if_untouched(hc.runtime.output_dir)
         sys.exit(2)
-    return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
+    except KeyboardInterrupt:  # a signal outside the training loop's own handling
+        session.stopped(hc.runtime.output_dir, hc.sweep.dir if multirun else None)
+    try:
+        return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
+    except KeyboardInterrupt:
+        session.stopped(hc.runtime.output_dir, hc.sweep.dir if multirun else None)
+        raise  # not reached: stopped exits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,9 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     # hydra/launcher=ray_cluster: Ray's workers use this environment (with its extras),
     # not a fresh one Ray would build for a `uv run` driver (configs/hydra/launcher/)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    for s in (signal.SIGINT, signal.SIGTERM):  # both stop a run the same way
+        signal.signal(s, _interrupt)
     try:
         sys.argv[1:] = expand(sys.argv[1:] if argv is None else argv)
         app()
+    except KeyboardInterrupt:  # outside a job: before Hydra made its directory, or after
+        say("interrupted (a run directory's summary.json says what it holds)")
+        sys.exit(130)
     except UserError as e:
         say(f"error: {e}")
         sys.exit(2)
@@ -87,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         say(f"error: {one_line(e)}")
         sys.exit(2)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 config.register()

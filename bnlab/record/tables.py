@@ -169,11 +169,14 @@ class RunRecord:
             for stat, values in per_stat.items():
                 t.add(step=steps, layer=layer, stat=stat, value=values)
 
-    def write_tables(self) -> None:
+    def write_tables(self) -> dict[str, pd.DataFrame]:
+        """Write every table (atomically, one by one); returns the frames written."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        frames = {}
         for name, table in self.tables.items():
-            df = table.frame()
+            df = frames[name] = table.frame()
             _atomic_write(self.dir / name, lambda p, df=df: df.to_parquet(p, index=False))
+        return frames
 
     def truncate(self, step: int) -> None:
         """Keep only rows up to ``step`` (after a resume from a checkpoint at ``step``)."""

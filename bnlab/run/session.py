@@ -18,6 +18,7 @@ import jax
 
 from bnlab.config import TrainConfig
 from bnlab.errors import say
+from bnlab.record.guard import resume_command
 from bnlab.record.tables import RunRecord
 
 DONE = ("finished", "diverged")
@@ -104,7 +105,7 @@ def report(
     if "interrupted" in statuses:
         step = min(s["step"] for s in summaries if s["status"] == "interrupted")
         again = sweep_dir or workdir  # a multirun continues as a whole
-        say(f"interrupted at step {step}; continue with: python -m bnlab.train resume={again}")
+        say(f"interrupted at step {step}; continue with: {resume_command(again)}")
         sys.exit(130)
     # chosen on validation where there is a validation split; the test split only reports
     key = (
@@ -132,3 +133,23 @@ def one_line(e: BaseException) -> str:
     if cause is not None and str(cause).strip():
         first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
     return first
+
+
+def stopped(workdir: str, sweep_dir: str | None = None) -> None:
+    """A signal outside the training loop (start-up, figures, shutdown): one line that
+    says what the record holds, exit 130."""
+    d = Path(workdir)
+    status = None
+    try:
+        status = RunRecord(d).read_summary()["status"]  # type: ignore[index]
+    except Exception:  # none yet (a sweep's members have their own), or half-written
+        pass
+    if status in DONE:
+        say(f"stopped after the run ended ({status}; its record is complete, figures aside: "
+            f"the same command draws what is missing); record: {d}")  # fmt: skip
+    elif (d / ".hydra").is_dir() or (d / ".hydra-sweep").is_dir():
+        say(f"interrupted; continue with: {resume_command(sweep_dir or d)}")
+    else:
+        remove_if_untouched(str(d))
+        say("interrupted before the run started; nothing was recorded")
+    sys.exit(130)
