@@ -52,6 +52,11 @@ BAD = [
     ("norm.epsilon=-1", "norm.epsilon=-1.0 must be >= 0"),
     ("optimizer.schedule=cosin", "optimizer.schedule=cosin: Invalid value 'cosin', expected one of [constant, cosine, step]"),
     ("batch_size=1", "BN over a batch of 1 example(s) per device is degenerate"),
+    # issue 27: a traceback, garbage or silently accepted before; the rest in-process
+    # (test_train.OUT_OF_RANGE)
+    ("seed=2147483648", "seeds must be <= 2147483647"),
+    ("probe.percentiles=[]", "probe.percentiles=[] needs at least one"),
+    ("+misspelled.key=1", "misspelled.key is not a bnlab setting"),
 ]  # fmt: skip
 
 

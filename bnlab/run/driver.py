@@ -57,8 +57,11 @@ def train_and_evaluate(
     which ``first_chunk_s`` counts. Raises :class:`~bnlab.errors.UserError`.
     """
     t0 = time.perf_counter() if t0 is None else t0
-    cfg = config.typed(cfg)
+    composed, cfg = cfg, config.typed(cfg)
+    if composed is not cfg:  # a key the schema would drop (+new.key=...) is refused
+        config.check_unknown(composed, cfg)
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
+    config.check_overrides(cfg, list(overrides or []))
     check_model(cfg.model, cfg.import_path)
     data.check_settings(**data_settings(cfg))
     loggers.check(cfg)  # loggers (issue 16)
