@@ -47,7 +47,11 @@ A run directory (Hydra's output dir) holds:
   ``wall_time_s``, ``first_chunk_s`` (process start to the end of the first chunk),
   ``compile_s``, ``chunk_steps`` (the chunk length used), ``devices``, ``platform``,
   ``probe_device``, ``data_source``, and ``figures`` (true once drawn).
-- ``checkpoints/``: Orbax checkpoints of the train state (for resume).
+- ``checkpoints/``: Orbax checkpoints of the train state (for resume), each
+  ``<step>/`` with ``bnlab_checksums.json`` (its files' SHA-256 and the digest of every
+  table's rows up to ``step``: :mod:`bnlab.record.checkpoint`).
+- ``.replaced/``: what a resume could not use (``checkpoint-<step>``) and what
+  ``resume.enabled=false`` found in the directory (``record-<n>/``); never deleted.
 - ``figures/``: PNG figures made at the end of the run.
 
 Tables are rewritten whole and atomically (temp file, then rename), rows in step
