@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> None:
         say(f"error: {e.strerror or type(e).__name__}: {e.filename or ''}")
         sys.exit(2)
     except ValueError as e:  # Hydra's check of its own flags (e.g. -m with --info)
+        cause = e.__cause__
+        if isinstance(cause, OSError) and str(e).startswith("Unable to configure handler"):
+            from bnlab.record.guard import write_problem  # its log file, in the run dir
+
+            say(f"error: {write_problem(Path(cause.filename or '.').parent, cause)}")
+            sys.exit(2)
         if not str(e).startswith("Only one of --run"):
             raise
         say(f"error: {one_line(e)}")

@@ -197,6 +197,26 @@ def test_read_only_directory_is_one_line(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr
 
 
+def test_resume_in_a_read_only_record_is_one_line(tmp_path):
+    """A record made read-only, then resumed (Hydra's log file cannot open there): one
+    line, exit 2. As root, the write permission is taken away with the capability."""
+    run = tmp_path / "run"
+    train([*RUN, "steps=100"], run, [*RUN, "steps=100"])
+    for p in [run, *run.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv cannot be denied a write")
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    res = subprocess.run([*prefix, sys.executable, "-m", "bnlab.train", f"resume={run}",
+                          "steps=200"], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    run.chmod(0o755)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("bnlab: error: cannot write the run record in") and str(run) in last
+
+
 def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     """A file-size limit makes writes fail as on a full disk: one line, exit 2, and the
     run resumes from its last good checkpoint once there is room again."""
