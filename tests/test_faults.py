@@ -308,3 +308,26 @@ def test_odd_paths_resume_and_a_signal_at_start_up_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("bnlab: interrupted"), err
+
+
+def test_a_full_disk_is_one_line_and_the_record_resumes(tmp_path):
+    """A real ENOSPC (a 200 kB tmpfs, root only): one line, exit 2, no traceback; with
+    room again the run resumes to the uninterrupted run's tables."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs",
+                                            str(mnt)], capture_output=True).returncode:  # fmt: skip
+        pytest.skip("needs root and mount to make a small file system")
+    try:
+        over = [*INTEGRITY, "steps=2000"]
+        full = cli([*over, f"hydra.run.dir={mnt / 'run'}"])
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert last.startswith("bnlab: error: cannot write the run record") and "full" in last
+        subprocess.run(["mount", "-o", "remount,size=4M", str(mnt)], check=True)
+        again = cli([f"resume={mnt / 'run'}"])
+        assert again.returncode == 0 and "resumed from the checkpoint" in again.stderr, again.stderr
+        train(over, tmp_path / "ref")
+        _equal(mnt / "run", tmp_path / "ref")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

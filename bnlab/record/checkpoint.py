@@ -12,11 +12,15 @@ resume cannot use are moved aside into ``<run dir>/.replaced/``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,21 @@ def set_aside(path: Path, run_dir: Path, name: str) -> Path:
     return dest
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Orbax's own reports of a failing save off (its ERROR logs with tracebacks, and
+    the unraisable errors of its async threads): the save's exception says it once."""
+    absl, hook = logging.getLogger("absl"), sys.unraisablehook
+    level = absl.level
+    absl.setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+        sys.unraisablehook = hook
+
+
 class Checkpoints:
     """Keeps the latest two checkpoints of a train state under ``directory``."""
 
@@ -101,8 +120,18 @@ class Checkpoints:
         checksums (with ``tables``: the digests of the tables' rows up to ``step``)."""
         if step in self.steps() and self.verify(step) is None:
             return
-        self._mngr.save(step, args=_ocp().args.StandardSave(serialization.to_state_dict(state)))
-        self._mngr.wait_until_finished()
+        with _quiet():  # a failed save (a full disk) is one OSError, not Orbax's tracebacks
+            try:
+                args = _ocp().args.StandardSave(serialization.to_state_dict(state))
+                self._mngr.save(step, args=args)
+                self._mngr.wait_until_finished()
+            except OSError:
+                raise
+            except Exception as e:  # tensorstore's errors carry the OS error's number
+                code = re.search(r"os_error_code='?(\d+)", str(e))
+                if code is None:
+                    raise
+                raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
         d = self.directory / str(step)
         text = json.dumps({"step": step, "sha256": dir_digest(d), "tables": tables or {}})
         tmp = d / (CHECKSUMS + ".tmp")
@@ -145,4 +174,5 @@ class Checkpoints:
 
     def close(self) -> None:
         if self._m is not None:
-            self._m.close()
+            with _quiet(), contextlib.suppress(Exception):  # after a failed save, too
+                self._m.close()
