@@ -331,3 +331,27 @@ def test_a_full_disk_is_one_line_and_the_record_resumes(tmp_path):
         _equal(mnt / "run", tmp_path / "ref")
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_signal_after_the_last_step_is_one_line_and_the_run_stays_finished(tmp_path):
+    """SIGINT once the summary says ``finished`` (the figures being drawn, or the
+    process ending): exit 0 or 130 with one line, no traceback, the record finished."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "bnlab.train", *INTEGRITY, "steps=100",
+                             "figure=true", f"hydra.run.dir={run}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads((run / record.SUMMARY).read_text())["status"] == "finished":
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130) and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("bnlab: finished 100 steps" if proc.returncode == 0
+                           else "bnlab: stopped after the run ended (finished"), last  # fmt: skip
+    assert json.loads((run / record.SUMMARY).read_text())["status"] == "finished"
