@@ -9,11 +9,12 @@ device's. With ``chunk_steps=auto`` the first chunk is one probe interval, timed
 the rest are the largest that run in about :data:`CHUNK_SECONDS`.
 
 Commit order: a checkpoint at step s is written only after every row up to s is in
-the tables on disk, and the summary only after the checkpoint; a resume truncates the
-tables to its checkpoint. SIGINT and SIGTERM ask the loop to stop after the current
+the tables on disk, its checksums (its files, the tables' rows up to s) after it, and
+the summary last; a resume starts from the newest checkpoint that verifies and whose
+tables match it (:mod:`bnlab.run.restore`), the tables truncated to it. SIGINT and SIGTERM ask the loop to stop after the current
 chunk: it records the chunk, commits it and exits 130; a signal during the commit
 waits for it, and a second one while a chunk runs stops at once (the last commit
-stands). A run's figures are part of its completion: a finished run without them
+stands). A run whose last step is done is ``finished`` whatever signal comes. A run's figures are part of its completion: a finished run without them
 draws them when run again.
 """
 
