@@ -57,7 +57,6 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
         raise UserError(
             f"probe.ics_every={p.ics_every} must be a multiple of probe.every={p.every}"
         )
-    _ranges(cfg)
     if any(not 0 <= q <= 100 for q in p.percentiles):
         raise UserError(f"probe.percentiles={list(p.percentiles)} must lie in [0, 100]")
     if any(u < 0 for u in p.units):
@@ -119,6 +118,7 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
                 f"BN over a batch of {local} example(s) per device is degenerate "
                 "(its output is beta): use batch_size >= 2 per device, or norm=none"
             )
+    _ranges(cfg)  # after the checks with a more specific message
     return data_dev, mem_dev
 
 
