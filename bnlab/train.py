@@ -15,6 +15,19 @@ import time
 _T0 = time.perf_counter()  # before the heavy imports: time-to-first-chunk counts them
 
 import os  # noqa: E402
+import signal  # noqa: E402
+
+
+def _before_start(signum: int, frame: object) -> None:
+    """SIGINT or SIGTERM while the modules load: one line, exit 130 (nothing written)."""
+    os.write(2, b"bnlab: interrupted before the run started; nothing was recorded\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":  # the command, not an import: signals from the first moment
+    for _s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_s, _before_start)
+
 import sys  # noqa: E402
 
 import hydra  # noqa: E402
@@ -46,11 +59,17 @@ def app(cfg: DictConfig) -> float:
         if multirun:
             summary_after_failure(hc.sweep.dir, bool(cfg.get("figure", True)))
         sys.exit(2)
+    except KeyboardInterrupt:  # a signal outside the training loop's own handling
+        session.stopped(hc.runtime.output_dir, hc.sweep.dir if multirun else None)
     except Exception:
         if multirun:
             summary_after_failure(hc.sweep.dir, bool(cfg.get("figure", True)))
         raise
-    return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
+    try:
+        return session.report(summaries, hc.runtime.output_dir, hc.sweep.dir if multirun else None)
+    except KeyboardInterrupt:
+        session.stopped(hc.runtime.output_dir, hc.sweep.dir if multirun else None)
+        raise  # not reached: stopped exits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,9 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     # hydra/launcher=ray_cluster: Ray's workers use this environment (with its extras),
     # not a fresh one Ray would build for a `uv run` driver (configs/hydra/launcher/)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    for s in (signal.SIGINT, signal.SIGTERM):  # both stop a run the same way
+        signal.signal(s, _interrupt)
     try:
         sys.argv[1:] = expand(args)
         app()
+    except KeyboardInterrupt:  # outside a job: before Hydra made its directory, or after
+        say("interrupted (a run directory's summary.json says what it holds)")
+        sys.exit(130)
     except UserError as e:
         say(f"error: {e}")
         sys.exit(2)
@@ -85,10 +109,22 @@ def main(argv: list[str] | None = None) -> None:
         say(f"error: {e.strerror or type(e).__name__}: {e.filename or ''}")
         sys.exit(2)
     except ValueError as e:  # Hydra's check of its own flags (e.g. -m with --info)
+        cause = e.__cause__
+        if isinstance(cause, OSError) and str(e).startswith("Unable to configure handler"):
+            from pathlib import Path
+
+            from bnlab.record.guard import write_problem  # its log file, in the run dir
+
+            say(f"error: {write_problem(Path(cause.filename or '.').parent, cause)}")
+            sys.exit(2)
         if not str(e).startswith("Only one of --run"):
             raise
         say(f"error: {one_line(e)}")
         sys.exit(2)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 config.register()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -182,3 +183,48 @@ def test_bad_value_fails_in_one_line(tmp_path, override, needle):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith(f"bnlab: error: {needle}")
+
+
+# --------------------------------------------------------------------------- bad input
+# One case per class of the issue-27 campaign (each a traceback, garbage or silently
+# ignored before): checked in this process, the config's checks come before any data
+# (the units and labels ones right after it loads). Process-level: test_records.BAD.
+SHORT = [*QUICK, "steps=200", "chunk_steps=50", "probe.every=50", "eval_every=100",
+         "checkpoint_every=100", "model.features=[16,16]"]  # fmt: skip
+OUT_OF_RANGE = [
+    (["seed=2147483648"], "seeds must be <= 2147483647"),  # was a traceback
+    (["seed=2147483646", "sweep.seeds=3"], "reaches seed 2147483648"),
+    (["probe.percentiles=[]"], "probe.percentiles=[] needs at least one"),  # traceback
+    (["norm=bn_noisy", "norm.noise_std=nan"], "norm.noise_std=nan must be a finite number"),
+    (["optimizer.weight_decay=inf"], "optimizer.weight_decay=inf must be a finite number"),
+    (["probe.ics_every=400"], "probe.ics_every=400 exceeds steps=200"),  # silently ignored
+    (["probe.units=[16]"], "unit 16 is beyond the widest probed site (16 units"),  # ignored
+    (["+misspelled.key=1"], "misspelled.key is not a bnlab setting"),  # accepted
+    (["+probe.evry=10"], "probe.evry is not a bnlab setting"),
+    (["sweep.lr=[0.1,0.2]", "optimizer.lr=0.3"], "optimizer.lr has no effect beside sweep.lr"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("override", "needle"), OUT_OF_RANGE, ids=lambda v: str(v)[:40])
+def test_a_value_that_cannot_take_effect_is_refused(tmp_path, override, needle):
+    from bnlab.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(needle)):
+        train([*SHORT, *override], tmp_path / "run", [*SHORT, *override])
+    run = tmp_path / "run"  # nothing written (a refused CLI run's lock goes too)
+    assert not (run / ".hydra").exists() and not (run / record.SUMMARY).exists()
+
+
+def test_labels_beyond_the_examples_are_refused(tmp_path):
+    """An .npz label of 10^6 made a million-class model (and hung)."""
+    from bnlab.errors import UserError
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 64)
+    y[5] = 10**6
+    path = tmp_path / "a.npz"
+    np.savez(path, x_train=rng.random((64, 8)).astype(np.float32), y_train=y,
+             x_test=rng.random((16, 8)).astype(np.float32), y_test=y[:16] % 3)  # fmt: skip
+    with pytest.raises(UserError, match="a label of 1000000 makes 1000001 classes"):
+        train([*SHORT, "data=arrays", f"data.path={path}", "data.probe_size=16",
+               "batch_size=16"], tmp_path / "run")  # fmt: skip

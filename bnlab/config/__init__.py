@@ -18,10 +18,10 @@ from bnlab.config.schema import (
     to_yaml_dict,
     typed,
 )
-from bnlab.config.validate import check, check_data
+from bnlab.config.validate import check, check_data, check_overrides, check_unknown
 
 __all__ = [
     "MODEL_SCHEMAS", "Choice", "DataConfig", "LoggerConfig", "NormConfig", "OptimizerConfig",
     "ParallelConfig", "ProbeConfig", "ResumeConfig", "SweepConfig", "TrainConfig", "check",
-    "check_data", "model_dict", "register", "to_yaml_dict", "typed",
+    "check_data", "check_overrides", "check_unknown", "model_dict", "register", "to_yaml_dict", "typed",
 ]  # fmt: skip

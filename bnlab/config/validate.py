@@ -123,6 +123,7 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
                 f"BN over a batch of {local} example(s) per device is degenerate "
                 "(its output is beta): use batch_size >= 2 per device, or norm=none"
             )
+    _ranges(cfg)  # after the checks with a more specific message
     return data_dev, mem_dev
 
 
@@ -139,3 +140,78 @@ def check_data(cfg: TrainConfig, num_train: int, num_probe: int, image_ndim: int
                 f"{num_probe} examples (BN in train mode on it); set data.probe_size to a "
                 "multiple of it, or probe.bn_mode=eval"
             )
+
+
+SEED_MAX = 2**31 - 1  # jax.random.key takes int32 seeds
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out |= _leaves(v, f"{prefix}{k}.")
+        return out
+    if isinstance(tree, list):
+        return {f"{prefix[:-1]}[{i}]": v for i, v in enumerate(tree)}
+    return {prefix[:-1]: tree}
+
+
+def _ranges(cfg: TrainConfig) -> None:
+    """Values checked against what the run will do: every number finite, seeds in
+    range, lists that must hold something, intervals that fall within ``steps``."""
+    from omegaconf import OmegaConf
+
+    from bnlab.config.schema import to_yaml_dict
+
+    for key, v in _leaves(OmegaConf.to_container(to_yaml_dict(cfg))).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"{key}={v} must be a finite number")
+    p = cfg.probe
+    last = cfg.seed + max(cfg.sweep.seeds, 1) - 1
+    if last > SEED_MAX:
+        what = f"seed={cfg.seed}" + (
+            f" with sweep.seeds={cfg.sweep.seeds}" if cfg.sweep.seeds else ""
+        )
+        raise UserError(f"{what} reaches seed {last}: seeds must be <= {SEED_MAX}")
+    if p.sample_seed < 0:
+        raise UserError(f"probe.sample_seed={p.sample_seed} must be >= 0")
+    if not p.percentiles:
+        raise UserError("probe.percentiles=[] needs at least one percentile, e.g. [50]")
+    if p.ics_every > cfg.steps:
+        raise UserError(
+            f"probe.ics_every={p.ics_every} exceeds steps={cfg.steps}: no gradient-ICS probe "
+            "would run; use a value <= steps, or 0 for none"
+        )
+    if p.ics_every and not (p.landscape_steps and p.landscape_lengths):
+        raise UserError("probe.landscape_steps and probe.landscape_lengths need at least one "
+                        "point each with probe.ics_every > 0")  # fmt: skip
+
+
+def check_unknown(composed: Any, typed_cfg: TrainConfig) -> None:
+    """Refuse a key the command line added (``+new.key=...``) that the schema drops:
+    a misspelled key is refused, with or without ``+``."""
+    from omegaconf import OmegaConf
+
+    from bnlab.config.schema import to_yaml_dict
+
+    given = OmegaConf.to_container(composed, resolve=False)
+    given.pop("hydra", None)
+    given.pop("model", None)  # a model's arguments: checked against its class (check_model)
+    kept = set(_leaves(OmegaConf.to_container(to_yaml_dict(typed_cfg))))
+    for key in _leaves(given):
+        base = key.split("[", 1)[0]
+        if base not in kept and not any(k.startswith(base + "[") for k in kept):
+            raise UserError(
+                f"{base} is not a bnlab setting (misspelled?): see python -m bnlab.train "
+                "--help, or --cfg job for every key"
+            )
+
+
+def check_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
+    """Settings given on the command line that cannot take effect."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    if cfg.sweep.lr and "optimizer.lr" in keys:
+        raise UserError(
+            f"optimizer.lr has no effect beside sweep.lr={list(cfg.sweep.lr)} (the sweep's "
+            "rates are the run's): drop one of them"
+        )

@@ -103,6 +103,11 @@ def raw_from_splits(
                 f"{where}: {len(class_names)} class names for labels up to {top}: "
                 "give one name per class"
             )
+    if class_names is None and top >= len(arrays["y_train"]):
+        raise DataError(
+            f"{where}: a label of {top} makes {top + 1} classes, more than the "
+            f"{len(arrays['y_train'])} training examples: labels must be 0..K-1 for K classes"
+        )
     num_classes = len(class_names) if class_names is not None else top + 1
     flat = tx.ndim == 2
 

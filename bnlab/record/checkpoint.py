@@ -1,15 +1,33 @@
-"""Orbax checkpoints of the train state, for resume after an interrupt or a kill."""
+"""Orbax checkpoints of the train state, for resume after an interrupt or a kill.
+
+Each checkpoint ``checkpoints/<step>/`` carries :data:`CHECKSUMS`, written after
+Orbax has finished the save (and, as every checkpoint, after the tables up to its
+step): the SHA-256 of the checkpoint's files, and the digest of every table's rows up
+to ``step`` (:func:`bnlab.record.integrity.table_digest`). A resume trusts a
+checkpoint only when its files match; one without the file (a kill between the save
+and the checksum, a record written before checksums) is used only where no verified
+one is left. Checkpoints are never deleted here but by Orbax's rotation: the ones a
+resume cannot use are moved aside into ``<run dir>/.replaced/``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
 import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from flax import serialization
 
-from bnlab.errors import say
+CHECKSUMS = "bnlab_checksums.json"
+REPLACED = ".replaced"  # what a resume or a start-over set aside, never deleted
 
 
 @functools.cache
@@ -28,6 +46,45 @@ def _ocp() -> Any:
     return ocp
 
 
+def dir_digest(d: Path) -> str:
+    """SHA-256 over the names and bytes of every file under ``d`` (but the checksums)."""
+    h = hashlib.sha256()
+    for p in sorted(x for x in d.rglob("*") if x.is_file() and x.name != CHECKSUMS):
+        h.update(f"{p.relative_to(d).as_posix()}\0{p.stat().st_size}\0".encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def set_aside(path: Path, run_dir: Path, name: str) -> Path:
+    """Move ``path`` into ``run_dir/.replaced/`` as ``name`` (``name-1``... if taken);
+    returns where it went."""
+    home = run_dir / REPLACED
+    home.mkdir(parents=True, exist_ok=True)
+    k, dest = 0, home / name
+    while dest.exists():
+        k += 1
+        dest = home / f"{name}-{k}"
+    os.replace(path, dest)
+    return dest
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Orbax's own reports of a failing save off (its ERROR logs with tracebacks, and
+    the unraisable errors of its async threads): the save's exception says it once."""
+    absl, hook = logging.getLogger("absl"), sys.unraisablehook
+    level = absl.level
+    absl.setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+        sys.unraisablehook = hook
+
+
 class Checkpoints:
     """Keeps the latest two checkpoints of a train state under ``directory``."""
 
@@ -37,8 +94,8 @@ class Checkpoints:
 
     @property
     def _mngr(self) -> Any:
-        """Orbax's manager, made at first use (a fresh run needs it only at its first
-        checkpoint)."""
+        """Orbax's manager, made at first save (after a resume has set aside what it
+        cannot use, so the manager sees only good steps)."""
         if self._m is None:
             ocp = _ocp()
             logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs saves at INFO
@@ -52,42 +109,70 @@ class Checkpoints:
         return max(self.steps(), default=None)
 
     def steps(self) -> list[int]:
-        """The steps with a checkpoint, oldest first (none, without orbax, where there
-        is no checkpoint folder yet)."""
-        if self._m is None and not self.directory.is_dir():
+        """The steps with a checkpoint directory (complete or not), oldest first."""
+        if not self.directory.is_dir():
             return []
-        return sorted(self._mngr.all_steps())
+        return sorted(int(p.name) for p in self.directory.iterdir()
+                      if p.is_dir() and p.name.isdigit())  # fmt: skip
 
-    def save(self, state: Any, step: int) -> None:
-        """Save ``state`` as step ``step`` and wait until it is on disk."""
-        if self.latest_step() == step:
+    def save(self, state: Any, step: int, tables: dict[str, Any] | None = None) -> None:
+        """Save ``state`` as step ``step``, wait until it is on disk, then write its
+        checksums (with ``tables``: the digests of the tables' rows up to ``step``)."""
+        if step in self.steps() and self.verify(step) is None:
             return
-        self._mngr.save(step, args=_ocp().args.StandardSave(serialization.to_state_dict(state)))
-        self._mngr.wait_until_finished()
+        with _quiet():  # a failed save (a full disk) is one OSError, not Orbax's tracebacks
+            try:
+                args = _ocp().args.StandardSave(serialization.to_state_dict(state))
+                self._mngr.save(step, args=args)
+                self._mngr.wait_until_finished()
+            except OSError:
+                raise
+            except Exception as e:  # tensorstore's errors carry the OS error's number
+                code = re.search(r"os_error_code='?(\d+)", str(e))
+                if code is None:
+                    raise
+                raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
+        d = self.directory / str(step)
+        text = json.dumps({"step": step, "sha256": dir_digest(d), "tables": tables or {}})
+        tmp = d / (CHECKSUMS + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, d / CHECKSUMS)
+
+    def checksums(self, step: int) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.directory / str(step) / CHECKSUMS).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def verify(self, step: int) -> str | None:
+        """None if the checkpoint at ``step`` matches its checksums; else what is wrong
+        (``no checksum`` for one written without: a kill right after the save)."""
+        d = self.directory / str(step)
+        if not any(d.rglob("*")):
+            return "is empty"
+        sums = self.checksums(step)
+        if sums is None:
+            return "has no checksum"
+        return None if sums.get("sha256") == dir_digest(d) else "fails its checksum"
 
     def restore(self, like: Any, step: int) -> Any:
         """The state saved at ``step``, with the structure of ``like``."""
+        ocp = _ocp()
         target = serialization.to_state_dict(like)
-        restored = self._mngr.restore(step, args=_ocp().args.StandardRestore(target))
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as c:
+            restored = c.restore(self.directory / str(step) / "default",
+                                 args=ocp.args.StandardRestore(target))  # fmt: skip
         return serialization.from_state_dict(like, restored)
 
-    def drop_after(self, step: int) -> None:
-        """Delete the checkpoints after ``step`` (a run that continues from ``step``)."""
-        for s in self.steps():
-            if s > step:
-                self._mngr.delete(s)
-
-    def restore_latest(self, like: Any, at_most: int) -> tuple[int, Any] | None:
-        """``(step, state)`` of the newest readable checkpoint at or before ``at_most``;
-        an unreadable one is skipped with a warning. None if there is none."""
-        for step in reversed([s for s in self.steps() if s <= at_most]):
-            try:
-                return step, self.restore(like, step)
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [""])[0][:120]
-                say(f"warning: the checkpoint at step {step} is unreadable "
-                    f"({type(e).__name__}: {first}); trying an older one")  # fmt: skip
-        return None
+    def drop_after(self, step: int, run_dir: Path) -> list[int]:
+        """Move the checkpoints after ``step`` aside (a run that continues from
+        ``step``); returns their steps."""
+        moved = [s for s in self.steps() if s > step]
+        for s in moved:
+            set_aside(self.directory / str(s), run_dir, f"checkpoint-{s}")
+        return moved
 
     def close(self) -> None:
-        self._mngr.close()
+        if self._m is not None:
+            with _quiet(), contextlib.suppress(Exception):  # after a failed save, too
+                self._m.close()

@@ -7,10 +7,15 @@
   (``.hydra/config.yaml``, a sweep's in ``.hydra-sweep/``). Continuing it with a config
   that would change its results is refused, naming the keys, before anything in the
   directory is touched. What may differ is listed once, in :data:`FREE`.
-- **Tables match the checkpoint**: before a resume from the checkpoint at step s,
-  every table must be readable and hold its rows up to s; otherwise the run stops with
-  one line offering ``resume.rebuild=true`` (truncate every table to the last step all
-  of them cover, and continue from the checkpoint at or before it).
+- **A record without its config is refused**: it cannot be checked against the
+  command, so it is neither continued nor overwritten (but by ``resume.enabled=false``,
+  which first moves it aside).
+- **Starting over orphans nothing**: ``resume.enabled=false`` moves the record already
+  in the directory into ``.replaced/`` before anything new is written.
+- **No going back**: a record further along than ``steps`` is refused.
+
+Whether the tables match the checkpoint is checked where the run resumes
+(:mod:`bnlab.run.restore`, :mod:`bnlab.record.integrity`).
 """
 
 from __future__ import annotations
@@ -25,15 +30,17 @@ from omegaconf import OmegaConf
 
 from bnlab.config import TrainConfig, to_yaml_dict
 from bnlab.errors import UserError, say
-from bnlab.record.tables import ACTIVATIONS, COLUMNS, ICS, LAYERS, SCALARS
+from bnlab.record.checkpoint import REPLACED, Checkpoints
+from bnlab.record.tables import CHECKPOINTS, COLUMNS, SUMMARY
 
 LOCK = ".lock"
 # settings that do not change a run's results: a run may continue with other values
 FREE = (
     "progress", "figure", "resume", "compile_cache", "chunk_steps", "checkpoint_every",
-    "data.dir", "data.data_dir", "data.download", "parallel", "probe.overlap", "step_loop",
-    "import_path",
+    "data.dir", "data.data_dir", "data.download", "probe.overlap", "import_path",
 )  # fmt: skip
+# (tests/test_records.py resumes with each of them changed and compares at rtol 0;
+# parallel.* and step_loop change the float32 rounding, so they must stay as they were)
 
 
 class RunLock:
@@ -117,7 +124,13 @@ def check_saved_config(cfg: TrainConfig, workdir: Path) -> None:
             kind = "a vectorized sweep" if cfg.is_sweep else "a single run"
             raise UserError(
                 f"{workdir} holds a record of another kind than {kind}: use another "
-                "hydra.run.dir, or resume it with python -m bnlab.train resume=" + str(workdir)
+                f"hydra.run.dir, or resume it with {resume_command(workdir)}"
+            )
+        if holds_record(workdir):
+            raise UserError(
+                f"{workdir} holds a record without its config ({path.relative_to(workdir)}): "
+                "it cannot be checked against this command; use another hydra.run.dir, or "
+                "resume.enabled=false to move it aside and start over"
             )
         return
     try:
@@ -137,7 +150,7 @@ def check_saved_config(cfg: TrainConfig, workdir: Path) -> None:
         more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
         raise UserError(
             f"{workdir} was made with another config ({shown}{more}): continue it as it was "
-            f"with python -m bnlab.train resume={workdir}, or use another hydra.run.dir"
+            f"with {resume_command(workdir)}, or use another hydra.run.dir"
         )
 
 
@@ -149,43 +162,58 @@ def remove_orbax_temp(ckpt_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-# --------------------------------------------------------------------------- tables
+def resume_command(workdir: str | Path) -> str:
+    """The command that continues ``workdir``, quoted for a POSIX shell."""
+    import shlex
+
+    return f"python -m bnlab.train {shlex.quote(f'resume={workdir}')}"
 
 
-def table_coverage(run_dir: Path, needs_ics: bool) -> dict[str, int | str]:
-    """Per required table, the last step it holds rows for, or a problem (text)."""
-    out: dict[str, int | str] = {}
-    names = [SCALARS, ACTIVATIONS, LAYERS] + ([ICS] if needs_ics else [])
-    for name in names:
-        path = run_dir / name
-        if not path.exists():
-            out[name] = "missing"
-            continue
-        try:
-            import pandas as pd
-
-            df = pd.read_parquet(path, columns=COLUMNS[name])
-        except Exception as e:
-            out[name] = f"unreadable ({type(e).__name__})"
-            continue
-        out[name] = int(df["step"].max()) if len(df) else -1
-    return out
+def _record_entries(workdir: Path) -> list[Path]:
+    """What in ``workdir`` belongs to a record (not the lock, logs or what was set aside)."""
+    if not workdir.is_dir():
+        return []
+    keep = {LOCK, REPLACED}
+    return [p for p in workdir.iterdir() if p.name not in keep and p.suffix != ".log"]
 
 
-def verify_tables(run_dir: Path, step: int, ics_every: int) -> int | None:
-    """None if every table holds its rows up to ``step``; else says what is wrong and
-    returns the last step up to which all of them are complete (-1: none is)."""
-    cov = table_coverage(run_dir, ics_every > 0)
-    complete: dict[str, int] = {}
-    for name, c in cov.items():
-        last = -1 if isinstance(c, str) else c
-        # the ics table has rows every ics_every steps: complete until just before the next
-        complete[name] = last + ics_every - 1 if name == ICS else last
-    bad = {n: c for n, c in cov.items() if complete[n] < step}
-    if not bad:
+def holds_record(workdir: Path) -> bool:
+    """Whether ``workdir`` holds record files (a summary, a table, checkpoints), its
+    own or a sweep member's."""
+    names = {SUMMARY, CHECKPOINTS, *COLUMNS}
+    for d in [workdir, *(p for p in _record_entries(workdir) if p.is_dir() and p.name.isdigit())]:
+        if d.is_dir() and any((d / n).exists() for n in names):
+            return True
+    return False
+
+
+def set_aside_record(workdir: Path) -> Path | None:
+    """``resume.enabled=false`` over a record: move it into ``.replaced/`` (its config
+    last, so a kill meanwhile leaves no config beside tables it did not make)."""
+    entries = _record_entries(workdir)
+    if not entries:
         return None
-    text = ", ".join(
-        f"{n} {c}" if isinstance(c, str) else f"{n} ends at step {c}" for n, c in bad.items()
-    )
-    say(f"{run_dir}: {text}, but its checkpoint is at step {step}")
-    return min(complete.values())
+    home = set_aside_dest(workdir)
+    home.mkdir(parents=True)
+    for p in sorted(entries, key=lambda p: p.name.startswith(".hydra")):
+        os.replace(p, home / p.name)
+    say(f"resume.enabled=false: the record already in {workdir} was moved to {home}")
+    return home
+
+
+def set_aside_dest(workdir: Path) -> Path:
+    k = 1
+    while (workdir / REPLACED / f"record-{k}").exists():
+        k += 1
+    return workdir / REPLACED / f"record-{k}"
+
+
+def check_steps(cfg: TrainConfig, dirs: list[Path]) -> None:
+    """Refuse ``steps`` below the newest checkpoint of an unfinished record."""
+    for d in dirs:
+        done = max(Checkpoints(d / CHECKPOINTS).steps(), default=0)
+        if done > cfg.steps:
+            raise UserError(
+                f"{d} has a checkpoint at step {done}, beyond steps={cfg.steps}: ask for "
+                f"steps={done} or more to continue it, or use another hydra.run.dir"
+            )

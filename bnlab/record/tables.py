@@ -47,7 +47,11 @@ A run directory (Hydra's output dir) holds:
   ``wall_time_s``, ``first_chunk_s`` (process start to the end of the first chunk),
   ``compile_s``, ``chunk_steps`` (the chunk length used), ``devices``, ``platform``,
   ``probe_device``, ``data_source``, and ``figures`` (true once drawn).
-- ``checkpoints/``: Orbax checkpoints of the train state (for resume).
+- ``checkpoints/``: Orbax checkpoints of the train state (for resume), each
+  ``<step>/`` with ``bnlab_checksums.json`` (its files' SHA-256 and the digest of every
+  table's rows up to ``step``: :mod:`bnlab.record.checkpoint`).
+- ``.replaced/``: what a resume could not use (``checkpoint-<step>``) and what
+  ``resume.enabled=false`` found in the directory (``record-<n>/``); never deleted.
 - ``figures/``: PNG figures made at the end of the run.
 
 Tables are rewritten whole and atomically (temp file, then rename), rows in step
@@ -169,11 +173,14 @@ class RunRecord:
             for stat, values in per_stat.items():
                 t.add(step=steps, layer=layer, stat=stat, value=values)
 
-    def write_tables(self) -> None:
+    def write_tables(self) -> dict[str, pd.DataFrame]:
+        """Write every table (atomically, one by one); returns the frames written."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        frames = {}
         for name, table in self.tables.items():
-            df = table.frame()
+            df = frames[name] = table.frame()
             _atomic_write(self.dir / name, lambda p, df=df: df.to_parquet(p, index=False))
+        return frames
 
     def truncate(self, step: int) -> None:
         """Keep only rows up to ``step`` (after a resume from a checkpoint at ``step``)."""

@@ -22,7 +22,7 @@ from bnlab.engine import devices
 from bnlab.engine.chunk import Engine
 from bnlab.engine.optim import make_optimizer
 from bnlab.engine.step import Learner
-from bnlab.errors import say
+from bnlab.errors import UserError, say
 from bnlab.models import build_networks, check_input
 
 
@@ -63,6 +63,7 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
     x = jax.ShapeDtypeStruct((cfg.batch_size // data_dev, *ds.train_x.shape[1:]),
                              ds.train_x.dtype)  # fmt: skip
     net, probe_net = build_networks(cfg, ds.num_classes, x, data_dev, devices.DATA)
+    _check_units(cfg, net)
     host_loop = cfg.step_loop == "host" or (
         cfg.step_loop == "auto" and net.layout.convs and jax.default_backend() == "cpu"
     )
@@ -80,3 +81,16 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
         mesh=mesh, probe_device=devices.probe_device(cfg.probe.overlap, mesh), probes=probes,
         host_loop=host_loop,
     )  # fmt: skip
+
+
+def _check_units(cfg: TrainConfig, net: Any) -> None:
+    """``probe.units`` beyond every probed site's width would track nothing: refused
+    (a unit beyond some sites' width is tracked where it exists)."""
+    layout = net.layout
+    widths = [layout.sites[s].shape[-1] for s in layout.selected if s in layout.sites]
+    units = list(cfg.probe.units)
+    if widths and units and max(units) >= max(widths):
+        raise UserError(
+            f"probe.units={units}: unit {max(units)} is beyond the widest probed site "
+            f"({max(widths)} units or feature maps); use units below {max(widths)}"
+        )

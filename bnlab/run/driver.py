@@ -9,11 +9,12 @@ device's. With ``chunk_steps=auto`` the first chunk is one probe interval, timed
 the rest are the largest that run in about :data:`~bnlab.run.pacing.CHUNK_SECONDS`.
 
 Commit order: a checkpoint at step s is written only after every row up to s is in
-the tables on disk, and the summary only after the checkpoint; a resume truncates the
-tables to its checkpoint. SIGINT and SIGTERM ask the loop to stop after the current
+the tables on disk, its checksums (its files, the tables' rows up to s) after it, and
+the summary last; a resume starts from the newest checkpoint that verifies and whose
+tables match it (:mod:`bnlab.run.restore`), the tables truncated to it. SIGINT and SIGTERM ask the loop to stop after the current
 chunk: it records the chunk, commits it and exits 130; a signal during the commit
 waits for it, and a second one while a chunk runs stops at once (the last commit
-stands). A run's figures are part of its completion: a finished run without them
+stands). A run whose last step is done is ``finished`` whatever signal comes. A run's figures are part of its completion: a finished run without them
 draws them when run again.
 """
 
@@ -30,7 +31,7 @@ import numpy as np
 from bnlab import config, data, loggers
 from bnlab.config import TrainConfig
 from bnlab.engine.chunk import Engine
-from bnlab.engine.step import TrainState, stack, unstack
+from bnlab.engine.step import TrainState, unstack
 from bnlab.errors import UserError, say
 from bnlab.models import check_model
 from bnlab.record import guard, members
@@ -39,6 +40,7 @@ from bnlab.record.tables import RunRecord, activation_rows, eval_rows, metrics_r
 from bnlab.run import session
 from bnlab.run.build import build_engine, data_settings, load_data
 from bnlab.run.pacing import auto_chunk, keep_saved_intervals, progress_bar
+from bnlab.run.restore import digests, ended, read_summary, resume_point
 
 
 def train_and_evaluate(
@@ -53,10 +55,13 @@ def train_and_evaluate(
     which ``first_chunk_s`` counts. Raises :class:`~bnlab.errors.UserError`.
     """
     t0 = time.perf_counter() if t0 is None else t0
-    cfg = config.typed(cfg)
+    composed, cfg = cfg, config.typed(cfg)
+    if composed is not cfg:  # a key the schema would drop (+new.key=...) is refused
+        config.check_unknown(composed, cfg)
     if cfg.resume.enabled:  # auto intervals as the record they continue has them
         keep_saved_intervals(cfg, guard.saved_config_path(cfg, Path(workdir)))
     data_dev, mem_dev = config.check(cfg, jax.local_device_count())
+    config.check_overrides(cfg, list(overrides or []))
     check_model(cfg.model, cfg.import_path)
     data.check_settings(**data_settings(cfg))
     loggers.check(cfg)  # loggers (issue 16)
@@ -67,16 +72,21 @@ def train_and_evaluate(
         guard.check_saved_config(cfg, workdir)
     with guard.RunLock(workdir):
         records = [RunRecord(m.dir) for m in ms]
-        previous = [_summary(r) if cfg.resume.enabled else None for r in records]
+        previous = [read_summary(r) if cfg.resume.enabled else None for r in records]
         if all(ended(p, cfg.steps) for p in previous):
             what = "sweep already done" if cfg.is_sweep else f"run already {previous[0]['status']}"
             say(f"{what}; record: {workdir}")
             session.complete(cfg, workdir, records, previous)  # type: ignore[arg-type]
             return previous  # type: ignore[return-value]
+        if cfg.resume.enabled:  # no going back: a record further along is refused
+            guard.check_steps(cfg, [m.dir for m, p in zip(ms, previous, strict=True)
+                                    if not ended(p, cfg.steps)])  # fmt: skip
         ds = load_data(cfg)
         config.check_data(cfg, len(ds.train_y), len(ds.probe_x), ds.train_x.ndim)
         engine = build_engine(cfg, ds, data_dev, mem_dev)  # the model's errors, before any file
         try:
+            if not cfg.resume.enabled:  # starting over: the old record is moved aside
+                guard.set_aside_record(workdir)
             members.write_hydra_files(cfg, workdir, ms, list(overrides or []), hydra_cfg)
         except OSError as e:
             raise UserError(guard.write_problem(workdir, e)) from None
@@ -93,24 +103,6 @@ def train_and_evaluate(
             (workdir / "summary.csv").unlink()  # stale: the sweep moved on
         session.complete(cfg, workdir, records, summaries)
     return summaries
-
-
-def ended(summary: dict[str, Any] | None, steps: int) -> bool:
-    """Whether a member's record is complete for a run of ``steps`` steps (a finished
-    run asked for more steps continues)."""
-    if not summary:
-        return False
-    return summary["status"] == "diverged" or (
-        summary["status"] == "finished" and summary["step"] >= steps
-    )
-
-
-def _summary(record: RunRecord) -> dict[str, Any] | None:
-    try:
-        return record.read_summary()
-    except ValueError as e:  # garbled: the tables and checkpoints say where the run is
-        say(f"warning: {record.dir}/summary.json is unreadable ({e}); checking the tables")
-        return None
 
 
 class Loop:
@@ -135,7 +127,7 @@ class Loop:
             compile_s=0.0, chunk_steps=None, platform=jax.default_backend(),
             probe_device=None if engine.probe_device is None else str(engine.probe_device),
         )  # fmt: skip
-        self.stop_requested = self.committing = False
+        self.stop_requested = self.committing = self.closing = False
         self.pending: tuple | None = None  # a chunk's activation probes, maybe still running
         self.t_start, self.start = 0.0, 0
         self.compiling = 0.0  # seconds spent compiling after the loop started
@@ -148,7 +140,7 @@ class Loop:
         if not self.stop_requested:
             say("stop requested: finishing this chunk, then saving")
             self.stop_requested = True
-        elif not self.committing:  # a second signal while a chunk runs: stop now
+        elif not (self.committing or self.closing):  # a second one while a chunk runs: now
             raise KeyboardInterrupt
 
     # -- states ----------------------------------------------------------------------
@@ -157,56 +149,19 @@ class Loop:
         e, cfg = self.engine, self.cfg
         states = e.init([m.seed for m in self.ms], [m.lr for m in self.ms],
                         e.data["train_x"][:2])  # fmt: skip
-        latest = [self.ckpts[i].latest_step() for i in self.running]
-        restored = None
-        if cfg.resume.enabled and all(s is not None for s in latest):
-            restored = self._restore(states, min(latest))  # type: ignore[type-var]
+        restored = resume_point(self, states) if cfg.resume.enabled else None
         if restored is not None:
             self._compile(restored[1], self._next_length(restored[0]))
             return restored
         self._compile(states, self._next_length(0))
         for i in self.running:  # a fresh record (what an earlier try left is replaced)
-            self.ckpts[i].drop_after(-1)
+            self.ckpts[i].drop_after(-1, self.records[i].dir)
             self.records[i] = RunRecord(self.records[i].dir)
         first = jax.device_get(e.measure(states))
         for i in self.running:
             metrics_rows(self.records[i], first.member(i))
         self._eval_rows(0, jax.device_get(e.evaluate(states)))
         return 0, states
-
-    def _restore(self, states: TrainState, step: int) -> tuple[int, TrainState] | None:
-        """Member states at the newest checkpoint at or before ``step`` that every table
-        covers (after ``resume.rebuild``), the tables truncated to it; None: none."""
-        cfg = self.cfg
-        for i in self.running:
-            covered = guard.verify_tables(self.records[i].dir, step, cfg.probe.ics_every)
-            if covered is None:
-                continue
-            if not cfg.resume.rebuild:
-                raise UserError(
-                    f"the tables of {self.records[i].dir} do not reach its checkpoint at step "
-                    f"{step}: add resume.rebuild=true to truncate them to the last step all "
-                    "hold and continue from the checkpoint at or before it"
-                )
-            step = covered
-        members = [unstack(states, i) for i in range(len(self.ms))]
-        while True:  # the newest step whose checkpoint every member can read
-            got = {i: self.ckpts[i].restore_latest(members[i], step) for i in self.running}
-            if any(g is None for g in got.values()):
-                return None
-            at = min(g[0] for g in got.values())  # type: ignore[index]
-            if all(g[0] == at for g in got.values()):  # type: ignore[index]
-                break
-            step = at
-        for i in self.running:
-            members[i] = got[i][1]  # type: ignore[index]
-            self.ckpts[i].drop_after(at)
-            self.records[i].truncate(at)
-        for i, d in enumerate(self.done):
-            if d:  # a finished or diverged member of a sweep stays as it is
-                members[i] = members[i].replace(alive=np.zeros((), bool))
-        say(f"resumed from the checkpoint at step {at}")
-        return at, self.engine.place_states(stack(members))
 
     # -- the loop --------------------------------------------------------------------
     def _next_length(self, step: int) -> int:
@@ -241,7 +196,7 @@ class Loop:
         old = [signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)]
         length = self._next_length(step)
         bar = progress_bar(cfg, step)
-        self.t_start, ahead, saved_at = time.perf_counter(), None, step
+        self.t_start, ahead, self.saved_at = time.perf_counter(), None, step
         host = jax.device_get(states)  # the state at `step`: what an interrupt checkpoints
         try:
             while step < cfg.steps and self.running and not self.stop_requested:
@@ -282,8 +237,8 @@ class Loop:
                 bar.set_postfix(self._postfix(), refresh=False)
                 if self.running and (step % cfg.checkpoint_every == 0 or last):
                     self._commit(host, step)
-                    saved_at = step
-            if self.running and not self.stop_requested:
+            self.closing = True  # a second signal now waits for the record
+            if self.running and step >= cfg.steps:  # every step done: finished, signal or not
                 self._flush()
                 for i in list(self.running):
                     self._finish(i, "finished", step)
@@ -292,9 +247,12 @@ class Loop:
                 for i in list(self.running):
                     self._finish(i, "interrupted", step)
         except KeyboardInterrupt:  # stopped at once: the last commit stands
-            for i in self.running:
-                self.sums[i].update(status="interrupted", step=saved_at)
-                self.records[i].write_summary(**self.sums[i])
+            for i in list(self.running):
+                if self.saved_at >= cfg.steps:  # the last step was committed: finished
+                    self._finish(i, "finished", self.saved_at)
+                else:  # steps are missing
+                    self.sums[i].update(status="interrupted", step=self.saved_at)
+                    self.records[i].write_summary(**self.sums[i])
         except OSError as e:
             raise UserError(guard.write_problem(self.records[self.running[0]].dir, e)) from None
         finally:
@@ -349,14 +307,14 @@ class Loop:
         self.committing = True
         try:
             self._flush()
+            frames = {i: self.records[i].write_tables() for i in self.running}
             for i in self.running:
-                self.records[i].write_tables()
-            for i in self.running:
-                self.ckpts[i].save(unstack(host, i), step)
+                self.ckpts[i].save(unstack(host, i), step, digests(frames[i], step))
             for i in self.running:
                 self.sums[i].update(step=step, compile_s=self.base["compile_s"],
                                     chunk_steps=self.ran or None)  # fmt: skip
                 self.records[i].write_summary(**self.sums[i])
+            self.saved_at = step  # what a second signal leaves: the record up to here
         finally:
             self.committing = False
 

@@ -18,6 +18,7 @@ import jax
 
 from bnlab.config import TrainConfig
 from bnlab.errors import one_line, say  # noqa: F401  (one_line: re-exported)
+from bnlab.record.guard import resume_command
 from bnlab.record.tables import RunRecord
 
 DONE = ("finished", "diverged")
@@ -104,7 +105,7 @@ def report(
     if "interrupted" in statuses:
         step = min(s["step"] for s in summaries if s["status"] == "interrupted")
         again = sweep_dir or workdir  # a multirun continues as a whole
-        say(f"interrupted at step {step}; continue with: python -m bnlab.train resume={again}")
+        say(f"interrupted at step {step}; continue with: {resume_command(again)}")
         sys.exit(130)
     # chosen on validation where there is a validation split; the test split only reports
     key = (
@@ -123,3 +124,23 @@ def remove_if_untouched(path: str) -> None:
         for f in files:
             f.unlink()
         d.rmdir()
+
+
+def stopped(workdir: str, sweep_dir: str | None = None) -> None:
+    """A signal outside the training loop (start-up, figures, shutdown): one line that
+    says what the record holds, exit 130."""
+    d = Path(workdir)
+    status = None
+    try:
+        status = RunRecord(d).read_summary()["status"]  # type: ignore[index]
+    except Exception:  # none yet (a sweep's members have their own), or half-written
+        pass
+    if status in DONE:
+        say(f"stopped after the run ended ({status}; its record is complete, figures aside: "
+            f"the same command draws what is missing); record: {d}")  # fmt: skip
+    elif (d / ".hydra").is_dir() or (d / ".hydra-sweep").is_dir():
+        say(f"interrupted; continue with: {resume_command(sweep_dir or d)}")
+    else:
+        remove_if_untouched(str(d))
+        say("interrupted before the run started; nothing was recorded")
+    sys.exit(130)
