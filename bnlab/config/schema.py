@@ -33,6 +33,7 @@ OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam
 Schedule = Choice("Schedule", {n: n for n in ("constant", "cosine", "step")})
 BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
 IcsAt = Choice("IcsAt", {n: n for n in ("before", "after")})
+DropoutMode = Choice("DropoutMode", {n: n for n in ("eval", "train")})
 StepLoop = Choice("StepLoop", {n: n for n in ("auto", "scan", "host")})
 
 
@@ -142,6 +143,7 @@ class ProbeConfig:
     percentiles: list[float] = MISSING
     units: list[int] = MISSING
     bn_mode: BnMode = MISSING
+    dropout: DropoutMode = MISSING
     ics_every: int = MISSING
     ics_at: IcsAt = MISSING
     landscape_steps: list[float] = MISSING

@@ -43,7 +43,7 @@ from flax import nnx
 from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm
 from bnlab.norm.linen import forward as linen_bn_forward
 
-LINEAR, NORM, PASS, FLAX_BN = "linear", "norm", "pass", "flax_bn"  # what a layer is
+LINEAR, NORM, PASS, FLAX_BN, DROPOUT = "linear", "norm", "pass", "flax_bn", "dropout"
 ALL = None  # capture every site
 
 LINEN_LINEAR = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Einsum)
@@ -74,6 +74,8 @@ class Norm:
 
 
 def linen_kind(m: Any) -> str | None:
+    if isinstance(m, nn.Dropout):
+        return DROPOUT
     if isinstance(m, nn.BatchNorm):
         return FLAX_BN
     if isinstance(m, NoNorm):
@@ -86,6 +88,8 @@ def linen_kind(m: Any) -> str | None:
 
 
 def nnx_kind(m: Any) -> str | None:
+    if isinstance(m, nnx.Dropout):
+        return DROPOUT
     if isinstance(m, NNXNoNorm):
         return PASS
     if isinstance(m, NNX_NORMS):
@@ -100,10 +104,19 @@ class Recorder:
     ``ALL``), its linear layers in call order, whether it holds a Flax linen BN. It also
     runs the substitution (``norm``) and sets every bnlab NNX BN's mode (``train``) and
     noise key (``noise_rngs``); ``force_mode``: a substituted linen BN takes its mode
-    from ``train`` too (for a model whose ``__call__`` takes no ``train``)."""
+    from ``train`` too (for a model whose ``__call__`` takes no ``train``).
+
+    Dropout layers (linen and NNX) run as ``dropout`` says, whatever the model passes:
+    off, they return their input; on, they mask (NNX: with the layer's own stream, the
+    rngs the model passes, else a key folded from ``dropout_key``). ``dropouts`` maps
+    each dropout layer met to its rate."""
 
     def __init__(self, *, train: bool, capture: Any = ALL, norm: Norm | None = None,
-                 force_mode: bool = False, noise_rngs: Any = None, shapes_only: bool = False):  # fmt: skip
+                 force_mode: bool = False, noise_rngs: Any = None, shapes_only: bool = False,
+                 dropout: bool = False, dropout_key: Any = None):  # fmt: skip
+        self.dropout, self.dropout_key = dropout, dropout_key
+        self.dropouts: dict[str, Any] = {}
+        self.dropout_calls = 0
         self.train, self.capture = train, capture
         self.norm, self.force_mode, self.noise_rngs = norm, force_mode, noise_rngs
         self.shapes_only = shapes_only
@@ -128,6 +141,8 @@ class Recorder:
                kwargs: dict) -> Any:  # fmt: skip
         """Run ``call(*args, **kwargs)`` (the layer) and record its sites."""
         x = args[0] if args else next(iter(kwargs.values()))
+        if kind == DROPOUT:
+            return self._dropout(module, path, call, args, kwargs)
         if kind == LINEAR:
             if self.linear:  # the first layer's input is the data
                 self._put(f"{path}/in", x)
@@ -151,6 +166,22 @@ class Recorder:
             y = call(*args, **kwargs)
         self._put(f"{path}/out", y)
         return y
+
+    def _dropout(self, m: Any, path: str, call: Callable, args: tuple, kwargs: dict) -> Any:
+        self.dropouts.setdefault(path, m.rate)
+        self.dropout_calls += 1
+        if not self.dropout:
+            return args[0]  # what a deterministic Dropout returns
+        kwargs = dict(kwargs)
+        if isinstance(m, nnx.Dropout):
+            kwargs["deterministic"] = False  # the call's flag wins over the layer's
+            if kwargs.get("rngs") is None and m.rngs is None:
+                kwargs["rngs"] = jax.random.fold_in(self.dropout_key, self.dropout_calls)
+        elif len(args) > 1:  # linen: __call__(inputs, deterministic, rng)
+            args = (args[0], False, *args[2:])
+        elif "deterministic" in kwargs or m.deterministic is None:
+            kwargs["deterministic"] = False
+        return call(*args, **kwargs)
 
     def _flax_bn(self, m: nn.BatchNorm, call: Callable, args: tuple, kwargs: dict) -> Any:
         """A hard-coded ``flax.linen.BatchNorm``: bnlab's BN in its place (or Flax's own

@@ -1,0 +1,138 @@
+"""Models as Flax's examples write them (tests/real_models.py), trained unmodified
+through ``model._target_``: dropout in both APIs and both NNX rngs idioms, a custom
+variable carried and checkpointed, partials and factory functions; one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from trainer import COMPILE_CACHE, QUICK, ROOT, cli, engine_for, tables, train
+
+from bnlab.engine.step import unstack
+from bnlab.record import tables as record
+from bnlab.record.checkpoint import Checkpoints
+
+TESTS = ROOT / "tests"
+OWN = ["model=own", f"import_path=[{TESTS}]", "batch_size=32", "data.probe_size=64"]
+CNNS = ["real_models.StoredRngsCNN", "real_models.CallRngsCNN", "real_models.LinenDropoutCNN"]
+RUN = ["steps=100", "chunk_steps=50", "eval_every=50", "checkpoint_every=50", "probe.every=50"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache():
+    jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def _cnn(target: str) -> list[str]:
+    return [*QUICK, *OWN, f"model._target_={target}", "data.flatten=false"]
+
+
+@pytest.mark.parametrize("target", CNNS, ids=["nnx-stored-rngs", "nnx-call-rngs", "linen"])
+def test_dropout_masks_follow_step_and_seed_and_evaluation_is_deterministic(target):
+    """Train-mode outputs differ from one step to the next and between two members of
+    a sweep (two seeds) at the same parameters; with dropout off (evaluation, probes)
+    they are equal, and evaluation at two steps gives the same numbers."""
+    e, states, _ = engine_for([*_cnn(target), "sweep.seeds=2"])
+    lrn = e.learner
+    s0, s1 = unstack(states, 0), unstack(states, 1)
+    s1 = s1.replace(params=s0.params, batch_stats=s0.batch_stats)  # same weights, own streams
+    x = jnp.asarray(e.data["train_x"][:32])
+
+    @partial(jax.jit, static_argnums=1)
+    def out(st, dropout):
+        logits, _, extra, _ = lrn.net.apply_state(st.params, st.batch_stats, x, train=True,
+                                                  extra=st.extra, dropout=dropout,
+                                                  **lrn.rngs(st))  # fmt: skip
+        return logits, extra
+
+    a, extra = out(s0, True)
+    nxt = s0.replace(step=s0.step + 1, extra=extra)  # the next step's keys and streams
+    b, _ = out(nxt, True)
+    c, _ = out(s1, True)
+    assert not np.allclose(a, b) and not np.allclose(a, c)
+    np.testing.assert_array_equal(out(s0, False)[0], out(nxt, False)[0])
+    np.testing.assert_array_equal(out(s0, False)[0], out(s1, False)[0])
+    ev = jax.jit(lrn.evaluate_one)
+    tx, ty = e.data["test_x"], e.data["test_y"]
+    np.testing.assert_array_equal(ev(s0, tx, ty), ev(nxt, tx, ty))
+
+
+@pytest.mark.parametrize("target", CNNS[::2], ids=["nnx-stored-rngs", "linen"])
+def test_dropout_model_trains_and_resumes_exactly(tmp_path, target, record_property):
+    """100 steps of a 2-seed sweep; as if killed after the checkpoint at step 50, the
+    resumed run's tables equal the uninterrupted run's (the masks drawn after the
+    resume are the uninterrupted run's: NNX's stored streams are restored, linen's
+    keys derive from the seed and the step)."""
+    over = [*_cnn(target), *RUN, "sweep.seeds=2", "optimizer=momentum", "optimizer.lr=0.05"]
+    train(over, tmp_path)
+    full = {i: tables(tmp_path / str(i)) for i in range(2)}
+    acc = full[0]["scalars.parquet"].query("name == 'test_accuracy'").set_index("step")["value"]
+    record_property("summary", f"{target}, 100 steps: test accuracy {acc[100]:.3f}")
+    assert acc[100] > 0.5
+    for i in range(2):
+        shutil.rmtree(tmp_path / str(i) / record.CHECKPOINTS / "100")
+        s = json.loads((tmp_path / str(i) / record.SUMMARY).read_text())
+        (tmp_path / str(i) / record.SUMMARY).write_text(json.dumps({**s, "status": "running"}))
+    train(over, tmp_path)
+    for i in range(2):
+        again = tables(tmp_path / str(i))
+        for name in full[i]:
+            pd.testing.assert_frame_equal(again[name], full[i][name])
+
+
+def test_a_counter_is_carried_checkpointed_and_restored(tmp_path):
+    """The toy MLP's ``Count`` variable (custom ``Linear`` on ``w``/``b``) equals the
+    step after training and in each checkpoint; restored from step 50 and trained 50
+    more steps, it is 100 again, and so are the parameters of the uninterrupted run."""
+    over = [*QUICK, *OWN, "model._target_=real_models.CountMLP", "+model.din=64", *RUN]
+    (summary,) = train(over, tmp_path)
+    assert summary["status"] == "finished"
+    e, states, _ = engine_for(over, probes=False)
+    like = unstack(states, 0)
+    ck = Checkpoints(tmp_path / record.CHECKPOINTS)
+    at100, at50 = ck.restore(like, 100), ck.restore(like, 50)
+    ck.close()
+    assert int(at100.extra["count"]) == 100 and int(at50.extra["count"]) == 50
+    resumed, _ = e.chunk(jax.tree.map(lambda a: a[None], at50), 50, 50)
+    resumed = unstack(resumed, 0)
+    assert int(resumed.extra["count"]) == 100
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, at100.params)
+
+
+@pytest.mark.parametrize(
+    ("target", "extra"),
+    [
+        ("real_models.ResNetTiny", ["data.flatten=false", "+model.num_filters=4"]),
+        ("real_models.make_mlp", ["+model.width=32"]),
+        ("real_models.make_count_mlp", ["+model.din=64"]),
+    ],
+    ids=["partial", "linen-factory", "nnx-factory"],
+)
+def test_partials_and_factory_functions_train(tmp_path, target, extra):
+    """``model._target_`` names a ``functools.partial`` of a module class (flax
+    examples' ``ResNet18``) or a function returning a linen or NNX module."""
+    over = [*QUICK, *OWN, f"model._target_={target}", *extra, "steps=100",
+            "chunk_steps=100", "eval_every=100", "checkpoint_every=100", "probe.every=100",
+            "optimizer=momentum", "optimizer.lr=0.05"]  # fmt: skip
+    (summary,) = train(over, tmp_path)
+    acc = tables(tmp_path)["scalars.parquet"].query("name == 'test_accuracy'")
+    assert summary["status"] == "finished", summary
+    assert acc["value"].iloc[-1] > 0.3 > acc["value"].iloc[0], acc  # 10 classes
+
+
+def test_a_dropout_rate_outside_0_1_is_one_line(tmp_path):
+    res = cli([*_cnn("real_models.StoredRngsCNN"), "+model.rate=1.0",
+               f"hydra.run.dir={tmp_path / 'run'}"], timeout=300)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == ("bnlab: error: model._target_=real_models.StoredRngsCNN: the dropout layer "
+                    "dropout1 has rate 1.0; a dropout rate must lie in [0, 1)")  # fmt: skip
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
