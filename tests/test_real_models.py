@@ -136,3 +136,24 @@ def test_a_dropout_rate_outside_0_1_is_one_line(tmp_path):
     assert last == ("bnlab: error: model._target_=real_models.StoredRngsCNN: the dropout layer "
                     "dropout1 has rate 1.0; a dropout rate must lie in [0, 1)")  # fmt: skip
     assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("momentum", ["null", "0.99"])
+def test_norm_momentum_overrides_a_hard_coded_batchnorm(momentum):
+    """``nn.BatchNorm(momentum=0.9)`` hard-coded: unset, the model's 0.9 stands; with
+    ``norm.momentum=0.99`` one training step moves the running mean by 1% of the batch
+    mean (by hand from the layer's input), and the layer statistics record 0.99."""
+    over = [*QUICK, *OWN, "model._target_=own_models.FlaxBNMLP", f"norm.momentum={momentum}"]
+    e, states, _ = engine_for(over, probes=False)
+    want = 0.9 if momentum == "null" else 0.99
+    st = unstack(states, 0)
+    x = jnp.asarray(e.data["train_x"][:32])
+    net = e.learner.probe_net
+    net.select(("BatchNorm_0/in",))
+    _, new_bs, sites = net.apply(st.params, st.batch_stats, x, train=True, capture=True)
+    h = np.asarray(sites["BatchNorm_0/in"], np.float64)
+    np.testing.assert_allclose(new_bs["BatchNorm_0"]["mean"], (1 - want) * h.mean(0),
+                               rtol=1e-5, atol=1e-7)  # fmt: skip
+    stats = e.learner.layer_stats(st, jax.tree.map(jnp.zeros_like, st.params))
+    assert float(stats["BatchNorm_1"]["bn_momentum"]) == pytest.approx(want)
+    assert float(stats["BatchNorm_0"]["bn_epsilon"]) == pytest.approx(1e-5)

@@ -105,8 +105,8 @@ class NormConfig:
     use_scale: bool = MISSING
     use_bias: bool = MISSING
     stats_grad: bool = MISSING
-    momentum: float = MISSING
-    epsilon: float = MISSING
+    momentum: float | None = MISSING  # None: each layer's own
+    epsilon: float | None = MISSING
     ghost_batch_size: int | None = MISSING
     sync: bool = MISSING
     center_only: bool = MISSING

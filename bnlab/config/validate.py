@@ -68,9 +68,9 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
     if not (math.isfinite(cfg.diverge_loss) and cfg.diverge_loss > 0):
         raise UserError(f"diverge_loss={cfg.diverge_loss} must be a finite number > 0")
     # norm
-    if not 0 <= n.momentum < 1:
+    if n.momentum is not None and not 0 <= n.momentum < 1:
         raise UserError(f"norm.momentum={n.momentum} must be in [0, 1) (Flax convention)")
-    if not n.epsilon >= 0:
+    if n.epsilon is not None and not n.epsilon >= 0:
         raise UserError(f"norm.epsilon={n.epsilon} must be >= 0")
     if n.noise_mean < 0 or n.noise_std < 0:
         raise UserError("norm.noise_mean and norm.noise_std must be >= 0")

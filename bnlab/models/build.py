@@ -54,12 +54,14 @@ INJECTED = ("norm", "num_classes", "rngs")
 
 
 def _norm_kwargs(cfg: Any, axis_name: str | None, noise_axis: str | None) -> dict[str, Any]:
-    return dict(
+    kw = dict(
         use_scale=cfg.use_scale, use_bias=cfg.use_bias, stats_grad=cfg.stats_grad,
-        momentum=cfg.momentum, epsilon=cfg.epsilon, ghost_batch_size=cfg.ghost_batch_size,
-        axis_name=axis_name, center_only=cfg.center_only, noise_mean=cfg.noise_mean,
-        noise_std=cfg.noise_std, noise_axis=noise_axis,
+        ghost_batch_size=cfg.ghost_batch_size, axis_name=axis_name, center_only=cfg.center_only,
+        noise_mean=cfg.noise_mean, noise_std=cfg.noise_std, noise_axis=noise_axis,
     )  # fmt: skip
+    # unset (null): the layer's own default (Flax's 0.99 and 1e-5)
+    kw |= {k: getattr(cfg, k) for k in ("momentum", "epsilon") if getattr(cfg, k) is not None}
+    return kw
 
 
 def make_norm(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None):
@@ -79,9 +81,8 @@ def make_nnx_norm(cfg: Any, axis_name: str | None = None, noise_axis: str | None
 
 def substitution(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None) -> Norm:
     """What replaces a hard-coded Flax BatchNorm under the ``norm`` config ``cfg``."""
-    kw = _norm_kwargs(cfg, axis_name, noise_axis)
-    kw.pop("momentum"), kw.pop("epsilon")  # the layer keeps its own
-    return Norm(normalizes=cfg.normalizes, **kw)
+    # momentum and epsilon: the layer keeps its own unless the config sets them
+    return Norm(normalizes=cfg.normalizes, **_norm_kwargs(cfg, axis_name, noise_axis))
 
 
 # --------------------------------------------------------------------------- checks

@@ -35,6 +35,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from bnlab import measure as probe
@@ -56,6 +57,7 @@ class Layout:
     flax_bn: bool  # a linen model hard-coding flax.linen.BatchNorm
     convs: bool  # the forward pass convolves
     dropouts: dict[str, Any] = field(default_factory=dict)  # dropout layer -> rate
+    bn_settings: dict[str, tuple] = field(default_factory=dict)  # BN layer -> momentum, eps
     selected: tuple[str, ...] = ()  # the probe's sites (probe.sites)
     derived: dict[str, str] = field(default_factory=dict)  # monotone shortcut (built-ins)
 
@@ -143,7 +145,7 @@ class Network:
         sites = sown if sown else rec.sites
         layout = Layout(sites=dict(sites), sown=bool(sown), linear=rec.linear,
                         flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr),
-                        dropouts=dict(rec.dropouts))  # fmt: skip
+                        dropouts=dict(rec.dropouts), bn_settings=dict(rec.bn_settings))  # fmt: skip
         layout.selected = tuple(layout.sites)
         if layout.sown and self.activation is not None:
             layout.derived = activation_sources(layout.sites, self.activation, self.norm_position)
@@ -168,9 +170,16 @@ class Network:
     def layer_stats(self, params: dict, grads: dict, batch_stats: dict) -> dict:
         """Per-layer parameter statistics (:func:`bnlab.measure.layer_stats` for the
         built-ins' layout, else :func:`bnlab.measure.module_stats` by module path)."""
-        if self.builtin_layers(params):
-            return probe.layer_stats(params, grads, batch_stats, layer_names(params))
-        return probe.module_stats(params, grads, batch_stats)
+        builtin = self.builtin_layers(params)
+        if builtin:
+            out = probe.layer_stats(params, grads, batch_stats, layer_names(params))
+        else:
+            out = probe.module_stats(params, grads, batch_stats)
+        # the momentum and epsilon each BN layer ran with (a sweep over them is checkable)
+        for path, (momentum, eps) in (self.layout.bn_settings if self.layout else {}).items():
+            d = out.setdefault(path.split("/")[0] if builtin else path, {})
+            d["bn_momentum"], d["bn_epsilon"] = jnp.float32(momentum), jnp.float32(eps)
+        return out
 
     def ics_layers(self, params: dict) -> list[str]:
         """The layers of gradient-ICS, in network order: ``layer1``... ``head`` for the

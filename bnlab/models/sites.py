@@ -66,6 +66,13 @@ class Norm:
     noise_std: float = 0.0
     axis_name: str | None = None
     noise_axis: str | None = None
+    momentum: float | None = None  # None: the layer's own
+    epsilon: float | None = None
+
+    def settings(self, m: Any) -> tuple[float, float]:
+        """The momentum and epsilon a substituted layer ``m`` runs with."""
+        return (m.momentum if self.momentum is None else self.momentum,
+                m.epsilon if self.epsilon is None else self.epsilon)  # fmt: skip
 
     def switches(self) -> dict[str, Any]:
         return dict(stats_grad=self.stats_grad, ghost_batch_size=self.ghost_batch_size,
@@ -116,6 +123,7 @@ class Recorder:
                  dropout: bool = False, dropout_key: Any = None):  # fmt: skip
         self.dropout, self.dropout_key = dropout, dropout_key
         self.dropouts: dict[str, Any] = {}
+        self.bn_settings: dict[str, tuple[float, float]] = {}  # BN layer -> momentum, epsilon
         self.dropout_calls = 0
         self.train, self.capture = train, capture
         self.norm, self.force_mode, self.noise_rngs = norm, force_mode, noise_rngs
@@ -153,6 +161,11 @@ class Recorder:
         )
         if normalizes:
             self._put(f"{path}/in", x)
+        if kind == FLAX_BN and normalizes:
+            sub = self.norm.settings(module) if self.norm is not None else None
+            self.bn_settings.setdefault(path, sub or (module.momentum, module.epsilon))
+        elif isinstance(module, (BatchNorm, NNXBatchNorm, nnx.BatchNorm)):
+            self.bn_settings.setdefault(path, (module.momentum, module.epsilon))
         if kind == FLAX_BN:
             self.flax_bn = True
             y = x if self.norm is not None and not self.norm.normalizes else self._flax_bn(
@@ -193,7 +206,7 @@ class Recorder:
             "use_running_average", m.use_running_average, ra)  # fmt: skip
         n = self.norm
         s = BatchNorm(
-            None, m.axis, m.momentum, m.epsilon, m.dtype, m.param_dtype,
+            None, m.axis, *n.settings(m), m.dtype, m.param_dtype,
             m.use_bias and n.use_bias, m.use_scale and n.use_scale, m.bias_init, m.scale_init,
             n.axis_name, m.axis_index_groups, m.use_fast_variance, m.force_float32_reductions,
             parent=None, **n.switches(),
@@ -312,7 +325,8 @@ def _nnx_replacement(m: nnx.BatchNorm, norm: Norm) -> nnx.Module:
         return NNXNoNorm()
     new = NNXBatchNorm(
         m.num_features, use_running_average=m.use_running_average, axis=m.axis,
-        momentum=m.momentum, epsilon=m.epsilon, dtype=m.dtype, param_dtype=m.param_dtype,
+        momentum=norm.settings(m)[0], epsilon=norm.settings(m)[1], dtype=m.dtype,
+        param_dtype=m.param_dtype,
         use_bias=False, use_scale=False, axis_name=norm.axis_name,
         axis_index_groups=m.axis_index_groups, use_fast_variance=m.use_fast_variance,
         promote_dtype=m.promote_dtype, rngs=nnx.Rngs(0), **norm.switches(),
