@@ -171,3 +171,25 @@ class MLPWithBN(nn.Module):
 def make_count_mlp(din: int, *, rngs: nnx.Rngs) -> nnx.Module:
     """A factory function returning an NNX module (it takes ``rngs``)."""
     return CountMLP(din, 16, rngs=rngs)
+
+
+# --------------------------------------------------------------------------- losses, optimizers
+
+
+def hinge(outputs, labels):
+    """A multiclass hinge loss, one per example (Crammer-Singer)."""
+    true = jnp.take_along_axis(outputs, labels[:, None], axis=1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(labels, outputs.shape[1]) > 0, -jnp.inf, outputs)
+    return jnp.maximum(0.0, 1.0 + others.max(axis=1) - true)
+
+
+def mean_loss(outputs, labels):
+    """A loss returning the batch mean instead of one loss per example (wrong)."""
+    return hinge(outputs, labels).mean()
+
+
+def clipped_adam(learning_rate, max_norm: float = 1.0):
+    """Adam after clipping the gradient's global norm, as an optax chain."""
+    import optax
+
+    return optax.chain(optax.clip_by_global_norm(max_norm), optax.adam(learning_rate))

@@ -157,3 +157,149 @@ def test_norm_momentum_overrides_a_hard_coded_batchnorm(momentum):
     stats = e.learner.layer_stats(st, jax.tree.map(jnp.zeros_like, st.params))
     assert float(stats["BatchNorm_1"]["bn_momentum"]) == pytest.approx(want)
     assert float(stats["BatchNorm_0"]["bn_epsilon"]) == pytest.approx(1e-5)
+
+
+# --------------------------------------------------------------------------- optimizers and losses
+
+MLP = [*QUICK, "model.features=[32]", "batch_size=32", "data.probe_size=64"]
+
+
+def test_optax_adamw_equals_a_hand_written_loop():
+    """``optimizer=optax optimizer._target_=optax.adamw`` with weight decay: 50 training
+    steps equal 50 steps of a plain optax loop on the same model and batches (without
+    BN: the bias before a BN has a gradient of 0 up to rounding, which Adam's division
+    by sqrt(v) blows up to +-lr either way)."""
+    import optax
+
+    over = [*MLP, "norm=none", "optimizer=optax", "optimizer._target_=optax.adamw", "optimizer.lr=0.003",
+            "+optimizer.args.weight_decay=0.1"]  # fmt: skip
+    e, states, _ = engine_for(over, probes=False)
+    lrn, st = e.learner, unstack(states, 0)
+    xs = jnp.asarray(e.data["train_x"][: 50 * 16]).reshape((50, 16, -1))
+    ys = jnp.asarray(e.data["train_y"][: 50 * 16]).reshape((50, 16))
+    step = jax.jit(lambda s, x, y: lrn.train_step(s, x, y)[0])
+    got = st
+    for i in range(50):
+        got = step(got, xs[i], ys[i])
+
+    tx = optax.adamw(0.003, weight_decay=0.1)
+
+    def loss(p, bs, x, y):
+        logits, new_bs = lrn.net.apply(p, bs, x, train=True)[:2]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_bs
+
+    @jax.jit
+    def plain(p, bs, opt, x, y):
+        (_, bs), g = jax.value_and_grad(loss, has_aux=True)(p, bs, x, y)
+        upd, opt = tx.update(g, opt, p)
+        return optax.apply_updates(p, upd), bs, opt
+
+    p, bs, opt = st.params, st.batch_stats, tx.init(st.params)
+    for i in range(50):
+        p, bs, opt = plain(p, bs, opt, xs[i], ys[i])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 got.params, p)  # fmt: skip
+
+
+def test_a_clipped_chain_runs_in_a_vectorized_lr_sweep(tmp_path):
+    """A user's ``optax.chain`` (gradient clipping, adam) by ``optimizer._target_``,
+    two learning rates trained in one program: each member records its own lr."""
+    over = [*MLP, *OWN[1:2], "optimizer=optax", "optimizer._target_=real_models.clipped_adam",
+            "+optimizer.args.max_norm=0.5", "sweep.lr=[0.001,0.01]", *RUN]  # fmt: skip
+    summaries = train(over, tmp_path)
+    assert [s["status"] for s in summaries] == ["finished", "finished"]
+    for i, lr in enumerate([0.001, 0.01]):
+        sc = tables(tmp_path / str(i))["scalars.parquet"]
+        assert set(sc.query("name == 'lr'")["value"].round(9)) == {lr}
+        assert sc.query("name == 'test_accuracy'")["value"].iloc[-1] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("over", "want"),
+    [
+        (
+            ["loss.label_smoothing=0.1"],
+            lambda o, y: -(np.log(_softmax(o)) * (0.9 * _hot(y) + 0.01)).sum(1),
+        ),
+        (
+            ["loss=sigmoid_binary_cross_entropy"],
+            lambda o, y: -(_hot(y) * np.log(_sig(o)) + (1 - _hot(y)) * np.log(1 - _sig(o))).mean(1),
+        ),
+        (["loss=mean_squared_error"], lambda o, y: ((o - _hot(y)) ** 2).mean(1)),
+        (
+            ["loss=own", "loss._target_=real_models.hinge"],
+            lambda o, y: np.maximum(
+                0, 1 + np.where(_hot(y) > 0, -np.inf, o).max(1) - o[np.arange(len(y)), y]
+            ),
+        ),
+    ],
+    ids=["label-smoothing", "sigmoid-bce", "mse", "own"],
+)
+def test_losses_equal_their_formulas(over, want):
+    e, states, _ = engine_for([*MLP, *OWN[1:2], *over], probes=False)
+    st = unstack(states, 0)
+    x, y = jnp.asarray(e.data["train_x"][:32]), np.asarray(e.data["train_y"][:32])
+    got = float(e.learner.loss_fn(st.params, st.batch_stats, x, y)[0])
+    o = np.asarray(e.learner.net.apply(st.params, st.batch_stats, x, train=True)[0], np.float64)
+    assert got == pytest.approx(want(o, y).mean(), rel=1e-5)
+
+
+def _hot(y):
+    return np.eye(10)[y]
+
+
+def _softmax(o):
+    z = np.exp(o - o.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def _sig(o):
+    return 1 / (1 + np.exp(-o))
+
+
+def test_a_user_loss_trains(tmp_path):
+    over = [*MLP, *OWN[1:2], "loss=own", "loss._target_=real_models.hinge", *RUN]
+    (s,) = train(over, tmp_path)
+    acc = tables(tmp_path)["scalars.parquet"].query("name == 'test_accuracy'")["value"]
+    assert s["status"] == "finished" and acc.iloc[-1] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        (
+            ["optimizer=optax", "optimizer._target_=optax.softmax_cross_entropy"],
+            "optimizer._target_=optax.softmax_cross_entropy fails when called as",
+        ),
+        (
+            ["optimizer=optax", "optimizer._target_=real_models.hinge"],
+            "optimizer._target_=real_models.hinge fails when called as",
+        ),
+        (
+            ["loss=own", "loss._target_=real_models.mean_loss"],
+            "loss._target_=real_models.mean_loss returns () for a batch of 32: it must return one",
+        ),
+        (
+            ["loss=own", "loss._target_=real_models.clipped_adam"],
+            "loss._target_=real_models.clipped_adam fails on (outputs (32, 10), labels (32,))",
+        ),
+        (["optimizer=optax"], "optimizer=optax needs optimizer._target_"),
+        (["loss.label_smoothing=1"], "loss.label_smoothing=1.0 must be in [0, 1)"),
+    ],
+    ids=[
+        "not-a-factory",
+        "not-an-optimizer",
+        "loss-shape",
+        "loss-signature",
+        "no-target",
+        "smoothing",
+    ],  # fmt: skip
+)
+def test_bad_loss_and_optimizer_are_one_line_errors(tmp_path, over, needle):
+    from bnlab.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        train([*MLP, *OWN[1:2], *over], tmp_path / "run")
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    run = tmp_path / "run"  # nothing written (the lock aside)
+    assert not run.exists() or {p.name for p in run.iterdir()} <= {".lock"}

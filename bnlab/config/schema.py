@@ -29,7 +29,7 @@ class Choice(StrEnum):
 Standardize = Choice("Standardize", {n: n for n in ("none", "per_pixel")})
 ProbeSplit = Choice("ProbeSplit", {n: n for n in ("test", "train", "validation")})
 NormPosition = Choice("NormPosition", {n: n for n in ("before", "after")})
-OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam")})
+OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam", "optax")})
 Schedule = Choice("Schedule", {n: n for n in ("constant", "cosine", "step")})
 BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
 IcsAt = Choice("IcsAt", {n: n for n in ("before", "after")})
@@ -122,10 +122,23 @@ class NormConfig:
         return self.normalizes and bool(self.noise_mean or self.noise_std)
 
 
+LossName = Choice("LossName", {n: n for n in ("softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy", "mean_squared_error", "own")})  # fmt: skip
+
+
+@dataclass
+class LossConfig:
+    name: LossName = MISSING
+    label_smoothing: float = MISSING
+    _target_: str | None = MISSING  # loss=own: fn(outputs, labels) -> per-example loss
+
+
 @dataclass
 class OptimizerConfig:
     name: OptimizerName = MISSING
     lr: float = MISSING
+    _target_: str | None = MISSING  # optimizer=optax: an optax factory taking learning_rate
+    args: dict[str, Any] = MISSING  # its other keyword arguments
     momentum: float = MISSING
     nesterov: bool = MISSING
     b1: float = MISSING
@@ -217,6 +230,7 @@ class TrainConfig:
     model: Any = MISSING  # a dict after typed(): {_target_: ..., constructor arguments}
     norm: NormConfig = field(default_factory=NormConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     seed: int = MISSING

@@ -53,10 +53,9 @@ class TrainState:
     extra: Any  # every other variable of the model (bnlab.models.variables)
 
 
-def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
-    """Mean softmax cross-entropy and accuracy."""
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    return loss.mean(), (jnp.argmax(logits, -1) == labels).mean()
+def softmax_ce(logits: Array, labels: Array) -> Array:
+    """Softmax cross-entropy per example (the default ``loss``)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
 class Learner:
@@ -65,15 +64,17 @@ class Learner:
     ``net`` trains (a :class:`~bnlab.models.network.Network`, linen or NNX; its BN may
     average statistics over the mesh's ``data`` axis, of ``shards`` devices);
     ``probe_net`` is the same network with local statistics, for probes and evaluation.
-    ``unit`` is the optimizer's unit schedule (:mod:`bnlab.engine.optim`). ``unroll``: loops
+    ``unit`` is the optimizer's unit schedule (:mod:`bnlab.engine.optim`); ``loss`` the
+    per-example loss (:mod:`bnlab.engine.loss`, softmax cross-entropy). ``unroll``: loops
     over probe batches and evaluation batches are unrolled in the trace instead of
     ``lax.map`` (XLA:CPU runs convolutions inside a loop several times slower).
     """
 
     def __init__(self, net: Network, probe_net: Network, tx, unit, *, probe_cfg: Any,
                  diverge_loss: float, noisy: bool, shards: int = 1, eval_batch: int = 1000,
-                 unroll: bool = False):  # fmt: skip
+                 unroll: bool = False, loss=softmax_ce):  # fmt: skip
         self.net, self.probe_net, self.tx, self.unit = net, probe_net, tx, unit
+        self.loss = loss
         self.unroll = unroll
         self.sample = probe_cfg.sample
         self.sample_seed = probe_cfg.sample_seed
@@ -100,7 +101,7 @@ class Learner:
         logits, new_stats, new_extra, _ = self.net.apply_state(
             params, batch_stats, x, train=True, extra=extra, **(rngs or {})
         )
-        loss, acc = cross_entropy(logits, y)
+        loss, acc = self.loss(logits, y).mean(), (jnp.argmax(logits, -1) == y).mean()
         if self.shards > 1:
             # the global batch's loss (its gradient is the device average), and one
             # running-statistics update on every device (flax#877)
@@ -184,7 +185,7 @@ class Learner:
             xb, yb, mb = args
             logits = self.probe_net.apply(st.params, st.batch_stats, xb, train=False,
                                           extra=st.extra, rng=eval_key)[0]  # fmt: skip
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb)
+            loss = self.loss(logits, yb)
             return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
 
         shape = lambda a: a.reshape((-1, b) + a.shape[1:])  # noqa: E731
