@@ -88,13 +88,34 @@ def test_dropout_model_trains_and_resumes_exactly(tmp_path, target, record_prope
             pd.testing.assert_frame_equal(again[name], full[i][name])
 
 
+def test_the_default_sites_finding_none_is_one_warning_line(capsys):
+    engine_for([*QUICK, *OWN, "model._target_=real_models.CountMLP", "+model.din=64"],
+               probes=False)  # fmt: skip
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert warn == [
+        "bnlab: warning: the default probe.sites finds no site in model._target_=real_models."
+        "CountMLP: choose module outputs with probe.sites=[...], e.g. linear1/out, "
+        "linear2/out, model/out"
+    ]
+
+
 def test_a_counter_is_carried_checkpointed_and_restored(tmp_path):
     """The toy MLP's ``Count`` variable (custom ``Linear`` on ``w``/``b``) equals the
     step after training and in each checkpoint; restored from step 50 and trained 50
-    more steps, it is 100 again, and so are the parameters of the uninterrupted run."""
-    over = [*QUICK, *OWN, "model._target_=real_models.CountMLP", "+model.din=64", *RUN]
+    more steps, it is 100 again, and so are the parameters of the uninterrupted run.
+    ``w`` and ``b`` have weight and gradient norms; ``probe.sites=[linear*/out]`` records
+    the custom layers' outputs."""
+    over = [*QUICK, *OWN, "model._target_=real_models.CountMLP", "+model.din=64", *RUN,
+            "probe.sites=[linear*/out]"]  # fmt: skip
     (summary,) = train(over, tmp_path)
     assert summary["status"] == "finished"
+    t = tables(tmp_path)
+    acts, layers = t["activations.parquet"], t["layers.parquet"]
+    assert set(acts["layer"] + "/" + acts["site"]) == {"linear1/out", "linear2/out"}
+    assert set(acts["step"]) == {0, 50, 100}
+    for leaf in ("linear1/w", "linear1/b", "linear2/w", "linear2/b"):
+        rows = layers[layers["layer"] == leaf].set_index(["step", "stat"])["value"]
+        assert rows[(100, "weight_norm")] > 0 and rows[(100, "grad_norm")] > 0, leaf
     e, states, _ = engine_for(over, probes=False)
     like = unstack(states, 0)
     ck = Checkpoints(tmp_path / record.CHECKPOINTS)

@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
-from bnlab.errors import UserError
+from bnlab.errors import UserError, say
 from bnlab.models import activations
 from bnlab.models.network import LinenNetwork, Network, NNXNetwork
 from bnlab.models.resnet import SHORTCUTS, blocks_per_stage
@@ -281,17 +281,26 @@ def build_network(model: dict, norm: Any, num_classes: int, axis_name: str | Non
         raise UserError(f"model._target_={model['_target_']}: {e}") from None
 
 
-def select_sites(names: list[str], patterns: list[str]) -> tuple[str, ...]:
-    """The sites matching any of the glob ``patterns`` (``*`` spans ``/``), in order;
-    a pattern matching none is a one-line error (``*``, every site, may match none:
-    a linear model has no sites)."""
+def select_sites(names: list[str], patterns: list[str],
+                 outputs: list[str] = ()) -> tuple[str, ...]:  # fmt: skip
+    """The sites matching any of the glob ``patterns`` (``*`` spans ``/``), in order,
+    then the module outputs (``<path>/out`` of any other module call) that a pattern
+    other than the bare ``*`` matches; a pattern matching none is a one-line error
+    (``*``, every site, may match none: a linear model has no sites)."""
     for pat in patterns:
-        if pat != "*" and not fnmatch.filter(names, pat):
+        if pat != "*" and not fnmatch.filter([*names, *outputs], pat):
             some = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             raise UserError(
                 f"probe.sites: {pat!r} matches none of the model's {len(names)} sites ({some})"
+                f" or module outputs ({_some(outputs)})"
             )
-    return tuple(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    picked = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    return tuple(picked + [n for n in outputs
+                           if any(p != "*" and fnmatch.fnmatchcase(n, p) for p in patterns)])  # fmt: skip
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "none"
 
 
 def build_networks(cfg: Any, num_classes: int, x: jax.ShapeDtypeStruct, data_devices: int,
@@ -318,6 +327,11 @@ def build_networks(cfg: Any, num_classes: int, x: jax.ShapeDtypeStruct, data_dev
                 f"model._target_={cfg.model['_target_']}: the dropout layer {path} has rate "
                 f"{rate}; a dropout rate must lie in [0, 1)"
             )
-    probe_net.select(select_sites(list(layout.sites), list(cfg.probe.sites)))
+    patterns, outputs = list(cfg.probe.sites), list(layout.outputs)
+    if not layout.sites and patterns == ["*"] and outputs:
+        say(f"warning: the default probe.sites finds no site in model._target_="
+            f"{cfg.model['_target_']}: choose module outputs with probe.sites=[...], e.g. "
+            f"{_some(outputs)}")  # fmt: skip
+    probe_net.select(select_sites(list(layout.sites), patterns, outputs))
     net.layout = layout
     return net, probe_net

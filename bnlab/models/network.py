@@ -58,6 +58,7 @@ class Layout:
     convs: bool  # the forward pass convolves
     dropouts: dict[str, Any] = field(default_factory=dict)  # dropout layer -> rate
     bn_settings: dict[str, tuple] = field(default_factory=dict)  # BN layer -> momentum, eps
+    outputs: dict[str, Any] = field(default_factory=dict)  # every other module's output
     selected: tuple[str, ...] = ()  # the probe's sites (probe.sites)
     derived: dict[str, str] = field(default_factory=dict)  # monotone shortcut (built-ins)
 
@@ -131,7 +132,7 @@ class Network:
         init_rec = Recorder(train=False, norm=self.norm, shapes_only=True)
         key = jax.random.key(0)
         rec = Recorder(train=True, norm=self.norm, shapes_only=True, dropout=True,
-                       dropout_key=key)  # fmt: skip
+                       dropout_key=key, outputs=True)  # fmt: skip
         sown: dict[str, jax.ShapeDtypeStruct] = {}
 
         def f(x):
@@ -145,7 +146,8 @@ class Network:
         sites = sown if sown else rec.sites
         layout = Layout(sites=dict(sites), sown=bool(sown), linear=rec.linear,
                         flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr),
-                        dropouts=dict(rec.dropouts), bn_settings=dict(rec.bn_settings))  # fmt: skip
+                        dropouts=dict(rec.dropouts), bn_settings=dict(rec.bn_settings),
+                        outputs={} if sown else dict(rec.module_outputs))  # fmt: skip
         layout.selected = tuple(layout.sites)
         if layout.sown and self.activation is not None:
             layout.derived = activation_sources(layout.sites, self.activation, self.norm_position)
@@ -156,7 +158,8 @@ class Network:
         """Probe only ``names`` (in the order found)."""
         assert self.layout is not None
         keep = set(names)
-        self.layout.selected = tuple(n for n in self.layout.sites if n in keep)
+        found = [*self.layout.sites, *self.layout.outputs]
+        self.layout.selected = tuple(n for n in found if n in keep)
         self.layout.derived = {
             k: v for k, v in self.layout.derived.items() if k in keep and v in keep
         }
@@ -203,6 +206,10 @@ class Network:
         assert self.layout is not None, "discover() first"
         return frozenset(self.layout.selected)
 
+    def _outputs(self, want: Any) -> bool:
+        """Whether the sites ``want`` hold a module output (every call is then intercepted)."""
+        return self.layout is not None and any(n in self.layout.outputs for n in want)
+
     def _init(self, key, x, rec):
         raise NotImplementedError
 
@@ -225,7 +232,7 @@ class LinenNetwork(Network):
 
     def _rec(self, train: bool, capture: Any, dropout: bool = False) -> Recorder:
         return Recorder(train=train, capture=capture, norm=self.norm, dropout=dropout,
-                        force_mode=self.train_kw is None)  # fmt: skip
+                        force_mode=self.train_kw is None, outputs=self._outputs(capture))  # fmt: skip
 
     def _intercepts(self) -> bool:
         lay = self.layout
@@ -358,7 +365,8 @@ class NNXNetwork(Network):
         want = self._capture_set(capture)
         sown = bool(want) and self.layout is not None and self.layout.sown
         rec = Recorder(train=train, capture=frozenset() if sown else want,
-                       dropout=train if dropout is None else dropout)  # fmt: skip
+                       dropout=train if dropout is None else dropout,
+                       outputs=not sown and self._outputs(want))  # fmt: skip
         logits, new_bs, new_extra, sites = self._apply(
             params, batch_stats, {} if extra is None else extra, x, train=train,
             noise_key=noise_key, rng=rng, rec=rec, sown=sown,

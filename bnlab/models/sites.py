@@ -44,6 +44,7 @@ from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm
 from bnlab.norm.linen import forward as linen_bn_forward
 
 LINEAR, NORM, PASS, FLAX_BN, DROPOUT = "linear", "norm", "pass", "flax_bn", "dropout"
+OUTPUT = "output"  # any other module: its output, a site only where probe.sites names it
 ALL = None  # capture every site
 
 LINEN_LINEAR = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Einsum)
@@ -116,12 +117,14 @@ class Recorder:
     Dropout layers (linen and NNX) run as ``dropout`` says, whatever the model passes:
     off, they return their input; on, they mask (NNX: with the layer's own stream, the
     rngs the model passes, else a key folded from ``dropout_key``). ``dropouts`` maps
-    each dropout layer met to its rate."""
+    each dropout layer met to its rate. ``outputs``: also record ``<path>/out`` of every
+    other module call (into ``module_outputs``, or ``sites`` where ``capture`` names it)."""
 
     def __init__(self, *, train: bool, capture: Any = ALL, norm: Norm | None = None,
                  force_mode: bool = False, noise_rngs: Any = None, shapes_only: bool = False,
-                 dropout: bool = False, dropout_key: Any = None):  # fmt: skip
-        self.dropout, self.dropout_key = dropout, dropout_key
+                 dropout: bool = False, dropout_key: Any = None, outputs: bool = False):  # fmt: skip
+        self.dropout, self.dropout_key, self.outputs = dropout, dropout_key, outputs
+        self.module_outputs: dict[str, Any] = {}
         self.dropouts: dict[str, Any] = {}
         self.bn_settings: dict[str, tuple[float, float]] = {}  # BN layer -> momentum, epsilon
         self.dropout_calls = 0
@@ -134,16 +137,17 @@ class Recorder:
         self.flax_bn = False
         self.active: set[int] = set()
 
-    def _put(self, name: str, value: Any) -> None:
+    def _put(self, name: str, value: Any, found: dict | None = None) -> None:
         k, base = 0, name
         while name in self.seen:
             k += 1
             name = f"{base}.{k}"
         self.seen.add(name)
-        if self.capture is ALL or name in self.capture:
-            self.sites[name] = (
-                jax.ShapeDtypeStruct(value.shape, value.dtype) if self.shapes_only else value
-            )
+        shaped = jax.ShapeDtypeStruct(value.shape, value.dtype) if self.shapes_only else value
+        if found is not None:
+            found[name] = shaped
+        if (found is None) if self.capture is ALL else (name in self.capture):
+            self.sites[name] = shaped
 
     def handle(self, module: Any, path: str, kind: str, call: Callable, args: tuple,
                kwargs: dict) -> Any:  # fmt: skip
@@ -151,11 +155,19 @@ class Recorder:
         x = args[0] if args else next(iter(kwargs.values()))
         if kind == DROPOUT:
             return self._dropout(module, path, call, args, kwargs)
+        if kind == OUTPUT:
+            y = call(*args, **kwargs)
+            if hasattr(y, "shape") and hasattr(y, "dtype"):
+                self._put(f"{path}/out", y, self.module_outputs)
+            return y
         if kind == LINEAR:
             if self.linear:  # the first layer's input is the data
                 self._put(f"{path}/in", x)
             self.linear.append(path)
-            return call(*args, **kwargs)
+            y = call(*args, **kwargs)
+            if self.outputs:
+                self._put(f"{path}/out", y, self.module_outputs)
+            return y
         normalizes = kind == NORM or (
             kind == FLAX_BN and (self.norm is None or self.norm.normalizes)
         )
@@ -223,6 +235,8 @@ def intercept_linen(rec: Recorder):
 
     def interceptor(next_fun, args, kwargs, context):
         kind = linen_kind(context.module) if context.method_name == "__call__" else None
+        if kind is None and rec.outputs and context.method_name == "__call__":
+            kind = OUTPUT
         if kind is None:
             return next_fun(*args, **kwargs)
         path = "/".join(context.module.path) or "model"
@@ -250,7 +264,7 @@ def _patch(cls: type) -> None:
         stack = getattr(_local, "stack", None)
         if stack:
             paths, rec = stack[-1]
-            path, kind = paths.get(id(self)), nnx_kind(self)
+            path, kind = paths.get(id(self)), nnx_kind(self) or (OUTPUT if rec.outputs else None)
             if path is not None and kind is not None and id(self) not in rec.active:
                 rec.active.add(id(self))
                 try:
@@ -286,7 +300,8 @@ def intercept_nnx(model: nnx.Module, rec: Recorder):
     """Record ``rec``'s sites (and set bnlab BN's mode and noise key) in the calls of
     ``model``'s layers inside (this thread only)."""
     paths = module_paths(model)
-    classes = {type(m) for _, m in nnx.iter_modules(model) if nnx_kind(m) is not None}
+    classes = {type(m) for _, m in nnx.iter_modules(model)
+               if rec.outputs or nnx_kind(m) is not None}  # fmt: skip
     with _lock:
         for cls in classes:
             _patch(cls)
