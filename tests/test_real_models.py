@@ -324,3 +324,47 @@ def test_bad_loss_and_optimizer_are_one_line_errors(tmp_path, over, needle):
     assert needle in str(info.value) and "\n" not in str(info.value)
     run = tmp_path / "run"  # nothing written (the lock aside)
     assert not run.exists() or {p.name for p in run.iterdir()} <= {".lock"}
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["model.features=[32]"],
+        ["model=cnn", "data.flatten=false", "model.channels=[8]", "model.features=[32]"],
+    ],  # fmt: skip
+    ids=["mlp", "cnn"],
+)
+def test_bf16_trains_with_float32_state(tmp_path, extra, record_property):
+    """``precision=bf16``: the matmuls/convolutions of the step run in bfloat16, the
+    parameters, optimizer state and BN statistics stay float32, and the MLP and the CNN
+    learn digits (100 steps, momentum SGD)."""
+    over = [*QUICK, *extra, "precision=bf16", "batch_size=32", "data.probe_size=64",
+            "optimizer=momentum", "optimizer.lr=0.05", *RUN]  # fmt: skip
+    e, states, _ = engine_for(over, probes=False)
+    st = unstack(states, 0)
+    x, y = jnp.asarray(e.data["train_x"][:32]), jnp.asarray(e.data["train_y"][:32])
+    jaxpr = str(jax.make_jaxpr(e.learner.train_step)(st, x, y))
+    ops = [ln for ln in jaxpr.splitlines() if "dot_general" in ln or "conv_general" in ln]
+    assert ops and all("bf16[" in ln for ln in ops)
+    new = jax.jit(e.learner.train_step)(st, x, y)[0]
+    for tree in (new.params, new.opt_state, new.batch_stats):
+        assert {
+            a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)
+        } <= {jnp.dtype(jnp.float32)}
+    (s,) = train(over, tmp_path)
+    t = tables(tmp_path)
+    acc = t["scalars.parquet"].query("name == 'test_accuracy'")["value"].iloc[-1]
+    record_property("summary", f"bf16 {extra[0]}: 100 steps, test accuracy {acc:.3f}")
+    assert s["status"] == "finished" and acc > 0.6  # chance: 0.1
+    assert np.isfinite(t["activations.parquet"]["value"]).all()
+
+
+def test_an_unknown_precision_is_one_line(tmp_path):
+    res = cli([*QUICK, "precision=fp8", f"hydra.run.dir={tmp_path / 'run'}"], timeout=300)
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("bnlab: error: precision=fp8") and "bf16" in last, last
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()

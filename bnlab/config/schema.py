@@ -35,6 +35,7 @@ BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
 IcsAt = Choice("IcsAt", {n: n for n in ("before", "after")})
 DropoutMode = Choice("DropoutMode", {n: n for n in ("eval", "train")})
 StepLoop = Choice("StepLoop", {n: n for n in ("auto", "scan", "host")})
+Precision = Choice("Precision", {n: n for n in ("fp32", "bf16")})
 
 
 @dataclass
@@ -245,6 +246,7 @@ class TrainConfig:
     figure: bool = MISSING
     compile_cache: str | None = MISSING
     step_loop: StepLoop = MISSING
+    precision: Precision = MISSING
     import_path: list[str] = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -72,9 +72,9 @@ class Learner:
 
     def __init__(self, net: Network, probe_net: Network, tx, unit, *, probe_cfg: Any,
                  diverge_loss: float, noisy: bool, shards: int = 1, eval_batch: int = 1000,
-                 unroll: bool = False, loss=softmax_ce):  # fmt: skip
+                 unroll: bool = False, loss=softmax_ce, compute_dtype: Any = None):  # fmt: skip
         self.net, self.probe_net, self.tx, self.unit = net, probe_net, tx, unit
-        self.loss = loss
+        self.loss, self.compute_dtype = loss, compute_dtype
         self.unroll = unroll
         self.sample = probe_cfg.sample
         self.sample_seed = probe_cfg.sample_seed
@@ -95,12 +95,25 @@ class Learner:
         return dict(noise_key=noise_key(st.key, st.step, noise) if self.noisy else None,
                     rng=noise_key(st.key, st.step, rng))  # fmt: skip
 
+    def cast(self, params: Any, x: Array) -> tuple[Any, Array]:
+        """``precision=bf16``: bfloat16 copies of the float parameters and the input (the
+        float32 parameters get the gradient through the cast); else both as they are."""
+        if self.compute_dtype is None:
+            return params, x
+
+        def down(a):
+            return a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+        return jax.tree.map(down, params), down(x)
+
     def loss_fn(self, params, batch_stats, x, y, rngs=None, extra=None):
         """Training loss on one batch: ``(loss, (new_batch_stats, new_extra, accuracy))``
         (``rngs``: :meth:`rngs`; ``extra``: the model's other state)."""
+        params, x = self.cast(params, x)
         logits, new_stats, new_extra, _ = self.net.apply_state(
             params, batch_stats, x, train=True, extra=extra, **(rngs or {})
         )
+        logits = logits.astype(jnp.float32)
         loss, acc = self.loss(logits, y).mean(), (jnp.argmax(logits, -1) == y).mean()
         if self.shards > 1:
             # the global batch's loss (its gradient is the device average), and one
@@ -137,11 +150,12 @@ class Learner:
         keys = self.rngs(st, probe=True)
         if self.probe_eval:
             keys["noise_key"] = None
+        params, probe_x = self.cast(st.params, probe_x)
         _, _, sites = self.probe_net.apply(
-            st.params, st.batch_stats, probe_x, train=not self.probe_eval, capture=True,
+            params, st.batch_stats, probe_x, train=not self.probe_eval, capture=True,
             extra=st.extra, dropout=self.probe_dropout, **keys,
         )  # fmt: skip
-        return sites
+        return {k: v.astype(jnp.float32) for k, v in sites.items()}  # bf16: float32 copies
 
     def histograms(self, st: TrainState, probe_x: Array, bins: int) -> dict:
         """``{site: probe.histogram(values, bins)}`` of every probed site on the probe batch."""
@@ -183,8 +197,10 @@ class Learner:
 
         def one(args):
             xb, yb, mb = args
-            logits = self.probe_net.apply(st.params, st.batch_stats, xb, train=False,
+            params, xb = self.cast(st.params, xb)
+            logits = self.probe_net.apply(params, st.batch_stats, xb, train=False,
                                           extra=st.extra, rng=eval_key)[0]  # fmt: skip
+            logits = logits.astype(jnp.float32)
             loss = self.loss(logits, yb)
             return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
 

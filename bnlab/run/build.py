@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from bnlab import config, data
 from bnlab.config import TrainConfig
@@ -63,6 +64,7 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
     learner = Learner(
         net, probe_net, tx, unit, probe_cfg=cfg.probe, diverge_loss=cfg.diverge_loss,
         noisy=cfg.norm.noisy, shards=data_dev, unroll=host_loop, loss=loss,
+        compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else None,
     )  # fmt: skip
     return Engine(
         learner, arrays, grid=(len(cfg.lrs), len(cfg.seeds)), batch_size=cfg.batch_size,
