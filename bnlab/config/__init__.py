@@ -6,6 +6,7 @@ from bnlab.config.schema import (
     Choice,
     DataConfig,
     LoggerConfig,
+    LossConfig,
     NormConfig,
     OptimizerConfig,
     ParallelConfig,
@@ -21,7 +22,8 @@ from bnlab.config.schema import (
 from bnlab.config.validate import check, check_data, check_overrides, check_unknown
 
 __all__ = [
-    "MODEL_SCHEMAS", "Choice", "DataConfig", "LoggerConfig", "NormConfig", "OptimizerConfig",
-    "ParallelConfig", "ProbeConfig", "ResumeConfig", "SweepConfig", "TrainConfig", "check",
-    "check_data", "check_overrides", "check_unknown", "model_dict", "register", "to_yaml_dict", "typed",
+    "MODEL_SCHEMAS", "Choice", "DataConfig", "LoggerConfig", "LossConfig", "NormConfig",
+    "OptimizerConfig", "ParallelConfig", "ProbeConfig", "ResumeConfig", "SweepConfig",
+    "TrainConfig", "check", "check_data", "check_overrides", "check_unknown", "model_dict",
+    "register", "to_yaml_dict", "typed",
 ]  # fmt: skip

@@ -29,11 +29,13 @@ class Choice(StrEnum):
 Standardize = Choice("Standardize", {n: n for n in ("none", "per_pixel")})
 ProbeSplit = Choice("ProbeSplit", {n: n for n in ("test", "train", "validation")})
 NormPosition = Choice("NormPosition", {n: n for n in ("before", "after")})
-OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam")})
+OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam", "optax")})
 Schedule = Choice("Schedule", {n: n for n in ("constant", "cosine", "step")})
 BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
 IcsAt = Choice("IcsAt", {n: n for n in ("before", "after")})
+DropoutMode = Choice("DropoutMode", {n: n for n in ("eval", "train")})
 StepLoop = Choice("StepLoop", {n: n for n in ("auto", "scan", "host")})
+Precision = Choice("Precision", {n: n for n in ("fp32", "bf16")})
 
 
 @dataclass
@@ -104,8 +106,8 @@ class NormConfig:
     use_scale: bool = MISSING
     use_bias: bool = MISSING
     stats_grad: bool = MISSING
-    momentum: float = MISSING
-    epsilon: float = MISSING
+    momentum: float | None = MISSING  # None: each layer's own
+    epsilon: float | None = MISSING
     ghost_batch_size: int | None = MISSING
     sync: bool = MISSING
     center_only: bool = MISSING
@@ -121,10 +123,23 @@ class NormConfig:
         return self.normalizes and bool(self.noise_mean or self.noise_std)
 
 
+LossName = Choice("LossName", {n: n for n in ("softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy", "mean_squared_error", "own")})  # fmt: skip
+
+
+@dataclass
+class LossConfig:
+    name: LossName = MISSING
+    label_smoothing: float = MISSING
+    _target_: str | None = MISSING  # loss=own: fn(outputs, labels) -> per-example loss
+
+
 @dataclass
 class OptimizerConfig:
     name: OptimizerName = MISSING
     lr: float = MISSING
+    _target_: str | None = MISSING  # optimizer=optax: an optax factory taking learning_rate
+    args: dict[str, Any] = MISSING  # its other keyword arguments
     momentum: float = MISSING
     nesterov: bool = MISSING
     b1: float = MISSING
@@ -142,6 +157,7 @@ class ProbeConfig:
     percentiles: list[float] = MISSING
     units: list[int] = MISSING
     bn_mode: BnMode = MISSING
+    dropout: DropoutMode = MISSING
     ics_every: int = MISSING
     ics_at: IcsAt = MISSING
     landscape_steps: list[float] = MISSING
@@ -215,6 +231,7 @@ class TrainConfig:
     model: Any = MISSING  # a dict after typed(): {_target_: ..., constructor arguments}
     norm: NormConfig = field(default_factory=NormConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     seed: int = MISSING
@@ -229,6 +246,7 @@ class TrainConfig:
     figure: bool = MISSING
     compile_cache: str | None = MISSING
     step_loop: StepLoop = MISSING
+    precision: Precision = MISSING
     import_path: list[str] = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

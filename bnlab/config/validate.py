@@ -73,9 +73,9 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
     if not (math.isfinite(cfg.diverge_loss) and cfg.diverge_loss > 0):
         raise UserError(f"diverge_loss={cfg.diverge_loss} must be a finite number > 0")
     # norm
-    if not 0 <= n.momentum < 1:
+    if n.momentum is not None and not 0 <= n.momentum < 1:
         raise UserError(f"norm.momentum={n.momentum} must be in [0, 1) (Flax convention)")
-    if not n.epsilon >= 0:
+    if n.epsilon is not None and not n.epsilon >= 0:
         raise UserError(f"norm.epsilon={n.epsilon} must be >= 0")
     if n.noise_mean < 0 or n.noise_std < 0:
         raise UserError("norm.noise_mean and norm.noise_std must be >= 0")
@@ -84,7 +84,13 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
         _finite_positive("optimizer.lr" if not cfg.sweep.lr else f"sweep.lr[{i}]", lr)
     if len(set(cfg.lrs)) < len(cfg.lrs):
         raise UserError(f"sweep.lr has repeated values: {cfg.lrs}")
-    if o.name != "adam" and not 0 <= o.momentum < 1:
+    if not 0 <= cfg.loss.label_smoothing < 1:
+        raise UserError(f"loss.label_smoothing={cfg.loss.label_smoothing} must be in [0, 1)")
+    if (cfg.loss.name == "own") != bool(cfg.loss._target_):
+        raise UserError("loss._target_=pkg.module.fn goes with loss=own (and loss=own needs it)")
+    if o.name == "optax" and not o._target_:
+        raise UserError("optimizer=optax needs optimizer._target_=..., e.g. optax.adamw")
+    if o.name not in ("adam", "optax") and not 0 <= o.momentum < 1:
         raise UserError(f"optimizer.momentum={o.momentum} must be in [0, 1)")
     if o.name == "adam" and not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
         raise UserError(f"optimizer.b1={o.b1} and b2={o.b2} must be in [0, 1)")

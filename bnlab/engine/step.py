@@ -6,8 +6,15 @@ of a mesh. :meth:`Learner.train_step` freezes a member whose loss is non-finite 
 above ``diverge_loss`` (``alive`` turns false; its parameters, running statistics and
 optimizer state keep their values), so no NaN reaches the others.
 
-Noisy BN draws the noise of step t from ``noise_key(state.key, t)``, so runs are
-reproducible and resume exactly; train-mode probes see noise from their own stream.
+Noisy BN draws the noise of step t from ``noise_key(state.key, t)``, and every other
+random draw of the model (dropout, any linen rng name, NNX ``rngs`` passed at call time)
+from ``noise_key(state.key, t, RNG_STREAM)``: ``state.key`` derives from the member's
+seed, so runs are reproducible, a resumed run draws the keys the uninterrupted run
+would, and the members of a sweep with different seeds draw different masks (members
+that differ only by lr share a seed's masks, as their single runs would). NNX RNG
+streams stored in the model are state (``TrainState.extra``), carried and checkpointed.
+Train-mode probes draw from their own streams; evaluation runs with dropout off, probes
+too unless ``probe.dropout=train``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from bnlab.models.network import Network
 
 Array = jax.Array
 NOISE_STREAM, PROBE_NOISE_STREAM = 0x6E6F6973, 0x70726F62  # fold_in tags of the noise keys
+RNG_STREAM, PROBE_RNG_STREAM, EVAL_RNG_STREAM = 0x726E67, 0x70726E67, 0x65726E67
 
 
 def noise_key(key: Array, step: Array | int, stream: int = NOISE_STREAM) -> Array:
@@ -42,12 +50,12 @@ class TrainState:
     opt_state: Any  # optax inject_hyperparams state: the peak lr is in it
     key: Array  # uint32[2] (raw, so checkpoints hold it): data order and noise
     alive: Array  # bool: false once the loss went bad (the member is frozen)
+    extra: Any  # every other variable of the model (bnlab.models.variables)
 
 
-def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
-    """Mean softmax cross-entropy and accuracy."""
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    return loss.mean(), (jnp.argmax(logits, -1) == labels).mean()
+def softmax_ce(logits: Array, labels: Array) -> Array:
+    """Softmax cross-entropy per example (the default ``loss``)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
 class Learner:
@@ -56,44 +64,68 @@ class Learner:
     ``net`` trains (a :class:`~bnlab.models.network.Network`, linen or NNX; its BN may
     average statistics over the mesh's ``data`` axis, of ``shards`` devices);
     ``probe_net`` is the same network with local statistics, for probes and evaluation.
-    ``unit`` is the optimizer's unit schedule (:mod:`bnlab.engine.optim`). ``unroll``: loops
+    ``unit`` is the optimizer's unit schedule (:mod:`bnlab.engine.optim`); ``loss`` the
+    per-example loss (:mod:`bnlab.engine.loss`, softmax cross-entropy). ``unroll``: loops
     over probe batches and evaluation batches are unrolled in the trace instead of
     ``lax.map`` (XLA:CPU runs convolutions inside a loop several times slower).
     """
 
     def __init__(self, net: Network, probe_net: Network, tx, unit, *, probe_cfg: Any,
                  diverge_loss: float, noisy: bool, shards: int = 1, eval_batch: int = 1000,
-                 unroll: bool = False):  # fmt: skip
+                 unroll: bool = False, loss=softmax_ce, compute_dtype: Any = None):  # fmt: skip
         self.net, self.probe_net, self.tx, self.unit = net, probe_net, tx, unit
+        self.loss, self.compute_dtype = loss, compute_dtype
         self.unroll = unroll
         self.sample = probe_cfg.sample
         self.sample_seed = probe_cfg.sample_seed
         self.qs = tuple(float(q) for q in probe_cfg.percentiles)
         self.units = tuple(int(u) for u in probe_cfg.units)
         self.probe_eval = probe_cfg.bn_mode == "eval"
+        self.probe_dropout = probe_cfg.dropout == "train"
         self.landscape_steps = tuple(float(c) for c in probe_cfg.landscape_steps)
         self.landscape_lengths = tuple(float(v) for v in probe_cfg.landscape_lengths)
         self.diverge_loss, self.noisy, self.eval_batch = diverge_loss, noisy, eval_batch
         self.shards = shards
 
-    def rngs(self, st: TrainState, stream: int = NOISE_STREAM) -> Array | None:
-        """Noisy BN's key for a train-mode apply at ``st``, else None."""
-        return noise_key(st.key, st.step, stream) if self.noisy else None
+    def rngs(self, st: TrainState, probe: bool = False) -> dict[str, Any]:
+        """The keys of an apply at ``st``: noisy BN's (or None) and the model's
+        ``rng`` (training's, or the probes' own streams)."""
+        noise = PROBE_NOISE_STREAM if probe else NOISE_STREAM
+        rng = PROBE_RNG_STREAM if probe else RNG_STREAM
+        return dict(noise_key=noise_key(st.key, st.step, noise) if self.noisy else None,
+                    rng=noise_key(st.key, st.step, rng))  # fmt: skip
 
-    def loss_fn(self, params, batch_stats, x, y, rngs=None):
-        logits, new_stats, _ = self.net.apply(params, batch_stats, x, train=True, noise_key=rngs)
-        loss, acc = cross_entropy(logits, y)
+    def cast(self, params: Any, x: Array) -> tuple[Any, Array]:
+        """``precision=bf16``: bfloat16 copies of the float parameters and the input (the
+        float32 parameters get the gradient through the cast); else both as they are."""
+        if self.compute_dtype is None:
+            return params, x
+
+        def down(a):
+            return a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+        return jax.tree.map(down, params), down(x)
+
+    def loss_fn(self, params, batch_stats, x, y, rngs=None, extra=None):
+        """Training loss on one batch: ``(loss, (new_batch_stats, new_extra, accuracy))``
+        (``rngs``: :meth:`rngs`; ``extra``: the model's other state)."""
+        params, x = self.cast(params, x)
+        logits, new_stats, new_extra, _ = self.net.apply_state(
+            params, batch_stats, x, train=True, extra=extra, **(rngs or {})
+        )
+        logits = logits.astype(jnp.float32)
+        loss, acc = self.loss(logits, y).mean(), (jnp.argmax(logits, -1) == y).mean()
         if self.shards > 1:
             # the global batch's loss (its gradient is the device average), and one
             # running-statistics update on every device (flax#877)
             loss, acc, new_stats = lax.pmean((loss, acc, new_stats), DATA)
-        return loss, (new_stats, acc)
+        return loss, (new_stats, new_extra, acc)
 
     def train_step(self, st: TrainState, x: Array, y: Array):
         """One member's step: ``(state, (loss, accuracy, gradients))``; a member that is
         not alive, or whose loss goes bad now, keeps its state and is not alive."""
-        (loss, (bs, acc)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-            st.params, st.batch_stats, x, y, self.rngs(st)
+        (loss, (bs, extra, acc)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+            st.params, st.batch_stats, x, y, self.rngs(st), st.extra
         )
         ok = st.alive & (jnp.abs(loss) <= self.diverge_loss)  # NaN compares false
         updates, opt_state = self.tx.update(grads, st.opt_state, st.params)
@@ -102,7 +134,7 @@ class Learner:
         new = st.replace(
             step=st.step + ok.astype(st.step.dtype), params=keep(params, st.params),
             batch_stats=keep(bs, st.batch_stats), opt_state=keep(opt_state, st.opt_state),
-            alive=ok,
+            extra=keep(extra, st.extra), alive=ok,
         )  # fmt: skip
         return new, (loss, acc, grads)
 
@@ -115,12 +147,15 @@ class Learner:
     def sites(self, st: TrainState, probe_x: Array) -> dict[str, Array]:
         """The raw values of the probed sites on the probe batch (``{site: array}``, BN as
         ``probe.bn_mode`` says; the running statistics are not updated)."""
+        keys = self.rngs(st, probe=True)
+        if self.probe_eval:
+            keys["noise_key"] = None
+        params, probe_x = self.cast(st.params, probe_x)
         _, _, sites = self.probe_net.apply(
-            st.params, st.batch_stats, probe_x, train=not self.probe_eval,
-            noise_key=None if self.probe_eval else self.rngs(st, PROBE_NOISE_STREAM),
-            capture=True,
+            params, st.batch_stats, probe_x, train=not self.probe_eval, capture=True,
+            extra=st.extra, dropout=self.probe_dropout, **keys,
         )  # fmt: skip
-        return sites
+        return {k: v.astype(jnp.float32) for k, v in sites.items()}  # bf16: float32 copies
 
     def histograms(self, st: TrainState, probe_x: Array, bins: int) -> dict:
         """``{site: probe.histogram(values, bins)}`` of every probed site on the probe batch."""
@@ -140,7 +175,7 @@ class Learner:
         rngs = self.rngs(st)
 
         def loss_fn(params, batch):
-            return self.loss_fn(params, st.batch_stats, batch[0], batch[1], rngs)[0]
+            return self.loss_fn(params, st.batch_stats, batch[0], batch[1], rngs, st.extra)[0]
 
         grads = jax.grad(loss_fn)(st.params, (x, y))
         updates, _ = self.tx.update(grads, st.opt_state, st.params)
@@ -158,11 +193,15 @@ class Learner:
         x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
         y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
         mask = jnp.arange(n + pad) < n
+        eval_key = noise_key(st.key, st.step, EVAL_RNG_STREAM)  # dropout is off; rng names
 
         def one(args):
             xb, yb, mb = args
-            logits = self.probe_net.apply(st.params, st.batch_stats, xb, train=False)[0]
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb)
+            params, xb = self.cast(st.params, xb)
+            logits = self.probe_net.apply(params, st.batch_stats, xb, train=False,
+                                          extra=st.extra, rng=eval_key)[0]  # fmt: skip
+            logits = logits.astype(jnp.float32)
+            loss = self.loss(logits, yb)
             return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
 
         shape = lambda a: a.reshape((-1, b) + a.shape[1:])  # noqa: E731
@@ -173,11 +212,11 @@ class Learner:
         """A member's initial state: its init key and data key derive from ``seed``;
         its peak learning rate is ``lr``."""
         root = jax.random.PRNGKey(seed)
-        params, batch_stats = self.net.init(jax.random.fold_in(root, 0), x0)
+        params, batch_stats, extra = self.net.init_state(jax.random.fold_in(root, 0), x0)
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
             opt_state=with_lr(self.tx.init(params), lr),
-            key=jax.random.fold_in(root, 1), alive=jnp.ones((), bool),
+            key=jax.random.fold_in(root, 1), alive=jnp.ones((), bool), extra=extra,
         )  # fmt: skip
 
 

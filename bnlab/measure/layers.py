@@ -61,7 +61,9 @@ def module_stats(
     ``bias``, ``bias_mean``/``bias_std``; a module without a kernel (a norm) gets
     ``gamma_mean``/``gamma_std`` of its ``scale`` and ``beta_mean``/``beta_std`` of its
     ``bias``; a ``mean``/``var`` in ``batch_stats`` gives ``running_mean_mean``...
-    ``running_var_std``. Other leaves are not summarized.
+    ``running_var_std``. Every other leaf, whatever its name (a custom layer's ``w``,
+    an embedding), gets ``weight_norm`` and ``grad_norm`` at its own path
+    (``linear1/w``).
     """
     flat_p, flat_g = flatten_dict(params), flatten_dict(grads)
     modules: dict[tuple, dict[str, tuple[Array, Array]]] = {}
@@ -82,6 +84,10 @@ def module_stats(
                 d[f"{name}_std"] = jnp.std(leaves[key][0])
         if d and mod:
             out["/".join(mod)] = d
+        for key in sorted(set(leaves) - set(named) - {"kernel"}):
+            w, g = leaves[key]
+            out["/".join((*mod, key))] = {"weight_norm": jnp.sqrt(_sq(w)),
+                                           "grad_norm": jnp.sqrt(_sq(g))}  # fmt: skip
     for path, v in flatten_dict(batch_stats).items():
         if path[-1] in ("mean", "var") and path[:-1]:
             d = out.setdefault("/".join(path[:-1]), {})

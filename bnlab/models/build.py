@@ -1,8 +1,10 @@
 """From the ``model`` and ``norm`` configs to a :class:`~bnlab.models.network.Network`.
 
 ``model._target_`` names a ``flax.linen.Module`` or ``flax.nnx.Module`` class (the
-presets: ``bnlab.models.MLP``, ``CNN``, ``VGG``, ``ResNet``); the other ``model.*`` keys
-are its constructor's arguments (nested ``_target_`` nodes instantiated with Hydra). bnlab adds, where the constructor takes them and the config does not set them:
+presets: ``bnlab.models.MLP``, ``CNN``, ``VGG``, ``ResNet``), a ``functools.partial`` of
+one (flax examples' ``ResNet18 = partial(ResNet, stage_sizes=...)``) or a function that
+returns a module (NNX when it takes ``rngs``); the other ``model.*`` keys
+are its arguments (nested ``_target_`` nodes instantiated with Hydra). bnlab adds, where the constructor takes them and the config does not set them:
 
 - ``norm``: a factory of bnlab's BN with the ``norm`` config (linen: ``bnlab.norm.
   BatchNorm``/``NoNorm``, called as ``norm(name=...)(x, use_running_average=...)``;
@@ -34,7 +36,7 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
-from bnlab.errors import UserError
+from bnlab.errors import UserError, say
 from bnlab.models import activations
 from bnlab.models.network import LinenNetwork, Network, NNXNetwork
 from bnlab.models.resnet import SHORTCUTS, blocks_per_stage
@@ -52,12 +54,14 @@ INJECTED = ("norm", "num_classes", "rngs")
 
 
 def _norm_kwargs(cfg: Any, axis_name: str | None, noise_axis: str | None) -> dict[str, Any]:
-    return dict(
+    kw = dict(
         use_scale=cfg.use_scale, use_bias=cfg.use_bias, stats_grad=cfg.stats_grad,
-        momentum=cfg.momentum, epsilon=cfg.epsilon, ghost_batch_size=cfg.ghost_batch_size,
-        axis_name=axis_name, center_only=cfg.center_only, noise_mean=cfg.noise_mean,
-        noise_std=cfg.noise_std, noise_axis=noise_axis,
+        ghost_batch_size=cfg.ghost_batch_size, axis_name=axis_name, center_only=cfg.center_only,
+        noise_mean=cfg.noise_mean, noise_std=cfg.noise_std, noise_axis=noise_axis,
     )  # fmt: skip
+    # unset (null): the layer's own default (Flax's 0.99 and 1e-5)
+    kw |= {k: getattr(cfg, k) for k in ("momentum", "epsilon") if getattr(cfg, k) is not None}
+    return kw
 
 
 def make_norm(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None):
@@ -77,9 +81,8 @@ def make_nnx_norm(cfg: Any, axis_name: str | None = None, noise_axis: str | None
 
 def substitution(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None) -> Norm:
     """What replaces a hard-coded Flax BatchNorm under the ``norm`` config ``cfg``."""
-    kw = _norm_kwargs(cfg, axis_name, noise_axis)
-    kw.pop("momentum"), kw.pop("epsilon")  # the layer keeps its own
-    return Norm(normalizes=cfg.normalizes, **kw)
+    # momentum and epsilon: the layer keeps its own unless the config sets them
+    return Norm(normalizes=cfg.normalizes, **_norm_kwargs(cfg, axis_name, noise_axis))
 
 
 # --------------------------------------------------------------------------- checks
@@ -102,24 +105,57 @@ def _target(model: dict) -> str:
     return t
 
 
-def model_class(model: dict) -> type:
-    """The class ``model._target_`` names (a linen or NNX Module); one-line errors."""
+def _partials(obj: Any) -> tuple[list[partial], Any]:
+    """The ``functools.partial`` layers around ``obj`` (outermost first) and what they wrap."""
+    chain = []
+    while isinstance(obj, partial):
+        chain.append(obj)
+        obj = obj.func
+    return chain, obj
+
+
+def model_class(model: dict) -> Any:
+    """What ``model._target_`` names: a linen or NNX Module class, a ``functools.partial``
+    of one, or a function returning a module; one-line errors."""
     t = _target(model)
     try:
-        cls = activations.locate(t)
+        obj = activations.locate(t)
     except ImportError as e:
         raise UserError(f"model._target_={t}: {e} (is its folder in import_path?)") from None
-    if not (isinstance(cls, type) and issubclass(cls, (nn.Module, nnx.Module))):
-        raise UserError(f"model._target_={t} is not a flax.linen.Module or flax.nnx.Module class")
-    return cls
+    base = _partials(obj)[1]
+    if isinstance(base, type) and issubclass(base, (nn.Module, nnx.Module)):
+        return obj
+    if not isinstance(base, type) and callable(base) and inspect.isroutine(base):
+        return obj
+    raise UserError(
+        f"model._target_={t} is not a flax.linen.Module or flax.nnx.Module class, a "
+        "functools.partial of one, or a function returning a module"
+    )
 
 
-def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
+def is_nnx(factory: Any) -> bool:
+    """Whether ``factory`` builds an NNX module (a function: whether it takes ``rngs``)."""
+    base = _partials(factory)[1]
+    if isinstance(base, type):
+        return issubclass(base, nnx.Module)
+    return "rngs" in _parameters(factory)[0]
+
+
+def _parameters(factory: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    chain, base = _partials(factory)
     # NNX's metaclass hides __init__'s signature behind (*args, **kwargs)
-    fn = cls.__init__ if issubclass(cls, nnx.Module) else cls
+    fn = base.__init__ if isinstance(base, type) and issubclass(base, nnx.Module) else base
     params = dict(inspect.signature(fn).parameters)
     for k in ("parent", "name", "self"):
         params.pop(k, None)
+    for p in reversed(chain):  # innermost first: bound positionals go, keywords get defaults
+        positional = [k for k, v in params.items()
+                      if v.kind in (v.POSITIONAL_ONLY, v.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+        for k in positional[: len(p.args)]:
+            del params[k]
+        for k, v in p.keywords.items():
+            if k in params:
+                params[k] = params[k].replace(default=v, kind=inspect.Parameter.KEYWORD_ONLY)
     var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
     params = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     return params, var_kw
@@ -204,7 +240,7 @@ def build_network(model: dict, norm: Any, num_classes: int, axis_name: str | Non
 
     cls = model_class(model)
     params, var_kw = _parameters(cls)
-    is_nnx = issubclass(cls, nnx.Module)
+    nnx_model = is_nnx(cls)
     # nested ``_target_`` nodes instantiated by Hydra; bnlab's objects (classes that are
     # dataclasses, which Hydra would read as configs) passed beside them
     args = instantiate({k: v for k, v in model.items() if k not in ("_target_", "activation")},
@@ -215,7 +251,7 @@ def build_network(model: dict, norm: Any, num_classes: int, axis_name: str | Non
         act = model["activation"]
         extra["activation"] = act if preset and isinstance(act, str) else activations.resolve(act)
     if "norm" in params:
-        make = make_nnx_norm if is_nnx else make_norm
+        make = make_nnx_norm if nnx_model else make_norm
         extra["norm"] = make(norm, axis_name, noise_axis)
     if "num_classes" in params and "num_classes" not in model:
         extra["num_classes"] = num_classes
@@ -223,11 +259,19 @@ def build_network(model: dict, norm: Any, num_classes: int, axis_name: str | Non
     shortcut = {}
     if preset in ("mlp", "cnn"):
         shortcut = dict(activation=model["activation"], norm_position=str(model["norm_position"]))
-    if not is_nnx:
-        return LinenNetwork(cls(**args, **extra), sub, **shortcut)
+    if not nnx_model:
+        module = cls(**args, **extra)
+        if not isinstance(module, nn.Module):
+            raise UserError(
+                f"model._target_={model['_target_']} returned a {type(module).__name__}, not a "
+                "flax.linen.Module (a function returning an nnx.Module takes rngs)"
+            )
+        return LinenNetwork(module, sub, **shortcut)
 
     def construct(rngs: nnx.Rngs) -> nnx.Module:
         m = cls(**args, **extra, rngs=rngs)
+        if not isinstance(m, nnx.Module):
+            raise ValueError(f"it returned a {type(m).__name__}, not a flax.nnx.Module")
         substitute_nnx(m, sub)
         return m
 
@@ -237,17 +281,26 @@ def build_network(model: dict, norm: Any, num_classes: int, axis_name: str | Non
         raise UserError(f"model._target_={model['_target_']}: {e}") from None
 
 
-def select_sites(names: list[str], patterns: list[str]) -> tuple[str, ...]:
-    """The sites matching any of the glob ``patterns`` (``*`` spans ``/``), in order;
-    a pattern matching none is a one-line error (``*``, every site, may match none:
-    a linear model has no sites)."""
+def select_sites(names: list[str], patterns: list[str],
+                 outputs: list[str] = ()) -> tuple[str, ...]:  # fmt: skip
+    """The sites matching any of the glob ``patterns`` (``*`` spans ``/``), in order,
+    then the module outputs (``<path>/out`` of any other module call) that a pattern
+    other than the bare ``*`` matches; a pattern matching none is a one-line error
+    (``*``, every site, may match none: a linear model has no sites)."""
     for pat in patterns:
-        if pat != "*" and not fnmatch.filter(names, pat):
+        if pat != "*" and not fnmatch.filter([*names, *outputs], pat):
             some = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             raise UserError(
                 f"probe.sites: {pat!r} matches none of the model's {len(names)} sites ({some})"
+                f" or module outputs ({_some(outputs)})"
             )
-    return tuple(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    picked = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    return tuple(picked + [n for n in outputs
+                           if any(p != "*" and fnmatch.fnmatchcase(n, p) for p in patterns)])  # fmt: skip
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "none"
 
 
 def build_networks(cfg: Any, num_classes: int, x: jax.ShapeDtypeStruct, data_devices: int,
@@ -268,6 +321,17 @@ def build_networks(cfg: Any, num_classes: int, x: jax.ShapeDtypeStruct, data_dev
             f"model._target_={cfg.model['_target_']} fails on a batch of shape {x.shape}: "
             f"{type(e).__name__}: {first}"
         ) from None
-    probe_net.select(select_sites(list(layout.sites), list(cfg.probe.sites)))
+    for path, rate in layout.dropouts.items():
+        if not (isinstance(rate, int | float) and 0 <= rate < 1):
+            raise UserError(
+                f"model._target_={cfg.model['_target_']}: the dropout layer {path} has rate "
+                f"{rate}; a dropout rate must lie in [0, 1)"
+            )
+    patterns, outputs = list(cfg.probe.sites), list(layout.outputs)
+    if not layout.sites and patterns == ["*"] and outputs:
+        say(f"warning: the default probe.sites finds no site in model._target_="
+            f"{cfg.model['_target_']}: choose module outputs with probe.sites=[...], e.g. "
+            f"{_some(outputs)}")  # fmt: skip
+    probe_net.select(select_sites(list(layout.sites), patterns, outputs))
     net.layout = layout
     return net, probe_net

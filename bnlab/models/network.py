@@ -2,24 +2,28 @@
 
 The engine never calls a model itself. It calls
 
-- ``init(key, x) -> (params, batch_stats)`` and
-- ``apply(params, batch_stats, x, *, train, noise_key=None, capture=False)
-  -> (logits, new_batch_stats, sites)``,
+- ``init_state(key, x) -> (params, batch_stats, extra)`` and
+- ``apply_state(params, batch_stats, x, *, train, noise_key=None, capture=False,
+  extra=None, rng=None, dropout=None) -> (logits, new_batch_stats, new_extra, sites)``
 
-where ``params`` and ``batch_stats`` are plain nested dicts of arrays (string keys),
-the same for linen and NNX, so members (``vmap``), devices (``shard_map``), probes,
-Orbax checkpoints and records do not know which API built the model. ``train``
-selects batch statistics (True) or running averages (False); ``noise_key`` is noisy
-BN's key of this step; ``capture=True`` returns the probe's sites (``selected``, see
-:meth:`Network.discover`), ``False`` none.
+(``init``/``apply``: the same without ``extra``, for models that hold no other state),
+where ``params``, ``batch_stats`` and ``extra`` are plain nested dicts of arrays
+(string keys), the same for linen and NNX, so members (``vmap``), devices
+(``shard_map``), probes, Orbax checkpoints and records do not know which API built the
+model. ``train`` selects batch statistics (True) or running averages (False);
+``noise_key`` is noisy BN's key of this step; ``capture=True`` returns the probe's
+sites (``selected``, see :meth:`Network.discover`), ``False`` none. ``extra`` is every
+other variable the model keeps (:mod:`bnlab.models.variables`: RNG streams, counters,
+user collections). ``rng`` is the key of this call's random draws (linen: the
+``dropout`` and ``params`` rngs, which any other rng name falls back to; NNX: the
+``rngs`` of a ``__call__`` that takes them, and dropout layers without a stream of
+their own); ``dropout`` (default ``train``) turns every dropout layer on or off,
+whatever the model's own flag says.
 
 A model's ``__call__`` gets ``train=`` when it takes ``train`` (or ``training``); an
 NNX model's BN layers, and a linen model's substituted Flax BN when its ``__call__``
 takes neither, get the mode from bnlab. NNX models are split with ``nnx.split``
 into graph and state once; each ``apply`` merges the graph with the given state.
-Only trained parameters (``params``/``nnx.Param``) and running statistics
-(``batch_stats``/``nnx.BatchStat``) are state: a model holding other state (RNG
-streams for dropout, caches) is refused at start.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from bnlab import measure as probe
+from bnlab.models import variables
 from bnlab.models.builtin import activation_sources, flatten_sites, layer_names
 from bnlab.models.sites import ALL, Norm, Recorder, intercept_linen, intercept_nnx
 
@@ -50,6 +56,9 @@ class Layout:
     linear: list[str]  # dense/conv layers (module paths) in call order
     flax_bn: bool  # a linen model hard-coding flax.linen.BatchNorm
     convs: bool  # the forward pass convolves
+    dropouts: dict[str, Any] = field(default_factory=dict)  # dropout layer -> rate
+    bn_settings: dict[str, tuple] = field(default_factory=dict)  # BN layer -> momentum, eps
+    outputs: dict[str, Any] = field(default_factory=dict)  # every other module's output
     selected: tuple[str, ...] = ()  # the probe's sites (probe.sites)
     derived: dict[str, str] = field(default_factory=dict)  # monotone shortcut (built-ins)
 
@@ -66,14 +75,19 @@ def _has_conv(jaxpr: Any) -> bool:
     return False
 
 
-def _train_kwarg(fn: Callable) -> str | None:
+def _kwarg(fn: Callable, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that ``fn`` takes as an argument, else None."""
     import inspect
 
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return None
-    return next((k for k in TRAIN_KWARGS if k in params), None)
+    return next((k for k in names if k in params), None)
+
+
+def _train_kwarg(fn: Callable) -> str | None:
+    return _kwarg(fn, TRAIN_KWARGS)
 
 
 class Network:
@@ -91,32 +105,49 @@ class Network:
         self.norm, self.activation, self.norm_position = norm, activation, norm_position
 
     # -- the interface -----------------------------------------------------------
-    def init(self, key: Array, x: Array) -> tuple[dict, dict]:
+    def init_state(self, key: Array, x: Array) -> tuple[dict, dict, dict]:
         raise NotImplementedError
 
-    def apply(self, params: dict, batch_stats: dict, x: Array, *, train: bool,
-              noise_key: Array | None = None, capture: bool = False):  # fmt: skip
+    def apply_state(self, params: dict, batch_stats: dict, x: Array, *, train: bool,
+                    noise_key: Array | None = None, capture: bool = False,
+                    extra: dict | None = None, rng: Array | None = None,
+                    dropout: bool | None = None):  # fmt: skip
         raise NotImplementedError
+
+    def init(self, key: Array, x: Array) -> tuple[dict, dict]:
+        """``(params, batch_stats)`` of :meth:`init_state`."""
+        return self.init_state(key, x)[:2]
+
+    def apply(self, params: dict, batch_stats: dict, x: Array, *, train: bool,
+              noise_key: Array | None = None, capture: bool = False, **kw: Any):  # fmt: skip
+        """``(logits, new_batch_stats, sites)`` of :meth:`apply_state`."""
+        logits, bs, _, sites = self.apply_state(params, batch_stats, x, train=train,
+                                                noise_key=noise_key, capture=capture, **kw)  # fmt: skip
+        return logits, bs, sites
 
     # -- what the probes read ----------------------------------------------------
     def discover(self, x: jax.ShapeDtypeStruct) -> Layout:
         """Trace init and one training forward pass on an abstract batch like ``x``:
         the sites, the linear layers, the Flax BNs, the convolutions."""
         init_rec = Recorder(train=False, norm=self.norm, shapes_only=True)
-        rec = Recorder(train=True, norm=self.norm, shapes_only=True)
         key = jax.random.key(0)
+        rec = Recorder(train=True, norm=self.norm, shapes_only=True, dropout=True,
+                       dropout_key=key, outputs=True)  # fmt: skip
         sown: dict[str, jax.ShapeDtypeStruct] = {}
 
         def f(x):
-            params, bs = self._init(key, x, init_rec)
-            out = self._apply(params, bs, x, train=True, noise_key=key, rec=rec, sown=True)
-            sown.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out[2].items()})
+            params, bs, extra = self._init(key, x, init_rec)
+            out = self._apply(params, bs, extra, x, train=True, noise_key=key, rng=key,
+                              rec=rec, sown=True)  # fmt: skip
+            sown.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out[3].items()})
             return out[0]
 
         jaxpr = jax.make_jaxpr(f)(x)
         sites = sown if sown else rec.sites
         layout = Layout(sites=dict(sites), sown=bool(sown), linear=rec.linear,
-                        flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr))  # fmt: skip
+                        flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr),
+                        dropouts=dict(rec.dropouts), bn_settings=dict(rec.bn_settings),
+                        outputs={} if sown else dict(rec.module_outputs))  # fmt: skip
         layout.selected = tuple(layout.sites)
         if layout.sown and self.activation is not None:
             layout.derived = activation_sources(layout.sites, self.activation, self.norm_position)
@@ -127,7 +158,8 @@ class Network:
         """Probe only ``names`` (in the order found)."""
         assert self.layout is not None
         keep = set(names)
-        self.layout.selected = tuple(n for n in self.layout.sites if n in keep)
+        found = [*self.layout.sites, *self.layout.outputs]
+        self.layout.selected = tuple(n for n in found if n in keep)
         self.layout.derived = {
             k: v for k, v in self.layout.derived.items() if k in keep and v in keep
         }
@@ -141,9 +173,16 @@ class Network:
     def layer_stats(self, params: dict, grads: dict, batch_stats: dict) -> dict:
         """Per-layer parameter statistics (:func:`bnlab.measure.layer_stats` for the
         built-ins' layout, else :func:`bnlab.measure.module_stats` by module path)."""
-        if self.builtin_layers(params):
-            return probe.layer_stats(params, grads, batch_stats, layer_names(params))
-        return probe.module_stats(params, grads, batch_stats)
+        builtin = self.builtin_layers(params)
+        if builtin:
+            out = probe.layer_stats(params, grads, batch_stats, layer_names(params))
+        else:
+            out = probe.module_stats(params, grads, batch_stats)
+        # the momentum and epsilon each BN layer ran with (a sweep over them is checkable)
+        for path, (momentum, eps) in (self.layout.bn_settings if self.layout else {}).items():
+            d = out.setdefault(path.split("/")[0] if builtin else path, {})
+            d["bn_momentum"], d["bn_epsilon"] = jnp.float32(momentum), jnp.float32(eps)
+        return out
 
     def ics_layers(self, params: dict) -> list[str]:
         """The layers of gradient-ICS, in network order: ``layer1``... ``head`` for the
@@ -167,10 +206,14 @@ class Network:
         assert self.layout is not None, "discover() first"
         return frozenset(self.layout.selected)
 
+    def _outputs(self, want: Any) -> bool:
+        """Whether the sites ``want`` hold a module output (every call is then intercepted)."""
+        return self.layout is not None and any(n in self.layout.outputs for n in want)
+
     def _init(self, key, x, rec):
         raise NotImplementedError
 
-    def _apply(self, params, bs, x, *, train, noise_key, rec, sown):
+    def _apply(self, params, bs, extra, x, *, train, noise_key, rng, rec, sown):
         raise NotImplementedError
 
 
@@ -187,51 +230,58 @@ class LinenNetwork(Network):
     def _kw(self, train: bool) -> dict:
         return {self.train_kw: train} if self.train_kw else {}
 
-    def _rec(self, train: bool, capture: Any) -> Recorder:
-        return Recorder(train=train, capture=capture, norm=self.norm,
-                        force_mode=self.train_kw is None)  # fmt: skip
+    def _rec(self, train: bool, capture: Any, dropout: bool = False) -> Recorder:
+        return Recorder(train=train, capture=capture, norm=self.norm, dropout=dropout,
+                        force_mode=self.train_kw is None, outputs=self._outputs(capture))  # fmt: skip
+
+    def _intercepts(self) -> bool:
+        lay = self.layout
+        return lay is None or lay.flax_bn or bool(lay.dropouts)
 
     def _init(self, key, x, rec):
-        with intercept_linen(rec):
-            variables = self.module.init(key, x, **self._kw(False))
-        extra = set(variables) - {"params", "batch_stats", "sites", "intermediates"}
-        if extra:
-            raise ValueError(
-                f"the model keeps variables in {sorted(extra)}: bnlab trains 'params' and "
-                "keeps 'batch_stats' only"
-            )
-        return dict(variables.get("params", {})), dict(variables.get("batch_stats", {}))
-
-    def init(self, key: Array, x: Array) -> tuple[dict, dict]:
-        intercept = self.layout is None or self.layout.flax_bn
-        rec = self._rec(False, frozenset()) if intercept else None
-        if rec is None:
-            variables = self.module.init(key, x, **self._kw(False))
-            return dict(variables["params"]), dict(variables.get("batch_stats", {}))
-        return self._init(key, x, rec)
-
-    def _apply(self, params, bs, x, *, train, noise_key, rec, sown):
-        mutable = ["batch_stats", "sites"] if sown else ["batch_stats"]
-        rngs = None if noise_key is None else {"noise": noise_key}
+        rngs = {"params": key, "dropout": jax.random.fold_in(key, 1)}
         with intercept_linen(rec) if rec is not None else nullcontext():
-            logits, upd = self.module.apply({"params": params, "batch_stats": bs}, x,
-                                            mutable=mutable, rngs=rngs, **self._kw(train))  # fmt: skip
-        new_bs = dict(upd.get("batch_stats", bs))
-        sites = flatten_sites(upd["sites"]) if sown and "sites" in upd else {}
-        return logits, new_bs, sites
+            got = self.module.init(rngs, x, **self._kw(False))
+        extra = {c: dict(v) for c, v in got.items()
+                 if c not in ("params", "batch_stats", *variables.SOWN)}  # fmt: skip
+        return (dict(got.get("params", {})), dict(got.get("batch_stats", {})),
+                variables.raw(extra))  # fmt: skip
 
-    def apply(self, params, batch_stats, x, *, train, noise_key=None, capture=False):
+    def init_state(self, key: Array, x: Array) -> tuple[dict, dict, dict]:
+        return self._init(key, x, self._rec(False, frozenset()) if self._intercepts() else None)
+
+    def _apply(self, params, bs, extra, x, *, train, noise_key, rng, rec, sown):
+        mutable = ["batch_stats", *extra] + (["sites"] if sown else [])
+        rngs = {}
+        if rng is not None:
+            rngs = {"params": jax.random.fold_in(rng, 0), "dropout": jax.random.fold_in(rng, 1)}
+        if noise_key is not None:
+            rngs["noise"] = noise_key
+        with intercept_linen(rec) if rec is not None else nullcontext():
+            logits, upd = self.module.apply({"params": params, "batch_stats": bs, **extra}, x,
+                                            mutable=mutable, rngs=rngs or None,
+                                            **self._kw(train))  # fmt: skip
+        new_bs = dict(upd.get("batch_stats", bs))
+        new_extra = {c: variables.like(variables.raw(dict(upd[c])), v) for c, v in extra.items()}
+        sites = flatten_sites(upd["sites"]) if sown and "sites" in upd else {}
+        return logits, new_bs, new_extra, sites
+
+    def apply_state(self, params, batch_stats, x, *, train, noise_key=None, capture=False,
+                    extra=None, rng=None, dropout=None):  # fmt: skip
         want = self._capture_set(capture)
         lay = self.layout
         sown = bool(want) and lay is not None and lay.sown
+        dropout = train if dropout is None else dropout
         rec = None
-        if (lay is None or lay.flax_bn) or (want and not sown):
-            rec = self._rec(train, frozenset() if sown else want)
-        logits, new_bs, sites = self._apply(params, batch_stats, x, train=train,
-                                            noise_key=noise_key, rec=rec, sown=sown)  # fmt: skip
+        if self._intercepts() or (want and not sown):
+            rec = self._rec(train, frozenset() if sown else want, dropout)
+        logits, new_bs, new_extra, sites = self._apply(
+            params, batch_stats, {} if extra is None else extra, x, train=train,
+            noise_key=noise_key, rng=rng, rec=rec, sown=sown,
+        )  # fmt: skip
         if not sown and rec is not None:
             sites = rec.sites
-        return logits, new_bs, {k: v for k, v in sites.items() if k in want}
+        return logits, new_bs, new_extra, {k: v for k, v in sites.items() if k in want}
 
 
 def _stringify(tree: Any) -> Any:
@@ -246,9 +296,15 @@ def _restore(tree: Any, template: Any) -> Any:
     return tree
 
 
+# sown values are per-call outputs; everything else but Param and BatchStat is state
+EXTRA = nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat, nnx.Intermediate))
+
+
 class NNXNetwork(Network):
     """An ``flax.nnx.Module`` behind the functional interface. ``construct(rngs)``
-    builds the model (with its norm injected or substituted)."""
+    builds the model (with its norm injected or substituted). Every variable but
+    ``nnx.Param``, ``nnx.BatchStat`` and ``nnx.Intermediate`` is ``extra`` state; a
+    variable whose value is not an array is refused (bnlab cannot carry it)."""
 
     kind = "nnx"
 
@@ -258,53 +314,66 @@ class NNXNetwork(Network):
         self.construct = construct
         abstract = nnx.eval_shape(lambda: construct(nnx.Rngs(0)))
         self.graphdef, params, bs, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
-        leftover = nnx.to_flat_state(rest)
-        if len(leftover):
-            path, var = next(iter(leftover))
-            raise ValueError(
-                f"the model holds {type(var).__name__} state at {'/'.join(map(str, path))}: "
-                "bnlab keeps nnx.Param and nnx.BatchStat only (no RNG streams or dropout)"
-            )
-        self.templates = (nnx.to_pure_dict(params), nnx.to_pure_dict(bs))
-        self.train_kw = _train_kwarg(type(abstract).__call__)
-
-    def init(self, key: Array, x: Array) -> tuple[dict, dict]:
-        return self._init(key, x, None)
+        for path, var in nnx.to_flat_state(rest):
+            if not hasattr(var.get_value(), "shape"):
+                raise ValueError(
+                    f"the model holds {type(var).__name__} state at "
+                    f"{'/'.join(map(str, path))} whose value is not an array: bnlab carries "
+                    "array-valued variables only"
+                )
+        self.templates = tuple(nnx.to_pure_dict(s) for s in (params, bs, rest))
+        call = type(abstract).__call__
+        self.train_kw = _train_kwarg(call)
+        self.rngs_kw = _kwarg(call, ("rngs",))
 
     def _init(self, key, x, rec):
         model = self.construct(nnx.Rngs(key))
-        _, params, bs = nnx.split(model, nnx.Param, nnx.BatchStat)
-        return _stringify(nnx.to_pure_dict(params)), _stringify(nnx.to_pure_dict(bs))
+        _, params, bs, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+        return tuple(variables.raw(nnx.to_pure_dict(s)) for s in (params, bs, rest))
 
-    def _apply(self, params, bs, x, *, train, noise_key, rec, sown):
-        tp, tb = self.templates
-        model = nnx.merge(self.graphdef, _restore(params, tp), _restore(bs, tb))
+    def init_state(self, key: Array, x: Array) -> tuple[dict, dict, dict]:
+        return self._init(key, x, None)
+
+    def _apply(self, params, bs, extra, x, *, train, noise_key, rng, rec, sown):
+        tp, tb, te = self.templates
+        model = nnx.merge(self.graphdef, _restore(params, tp), _restore(bs, tb),
+                          variables.typed(extra, te))  # fmt: skip
         if rec is None:
             rec = Recorder(train=train, capture=frozenset())
         rec.noise_rngs = None if noise_key is None else nnx.Rngs(noise=noise_key)
+        key = jax.random.key(0) if rng is None else rng
+        rec.dropout_key = jax.random.fold_in(key, 1)
         kw = {self.train_kw: train} if self.train_kw else {}
 
         def forward(model, x):
+            if self.rngs_kw:
+                kw[self.rngs_kw] = nnx.Rngs(jax.random.fold_in(key, 2))
             with intercept_nnx(model, rec):
                 return model(x, **kw)
 
         logits, inter = nnx.capture(forward, nnx.Intermediate)(model, x)
         new_bs = _stringify(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+        new_extra = variables.like(variables.raw(nnx.to_pure_dict(nnx.state(model, EXTRA))), te)
         sites = {}
         if sown:
             sites = {"/".join(map(str, p)): v.get_value()[-1]
                      for p, v in nnx.to_flat_state(inter)}  # fmt: skip
-        return logits, new_bs, sites
+        return logits, new_bs, new_extra, sites
 
-    def apply(self, params, batch_stats, x, *, train, noise_key=None, capture=False):
+    def apply_state(self, params, batch_stats, x, *, train, noise_key=None, capture=False,
+                    extra=None, rng=None, dropout=None):  # fmt: skip
         want = self._capture_set(capture)
         sown = bool(want) and self.layout is not None and self.layout.sown
-        rec = Recorder(train=train, capture=frozenset() if sown else want)
-        logits, new_bs, sites = self._apply(params, batch_stats, x, train=train,
-                                            noise_key=noise_key, rec=rec, sown=sown)  # fmt: skip
+        rec = Recorder(train=train, capture=frozenset() if sown else want,
+                       dropout=train if dropout is None else dropout,
+                       outputs=not sown and self._outputs(want))  # fmt: skip
+        logits, new_bs, new_extra, sites = self._apply(
+            params, batch_stats, {} if extra is None else extra, x, train=train,
+            noise_key=noise_key, rng=rng, rec=rec, sown=sown,
+        )  # fmt: skip
         if not sown:
             sites = rec.sites
-        return logits, new_bs, {k: v for k, v in sites.items() if k in want}
+        return logits, new_bs, new_extra, {k: v for k, v in sites.items() if k in want}
 
 
 __all__ = ["ALL", "Layout", "LinenNetwork", "NNXNetwork", "Network"]

@@ -43,7 +43,8 @@ from flax import nnx
 from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm
 from bnlab.norm.linen import forward as linen_bn_forward
 
-LINEAR, NORM, PASS, FLAX_BN = "linear", "norm", "pass", "flax_bn"  # what a layer is
+LINEAR, NORM, PASS, FLAX_BN, DROPOUT = "linear", "norm", "pass", "flax_bn", "dropout"
+OUTPUT = "output"  # any other module: its output, a site only where probe.sites names it
 ALL = None  # capture every site
 
 LINEN_LINEAR = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Einsum)
@@ -66,6 +67,13 @@ class Norm:
     noise_std: float = 0.0
     axis_name: str | None = None
     noise_axis: str | None = None
+    momentum: float | None = None  # None: the layer's own
+    epsilon: float | None = None
+
+    def settings(self, m: Any) -> tuple[float, float]:
+        """The momentum and epsilon a substituted layer ``m`` runs with."""
+        return (m.momentum if self.momentum is None else self.momentum,
+                m.epsilon if self.epsilon is None else self.epsilon)  # fmt: skip
 
     def switches(self) -> dict[str, Any]:
         return dict(stats_grad=self.stats_grad, ghost_batch_size=self.ghost_batch_size,
@@ -74,6 +82,8 @@ class Norm:
 
 
 def linen_kind(m: Any) -> str | None:
+    if isinstance(m, nn.Dropout):
+        return DROPOUT
     if isinstance(m, nn.BatchNorm):
         return FLAX_BN
     if isinstance(m, NoNorm):
@@ -86,6 +96,8 @@ def linen_kind(m: Any) -> str | None:
 
 
 def nnx_kind(m: Any) -> str | None:
+    if isinstance(m, nnx.Dropout):
+        return DROPOUT
     if isinstance(m, NNXNoNorm):
         return PASS
     if isinstance(m, NNX_NORMS):
@@ -100,10 +112,22 @@ class Recorder:
     ``ALL``), its linear layers in call order, whether it holds a Flax linen BN. It also
     runs the substitution (``norm``) and sets every bnlab NNX BN's mode (``train``) and
     noise key (``noise_rngs``); ``force_mode``: a substituted linen BN takes its mode
-    from ``train`` too (for a model whose ``__call__`` takes no ``train``)."""
+    from ``train`` too (for a model whose ``__call__`` takes no ``train``).
+
+    Dropout layers (linen and NNX) run as ``dropout`` says, whatever the model passes:
+    off, they return their input; on, they mask (NNX: with the layer's own stream, the
+    rngs the model passes, else a key folded from ``dropout_key``). ``dropouts`` maps
+    each dropout layer met to its rate. ``outputs``: also record ``<path>/out`` of every
+    other module call (into ``module_outputs``, or ``sites`` where ``capture`` names it)."""
 
     def __init__(self, *, train: bool, capture: Any = ALL, norm: Norm | None = None,
-                 force_mode: bool = False, noise_rngs: Any = None, shapes_only: bool = False):  # fmt: skip
+                 force_mode: bool = False, noise_rngs: Any = None, shapes_only: bool = False,
+                 dropout: bool = False, dropout_key: Any = None, outputs: bool = False):  # fmt: skip
+        self.dropout, self.dropout_key, self.outputs = dropout, dropout_key, outputs
+        self.module_outputs: dict[str, Any] = {}
+        self.dropouts: dict[str, Any] = {}
+        self.bn_settings: dict[str, tuple[float, float]] = {}  # BN layer -> momentum, epsilon
+        self.dropout_calls = 0
         self.train, self.capture = train, capture
         self.norm, self.force_mode, self.noise_rngs = norm, force_mode, noise_rngs
         self.shapes_only = shapes_only
@@ -113,31 +137,47 @@ class Recorder:
         self.flax_bn = False
         self.active: set[int] = set()
 
-    def _put(self, name: str, value: Any) -> None:
+    def _put(self, name: str, value: Any, found: dict | None = None) -> None:
         k, base = 0, name
         while name in self.seen:
             k += 1
             name = f"{base}.{k}"
         self.seen.add(name)
-        if self.capture is ALL or name in self.capture:
-            self.sites[name] = (
-                jax.ShapeDtypeStruct(value.shape, value.dtype) if self.shapes_only else value
-            )
+        shaped = jax.ShapeDtypeStruct(value.shape, value.dtype) if self.shapes_only else value
+        if found is not None:
+            found[name] = shaped
+        if (found is None) if self.capture is ALL else (name in self.capture):
+            self.sites[name] = shaped
 
     def handle(self, module: Any, path: str, kind: str, call: Callable, args: tuple,
                kwargs: dict) -> Any:  # fmt: skip
         """Run ``call(*args, **kwargs)`` (the layer) and record its sites."""
         x = args[0] if args else next(iter(kwargs.values()))
+        if kind == DROPOUT:
+            return self._dropout(module, path, call, args, kwargs)
+        if kind == OUTPUT:
+            y = call(*args, **kwargs)
+            if hasattr(y, "shape") and hasattr(y, "dtype"):
+                self._put(f"{path}/out", y, self.module_outputs)
+            return y
         if kind == LINEAR:
             if self.linear:  # the first layer's input is the data
                 self._put(f"{path}/in", x)
             self.linear.append(path)
-            return call(*args, **kwargs)
+            y = call(*args, **kwargs)
+            if self.outputs:
+                self._put(f"{path}/out", y, self.module_outputs)
+            return y
         normalizes = kind == NORM or (
             kind == FLAX_BN and (self.norm is None or self.norm.normalizes)
         )
         if normalizes:
             self._put(f"{path}/in", x)
+        if kind == FLAX_BN and normalizes:
+            sub = self.norm.settings(module) if self.norm is not None else None
+            self.bn_settings.setdefault(path, sub or (module.momentum, module.epsilon))
+        elif isinstance(module, (BatchNorm, NNXBatchNorm, nnx.BatchNorm)):
+            self.bn_settings.setdefault(path, (module.momentum, module.epsilon))
         if kind == FLAX_BN:
             self.flax_bn = True
             y = x if self.norm is not None and not self.norm.normalizes else self._flax_bn(
@@ -152,6 +192,22 @@ class Recorder:
         self._put(f"{path}/out", y)
         return y
 
+    def _dropout(self, m: Any, path: str, call: Callable, args: tuple, kwargs: dict) -> Any:
+        self.dropouts.setdefault(path, m.rate)
+        self.dropout_calls += 1
+        if not self.dropout:
+            return args[0]  # what a deterministic Dropout returns
+        kwargs = dict(kwargs)
+        if isinstance(m, nnx.Dropout):
+            kwargs["deterministic"] = False  # the call's flag wins over the layer's
+            if kwargs.get("rngs") is None and m.rngs is None:
+                kwargs["rngs"] = jax.random.fold_in(self.dropout_key, self.dropout_calls)
+        elif len(args) > 1:  # linen: __call__(inputs, deterministic, rng)
+            args = (args[0], False, *args[2:])
+        elif "deterministic" in kwargs or m.deterministic is None:
+            kwargs["deterministic"] = False
+        return call(*args, **kwargs)
+
     def _flax_bn(self, m: nn.BatchNorm, call: Callable, args: tuple, kwargs: dict) -> Any:
         """A hard-coded ``flax.linen.BatchNorm``: bnlab's BN in its place (or Flax's own
         where there is nothing to substitute)."""
@@ -162,7 +218,7 @@ class Recorder:
             "use_running_average", m.use_running_average, ra)  # fmt: skip
         n = self.norm
         s = BatchNorm(
-            None, m.axis, m.momentum, m.epsilon, m.dtype, m.param_dtype,
+            None, m.axis, *n.settings(m), m.dtype, m.param_dtype,
             m.use_bias and n.use_bias, m.use_scale and n.use_scale, m.bias_init, m.scale_init,
             n.axis_name, m.axis_index_groups, m.use_fast_variance, m.force_float32_reductions,
             parent=None, **n.switches(),
@@ -179,6 +235,8 @@ def intercept_linen(rec: Recorder):
 
     def interceptor(next_fun, args, kwargs, context):
         kind = linen_kind(context.module) if context.method_name == "__call__" else None
+        if kind is None and rec.outputs and context.method_name == "__call__":
+            kind = OUTPUT
         if kind is None:
             return next_fun(*args, **kwargs)
         path = "/".join(context.module.path) or "model"
@@ -206,7 +264,7 @@ def _patch(cls: type) -> None:
         stack = getattr(_local, "stack", None)
         if stack:
             paths, rec = stack[-1]
-            path, kind = paths.get(id(self)), nnx_kind(self)
+            path, kind = paths.get(id(self)), nnx_kind(self) or (OUTPUT if rec.outputs else None)
             if path is not None and kind is not None and id(self) not in rec.active:
                 rec.active.add(id(self))
                 try:
@@ -242,7 +300,8 @@ def intercept_nnx(model: nnx.Module, rec: Recorder):
     """Record ``rec``'s sites (and set bnlab BN's mode and noise key) in the calls of
     ``model``'s layers inside (this thread only)."""
     paths = module_paths(model)
-    classes = {type(m) for _, m in nnx.iter_modules(model) if nnx_kind(m) is not None}
+    classes = {type(m) for _, m in nnx.iter_modules(model)
+               if rec.outputs or nnx_kind(m) is not None}  # fmt: skip
     with _lock:
         for cls in classes:
             _patch(cls)
@@ -281,7 +340,8 @@ def _nnx_replacement(m: nnx.BatchNorm, norm: Norm) -> nnx.Module:
         return NNXNoNorm()
     new = NNXBatchNorm(
         m.num_features, use_running_average=m.use_running_average, axis=m.axis,
-        momentum=m.momentum, epsilon=m.epsilon, dtype=m.dtype, param_dtype=m.param_dtype,
+        momentum=norm.settings(m)[0], epsilon=norm.settings(m)[1], dtype=m.dtype,
+        param_dtype=m.param_dtype,
         use_bias=False, use_scale=False, axis_name=norm.axis_name,
         axis_index_groups=m.axis_index_groups, use_fast_variance=m.use_fast_variance,
         promote_dtype=m.promote_dtype, rngs=nnx.Rngs(0), **norm.switches(),

@@ -22,7 +22,9 @@ A run directory (Hydra's output dir) holds:
   ``layer``, ``stat``, ``value``: the parameter statistics of
   :func:`bnlab.measure.layer_stats` (weight and gradient norms, gamma/beta, running
   mean/var summaries; the built-ins' ``layer{i}``, other models' modules by path,
-  :func:`bnlab.measure.module_stats`) at the same steps as the activations.
+  :func:`bnlab.measure.module_stats`) at the same steps as the activations; per BN
+  layer also ``bn_momentum`` and ``bn_epsilon``, the values it ran with (the model's
+  own, or ``norm.momentum``/``norm.epsilon`` where set).
 - ``ics.parquet``, one row per step x layer x statistic, columns ``step``, ``layer``,
   ``stat``, ``value``: the gradient-ICS and landscape probes of Santurkar et al. 2018
   (:func:`bnlab.measure.gradient_ics`, :func:`bnlab.measure.landscape`), every

@@ -14,12 +14,14 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from bnlab import config, data
 from bnlab.config import TrainConfig
 from bnlab.data.preprocess import auto_probe_size
 from bnlab.engine import devices
 from bnlab.engine.chunk import Engine
+from bnlab.engine.loss import check_loss, make_loss
 from bnlab.engine.optim import make_optimizer
 from bnlab.engine.step import Learner
 from bnlab.errors import UserError, say
@@ -68,12 +70,15 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
         cfg.step_loop == "auto" and net.layout.convs and jax.default_backend() == "cpu"
     )
     tx, unit = make_optimizer(cfg.optimizer, cfg.steps)
+    loss = make_loss(cfg.loss)
+    check_loss(cfg.loss, loss, cfg.batch_size, ds.num_classes)
     keys = ["train_x", "train_y", "test_x", "test_y", "probe_x"]
     keys += ["val_x", "val_y"] if len(ds.val_y) else []
     arrays = {k: getattr(ds, k) for k in keys}
     learner = Learner(
         net, probe_net, tx, unit, probe_cfg=cfg.probe, diverge_loss=cfg.diverge_loss,
-        noisy=cfg.norm.noisy, shards=data_dev, unroll=host_loop,
+        noisy=cfg.norm.noisy, shards=data_dev, unroll=host_loop, loss=loss,
+        compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else None,
     )  # fmt: skip
     return Engine(
         learner, arrays, grid=(len(cfg.lrs), len(cfg.seeds)), batch_size=cfg.batch_size,
