@@ -78,3 +78,28 @@ class NNXMLP(nnx.Module):
         for i in range(self.depth):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.head(x)
+
+
+class TupleOut(nn.Module):
+    """Returns (logits, an auxiliary value): not what bnlab trains on."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.Dense(10)(x.reshape(len(x), -1))
+        return x, x.mean()
+
+
+class SevenOut(nn.Module):
+    """Seven outputs for ten classes."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        return nn.Dense(7)(x.reshape(len(x), -1))
+
+
+class NoBN(nn.Module):
+    """No normalization layer at all."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        return nn.Dense(10)(nn.relu(nn.Dense(16)(x.reshape(len(x), -1))))

@@ -3,6 +3,8 @@ NNX against linen, Flax's BatchNorm substituted, site globs, one-line errors."""
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -260,6 +262,32 @@ def test_model_errors_are_one_line(over, needle):
     cfg = config.typed(compose([*QUICK, *OWN, *over]))
     with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         check_model(cfg.model, cfg.import_path)
+
+
+@pytest.mark.parametrize(
+    ("target", "needle"),
+    [
+        (
+            "own_models.TupleOut",
+            "returns a tuple of 2; bnlab needs one array of logits, shape (60, 10)",
+        ),
+        ("own_models.SevenOut", "returns shape (60, 7) for a batch of 60; the data has 10 classes"),
+    ],
+    ids=["tuple", "width"],
+)
+def test_a_model_output_that_is_not_the_logits_is_a_one_line_error(target, needle):
+    """Before: a tuple was a traceback, seven outputs for ten classes 'diverged at step 1'."""
+    with pytest.raises(UserError, match=re.escape(needle)):
+        engine_for([*QUICK, *OWN, f"model._target_={target}"])
+
+
+def test_norm_on_a_model_without_batchnorm_is_one_warning_line(capsys):
+    engine_for([*QUICK, *OWN, "model._target_=own_models.NoBN"])
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "no BatchNorm" in ln]
+    assert warned == ["bnlab: warning: model._target_=own_models.NoBN has no BatchNorm layer, so "
+                      "norm=bn changes nothing in it (norm=none records what runs)"]  # fmt: skip
+    engine_for([*QUICK, *OWN, "model._target_=own_models.NoBN", "norm=none"])
+    assert "no BatchNorm" not in capsys.readouterr().err
 
 
 def test_target_on_a_preset_drops_the_presets_keys():

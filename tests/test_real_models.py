@@ -89,7 +89,7 @@ def test_dropout_model_trains_and_resumes_exactly(tmp_path, target, record_prope
 
 
 def test_the_default_sites_finding_none_is_one_warning_line(capsys):
-    engine_for([*QUICK, *OWN, "model._target_=real_models.CountMLP", "+model.din=64"],
+    engine_for([*QUICK, *OWN, "model._target_=real_models.CountMLP", "+model.din=64", "norm=none"],
                probes=False)  # fmt: skip
     warn = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert warn == [

@@ -321,6 +321,7 @@ def build_networks(cfg: Any, num_classes: int, x: jax.ShapeDtypeStruct, data_dev
             f"model._target_={cfg.model['_target_']} fails on a batch of shape {x.shape}: "
             f"{type(e).__name__}: {first}"
         ) from None
+    check_output(cfg, layout, x.shape[0], num_classes)
     for path, rate in layout.dropouts.items():
         if not (isinstance(rate, int | float) and 0 <= rate < 1):
             raise UserError(
@@ -335,3 +336,25 @@ def build_networks(cfg: Any, num_classes: int, x: jax.ShapeDtypeStruct, data_dev
     probe_net.select(select_sites(list(layout.sites), patterns, outputs))
     net.layout = layout
     return net, probe_net
+
+
+def check_output(cfg: Any, layout: Any, batch: int, num_classes: int) -> None:
+    """The model's output is one array of logits, ``(batch, num_classes)``; a BN setting
+    the model has no layer for is said in one line, never recorded as if it applied."""
+    target, out = cfg.model["_target_"], layout.output
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        kind = type(out).__name__ if not isinstance(out, list | tuple) else (
+            f"a {type(out).__name__} of {len(out)}")  # fmt: skip
+        raise UserError(
+            f"model._target_={target} returns {kind}; bnlab needs one array of logits, "
+            f"shape ({batch}, {num_classes}): return only the logits"
+        )
+    if out.shape != (batch, num_classes):
+        raise UserError(
+            f"model._target_={target} returns shape {tuple(out.shape)} for a batch of {batch}; "
+            f"the data has {num_classes} classes, so it must be ({batch}, {num_classes}) "
+            f"(set the model's number of outputs to {num_classes})"
+        )
+    if cfg.norm.normalizes and not layout.batch_stats:
+        say(f"warning: model._target_={target} has no BatchNorm layer, so norm={cfg.norm.name} "
+            f"changes nothing in it (norm=none records what runs)")  # fmt: skip

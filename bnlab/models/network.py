@@ -61,6 +61,8 @@ class Layout:
     outputs: dict[str, Any] = field(default_factory=dict)  # every other module's output
     selected: tuple[str, ...] = ()  # the probe's sites (probe.sites)
     derived: dict[str, str] = field(default_factory=dict)  # monotone shortcut (built-ins)
+    output: Any = None  # the forward pass's output (shapes)
+    batch_stats: bool = False  # the model holds batch statistics (a BatchNorm layer)
 
 
 def _has_conv(jaxpr: Any) -> bool:
@@ -134,20 +136,23 @@ class Network:
         rec = Recorder(train=True, norm=self.norm, shapes_only=True, dropout=True,
                        dropout_key=key, outputs=True)  # fmt: skip
         sown: dict[str, jax.ShapeDtypeStruct] = {}
+        found_stats: list[bool] = []
 
         def f(x):
             params, bs, extra = self._init(key, x, init_rec)
+            found_stats.append(bool(jax.tree.leaves(bs)))
             out = self._apply(params, bs, extra, x, train=True, noise_key=key, rng=key,
                               rec=rec, sown=True)  # fmt: skip
             sown.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out[3].items()})
             return out[0]
 
-        jaxpr = jax.make_jaxpr(f)(x)
+        jaxpr, output = jax.make_jaxpr(f, return_shape=True)(x)
         sites = sown if sown else rec.sites
         layout = Layout(sites=dict(sites), sown=bool(sown), linear=rec.linear,
                         flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr),
                         dropouts=dict(rec.dropouts), bn_settings=dict(rec.bn_settings),
-                        outputs={} if sown else dict(rec.module_outputs))  # fmt: skip
+                        outputs={} if sown else dict(rec.module_outputs), output=output,
+                        batch_stats=any(found_stats))  # fmt: skip
         layout.selected = tuple(layout.sites)
         if layout.sown and self.activation is not None:
             layout.derived = activation_sources(layout.sites, self.activation, self.norm_position)
