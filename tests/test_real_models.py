@@ -103,7 +103,7 @@ def test_a_counter_is_carried_checkpointed_and_restored(tmp_path):
     """The toy MLP's ``Count`` variable (custom ``Linear`` on ``w``/``b``) equals the
     step after training and in each checkpoint; restored from step 50 and trained 50
     more steps, it is 100 again, and so are the parameters of the uninterrupted run.
-    ``w`` and ``b`` have weight and gradient norms; ``probe.sites=[linear*/out]`` records
+    ``w`` and ``b`` have weight and gradient norms and update ratios; ``probe.sites=[linear*/out]`` records
     the custom layers' outputs."""
     over = [*QUICK, *OWN, "model._target_=real_models.CountMLP", "+model.din=64", *RUN,
             "probe.sites=[linear*/out]"]  # fmt: skip
@@ -116,6 +116,7 @@ def test_a_counter_is_carried_checkpointed_and_restored(tmp_path):
     for leaf in ("linear1/w", "linear1/b", "linear2/w", "linear2/b"):
         rows = layers[layers["layer"] == leaf].set_index(["step", "stat"])["value"]
         assert rows[(100, "weight_norm")] > 0 and rows[(100, "grad_norm")] > 0, leaf
+        assert rows[(100, "update_ratio")] > 0, leaf
     e, states, _ = engine_for(over, probes=False)
     like = unstack(states, 0)
     ck = Checkpoints(tmp_path / record.CHECKPOINTS)

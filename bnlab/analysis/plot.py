@@ -321,6 +321,7 @@ STAT_NAMES = {
     "weight_norm": "||W|| (weight norm)",
     "bias_rms": "rms of the linear bias b",
     "grad_norm": "||dL/dW|| (gradient norm)",
+    "update_ratio": "||dW|| / ||W|| (update/weight ratio)",
 }
 
 

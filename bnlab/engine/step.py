@@ -122,8 +122,10 @@ class Learner:
         return loss, (new_stats, new_extra, acc)
 
     def train_step(self, st: TrainState, x: Array, y: Array):
-        """One member's step: ``(state, (loss, accuracy, gradients))``; a member that is
-        not alive, or whose loss goes bad now, keeps its state and is not alive."""
+        """One member's step: ``(state, (loss, accuracy, (gradients, update)))``, the
+        update the one applied (zero where the member is frozen); a member that is not
+        alive, or whose loss goes bad now, keeps its state and is not alive. Only the
+        probe's step reads gradients and update (XLA drops them from the others)."""
         (loss, (bs, extra, acc)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
             st.params, st.batch_stats, x, y, self.rngs(st), st.extra
         )
@@ -136,13 +138,17 @@ class Learner:
             batch_stats=keep(bs, st.batch_stats), opt_state=keep(opt_state, st.opt_state),
             extra=keep(extra, st.extra), alive=ok,
         )  # fmt: skip
-        return new, (loss, acc, grads)
+        applied = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
+        return new, (loss, acc, (grads, applied))
 
     def lr_at(self, st: TrainState, step: Array) -> Array:
         return peak_lr(st.opt_state) * self.unit(step)
 
-    def layer_stats(self, st: TrainState, grads: Any) -> dict:
-        return self.net.layer_stats(st.params, grads, st.batch_stats)
+    def layer_stats(self, st: TrainState, last: tuple[Any, Any]) -> dict:
+        """Layer statistics of ``st`` after a step whose ``(gradients, update)`` is
+        ``last``."""
+        grads, updates = last
+        return self.net.layer_stats(st.params, grads, st.batch_stats, updates)
 
     def sites(self, st: TrainState, probe_x: Array) -> dict[str, Array]:
         """The raw values of the probed sites on the probe batch (``{site: array}``, BN as

@@ -20,8 +20,9 @@ A run directory (Hydra's output dir) holds:
   step 0 and every ``probe.every`` steps.
 - ``layers.parquet``, one row per step x layer x statistic, columns ``step``,
   ``layer``, ``stat``, ``value``: the parameter statistics of
-  :func:`bnlab.measure.layer_stats` (weight and gradient norms, gamma/beta, running
-  mean/var summaries; the built-ins' ``layer{i}``, other models' modules by path,
+  :func:`bnlab.measure.layer_stats` (weight and gradient norms, ``update_ratio`` =
+  ||delta W|| / ||W|| of the last step's applied update, 0 at step 0, gamma/beta,
+  running mean/var summaries; the built-ins' ``layer{i}``, other models' modules by path,
   :func:`bnlab.measure.module_stats`) at the same steps as the activations; per BN
   layer also ``bn_momentum`` and ``bn_epsilon``, the values it ran with (the model's
   own, or ``norm.momentum``/``norm.epsilon`` where set).
