@@ -29,6 +29,7 @@ from jax import lax
 
 from bnlab import measure as probe
 from bnlab.engine.devices import DATA
+from bnlab.engine.loss import has_classes
 from bnlab.engine.optim import peak_lr, with_lr
 from bnlab.models.network import Network
 
@@ -114,7 +115,7 @@ class Learner:
             params, batch_stats, x, train=True, extra=extra, **(rngs or {})
         )
         logits = logits.astype(jnp.float32)
-        loss, acc = self.loss(logits, y).mean(), (jnp.argmax(logits, -1) == y).mean()
+        loss, acc = self.loss(logits, y).mean(), accuracy(logits, y).mean()
         if self.shards > 1:
             # the global batch's loss (its gradient is the device average), and one
             # running-statistics update on every device (flax#877)
@@ -192,12 +193,13 @@ class Learner:
         return out
 
     def evaluate_one(self, st: TrainState, x: Array, y: Array) -> tuple[Array, Array]:
-        """Loss and accuracy on a whole split, BN in eval mode (padded fixed batches)."""
+        """Loss and accuracy on a whole split, BN in eval mode (padded fixed batches);
+        accuracy NaN where the targets are floats (no classes)."""
         n = x.shape[0]
         b = min(self.eval_batch, n)
         pad = (-n) % b
         x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-        y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+        y = jnp.concatenate([y, jnp.zeros((pad,) + y.shape[1:], y.dtype)])
         mask = jnp.arange(n + pad) < n
         eval_key = noise_key(st.key, st.step, EVAL_RNG_STREAM)  # dropout is off; rng names
 
@@ -208,7 +210,7 @@ class Learner:
                                           extra=st.extra, rng=eval_key)[0]  # fmt: skip
             logits = logits.astype(jnp.float32)
             loss = self.loss(logits, yb)
-            return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
+            return jnp.sum(loss * mb), jnp.sum(accuracy(logits, yb) * mb)
 
         shape = lambda a: a.reshape((-1, b) + a.shape[1:])  # noqa: E731
         loss, correct = loop_map(one, (shape(x), shape(y), shape(mask)), self.unroll)
@@ -224,6 +226,14 @@ class Learner:
             opt_state=with_lr(self.tx.init(params), lr),
             key=jax.random.fold_in(root, 1), alive=jnp.ones((), bool), extra=extra,
         )  # fmt: skip
+
+
+def accuracy(logits: Array, y: Array) -> Array:
+    """Per example: whether the argmax is the integer label; NaN for float targets (a
+    task without classes records no accuracy)."""
+    if has_classes(y):
+        return (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return jnp.full(logits.shape[:1], jnp.nan, jnp.float32)
 
 
 def loop_map(fn, xs, unroll: bool):

@@ -8,7 +8,8 @@ A run directory (Hydra's output dir) holds:
   ``step`` (int64, training steps done), ``name`` (str), ``value`` (float64). Names:
   ``train_loss`` and ``train_accuracy`` (means over the ``probe.every`` steps ending
   at ``step``), ``test_loss`` and ``test_accuracy`` (whole test split, BN in eval
-  mode, every ``eval_every`` steps and at step 0), ``lr`` (learning rate at ``step``).
+  mode, every ``eval_every`` steps and at step 0), ``lr`` (learning rate at ``step``);
+  no ``*_accuracy`` for a task without classes (float targets).
 - ``activations.parquet``, one row per step x layer x site x unit x statistic, columns
   ``step`` (int64), ``layer`` (str, ``layer1``...; a module path such as
   ``stage1/block1/norm1`` for models found by interception), ``site`` (str: ``prenorm``,
@@ -238,7 +239,8 @@ def metrics_rows(rec: RunRecord, m: Any, keep: np.ndarray | None = None) -> None
     rec.layers(steps, map_stats(m.layers, lambda v: v[keep]))
     if m.loss is not None:
         rec.scalars(steps, "train_loss", m.loss.mean(axis=1)[keep])
-        rec.scalars(steps, "train_accuracy", m.acc.mean(axis=1)[keep])
+        if not np.isnan(m.acc).all():  # NaN: a task without classes (float targets)
+            rec.scalars(steps, "train_accuracy", m.acc.mean(axis=1)[keep])
         rec.scalars(steps, "lr", m.lr[keep])
     if m.ics is not None:  # gradient-ICS / landscape probes, where they were due
         due = keep & m.ics_due.astype(bool)
@@ -248,7 +250,8 @@ def metrics_rows(rec: RunRecord, m: Any, keep: np.ndarray | None = None) -> None
 def eval_rows(rec: RunRecord, step: int, split: str, loss: Any, acc: Any) -> None:
     """The rows of an evaluation on ``split`` (``test_loss``, ``test_accuracy``...)."""
     rec.scalars(step, f"{split}_loss", float(loss))
-    rec.scalars(step, f"{split}_accuracy", float(acc))
+    if not np.isnan(acc):  # NaN: a task without classes has no accuracy
+        rec.scalars(step, f"{split}_accuracy", float(acc))
 
 
 def _jsonable(x: Any) -> Any:
