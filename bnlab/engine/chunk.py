@@ -146,7 +146,8 @@ class Engine:
         """Layer statistics with no step taken (gradient norms and update ratios read as
         zero)."""
         zeros = jax.tree.map(jnp.zeros_like, states.params)
-        return self._members(self.learner.layer_stats, ("member", "member"))(states, (zeros, zeros))
+        stats = self._members(self.learner.last_layer_stats, ("member", "member"))
+        return stats(states, (zeros, zeros))
 
     def _evaluate(self, states: TrainState, x: Array, y: Array):
         return self._members(self.learner.evaluate_one, ("member", None, None))(states, x, y)
@@ -200,7 +201,8 @@ class Engine:
         measured on the batch step ``t + 1`` is about to use (``ics_at=before``) or on
         step ``t``'s own (``after``)."""
         res = dict(step=t, lr=self._members(self.learner.lr_at, ("member", None))(st, t))
-        res["layers"] = self._members(self.learner.layer_stats, ("member", "member"))(st, grads)
+        stats = self._members(self.learner.last_layer_stats, ("member", "member"))
+        res["layers"] = stats(st, grads)
         if self.probe_device is not None:  # activations later, on the probe device
             res["snaps"] = st.replace(opt_state=None)
         elif self.probes:

@@ -145,11 +145,14 @@ class Learner:
     def lr_at(self, st: TrainState, step: Array) -> Array:
         return peak_lr(st.opt_state) * self.unit(step)
 
-    def layer_stats(self, st: TrainState, last: tuple[Any, Any]) -> dict:
-        """Layer statistics of ``st`` after a step whose ``(gradients, update)`` is
-        ``last``."""
-        grads, updates = last
+    def layer_stats(self, st: TrainState, grads: Any, updates: Any = None) -> dict:
+        """Layer statistics of ``st`` after a step of gradients ``grads`` and applied
+        update ``updates`` (``update_ratio`` only with it)."""
         return self.net.layer_stats(st.params, grads, st.batch_stats, updates)
+
+    def last_layer_stats(self, st: TrainState, last: tuple[Any, Any]) -> dict:
+        """:meth:`layer_stats` of ``last``, a step's ``(gradients, update)``."""
+        return self.layer_stats(st, *last)
 
     def sites(self, st: TrainState, probe_x: Array) -> dict[str, Array]:
         """The raw values of the probed sites on the probe batch (``{site: array}``, BN as
