@@ -310,6 +310,10 @@ def test_a_regression_task_trains_with_mse(tmp_path, columns, record_property):
     mean_loss = float(((y[500:] - y[:500].mean(0)) ** 2).mean())
     record_property("mse_vs_mean", f"{test_loss[200]:.4f} vs {mean_loss:.4f}")
     assert test_loss[200] < 0.2 * mean_loss and test_loss[0] > 0.5 * mean_loss
+    from bnlab.analysis import plot
+
+    fig = plot.learning_curves(sc.assign(label="mse"))  # test loss in accuracy's place
+    assert [ax.get_title() for ax in fig.axes] == ["test_loss", "train_loss"]
 
 
 def test_float_targets_with_a_class_loss_are_one_line(tmp_path):
