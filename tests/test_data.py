@@ -618,6 +618,22 @@ def test_arrays_npz_float_vectors_are_taken_as_they_are(tmp_path):
     np.testing.assert_allclose(std.train_x.mean(0), 0.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("columns", [None, 3])
+def test_arrays_npz_float_targets_are_a_task_without_classes(tmp_path, columns):
+    """Float targets (N,) or (N, K) stay float32 as they are: K outputs, no classes."""
+    a = make_arrays(shape=(12,), dtype=np.float64)
+    for split in ("train", "test"):
+        n = len(a[f"x_{split}"])
+        a[f"y_{split}"] = np.linspace(-1, 1, n * (columns or 1)).reshape(n, -1).squeeze()
+    np.savez(tmp_path / "r.npz", **a)
+    ds = data.load("arrays", path=str(tmp_path / "r.npz"), probe_size=10, validation=5)
+    assert ds.train_y.dtype == np.float32 and not ds.classes and ds.num_classes == (columns or 1)
+    assert ds.train_y.shape[1:] == ((columns,) if columns else ())
+    np.testing.assert_allclose(ds.test_y, a["y_test"], rtol=1e-6)
+    assert data.load("arrays", path=str(tmp_path / "r.npz"), probe_size=1).train_y.shape[0] == 30
+    assert ds.probe_y.shape == (10, *ds.train_y.shape[1:])
+
+
 def _npz_with(tmp_path, **changes):
     a = make_arrays()
     a.update(changes)
@@ -635,7 +651,13 @@ def _npz_with(tmp_path, **changes):
         ),
         ({"x_train": np.zeros(30, np.uint8)}, "x_train has shape .30,., not images"),
         ({"x_train": np.zeros((30, 6, 5, 3), np.int64)}, "x_train holds int64 pixels: store uint8"),
-        ({"y_train": np.zeros(30, np.float32)}, "y_train holds float32 labels: store integer"),
+        ({"y_train": np.zeros(30, np.float32)}, "y_train is float32 but y_test is int64: store"),
+        (
+            {"y_train": np.zeros((30, 2)), "y_test": np.zeros((10, 3))},
+            "y_train targets have shape .2,. but y_test .3,.: both splits",
+        ),  # fmt: skip
+        ({"y_test": np.full(10, np.nan)}, "y_test holds NaN or infinite targets"),
+        ({"y_test": np.zeros((10, 2, 2))}, "y_test has shape .10, 2, 2. for the 10 examples"),
         ({"y_test": -np.ones(10, int)}, "y_test has negative labels .min -1.: labels are class"),
         ({"y_train": np.zeros(29, int)}, "y_train has shape .29,. for the 30 examples"),
         ({"x_test": np.zeros((10, 5, 6, 3), np.uint8)}, "x_test examples have shape .5, 6, 3."),

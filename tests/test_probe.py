@@ -151,3 +151,31 @@ def test_loop_probes_equal_numpy(bn_mode, act):
     gamma = np.asarray(state.params["layer2"]["norm"]["scale"])
     np.testing.assert_allclose(layers["layer2"]["gamma_std"], gamma.std(), rtol=1e-4, atol=1e-7)
     assert out.layers["layer1"]["grad_norm"][0, -1] > 0
+    # plain SGD: the update is lr * gradient, so ||dW|| / ||W|| = lr ||g|| / ||W||
+    last = {k: out.layers["layer1"][k][0, -1] for k in ("update_ratio", "weight_norm", "grad_norm")}
+    np.testing.assert_allclose(
+        last["update_ratio"] * last["weight_norm"], 0.1 * last["grad_norm"], rtol=1e-5
+    )
+    assert layers["layer1"]["update_ratio"] == 0  # no step taken
+
+
+def test_update_ratio_by_hand():
+    """``update_ratio`` is ||update|| / ||weight|| of the given update, per layer (the
+    built-ins' layout) and per leaf by path (any model); NaN for a zero weight."""
+    from bnlab.measure import layer_stats, module_stats
+
+    w = jnp.array([[3.0, 0.0], [0.0, 4.0]])  # ||w|| = 5
+    g = jnp.array([[1.0, 2.0], [2.0, 4.0]])  # ||g|| = 5
+    u = -0.2 * g  # plain SGD at lr 0.2: ||u|| = 1
+    params = {"layer1": {"linear": {"kernel": w}}}
+    grads, updates = {"layer1": {"linear": {"kernel": g}}}, {"layer1": {"linear": {"kernel": u}}}
+    got = layer_stats(params, grads, {}, ["layer1"], updates)["layer1"]
+    np.testing.assert_allclose(got["update_ratio"], 0.2, rtol=1e-6)
+    own = {"dense": {"kernel": w}, "lin": {"w": w, "b": jnp.zeros(2)}}
+    own_g = {"dense": {"kernel": g}, "lin": {"w": g, "b": jnp.ones(2)}}
+    own_u = {"dense": {"kernel": u}, "lin": {"w": 2 * u, "b": -0.2 * jnp.ones(2)}}
+    got = module_stats(own, own_g, {}, own_u)
+    np.testing.assert_allclose(got["dense"]["update_ratio"], 0.2, rtol=1e-6)
+    np.testing.assert_allclose(got["lin/w"]["update_ratio"], 0.4, rtol=1e-6)
+    assert np.isnan(got["lin/b"]["update_ratio"])
+    assert "update_ratio" not in module_stats(own, own_g, {})["dense"]

@@ -103,7 +103,7 @@ def test_a_counter_is_carried_checkpointed_and_restored(tmp_path):
     """The toy MLP's ``Count`` variable (custom ``Linear`` on ``w``/``b``) equals the
     step after training and in each checkpoint; restored from step 50 and trained 50
     more steps, it is 100 again, and so are the parameters of the uninterrupted run.
-    ``w`` and ``b`` have weight and gradient norms; ``probe.sites=[linear*/out]`` records
+    ``w`` and ``b`` have weight and gradient norms and update ratios; ``probe.sites=[linear*/out]`` records
     the custom layers' outputs."""
     over = [*QUICK, *OWN, "model._target_=real_models.CountMLP", "+model.din=64", *RUN,
             "probe.sites=[linear*/out]"]  # fmt: skip
@@ -116,6 +116,7 @@ def test_a_counter_is_carried_checkpointed_and_restored(tmp_path):
     for leaf in ("linear1/w", "linear1/b", "linear2/w", "linear2/b"):
         rows = layers[layers["layer"] == leaf].set_index(["step", "stat"])["value"]
         assert rows[(100, "weight_norm")] > 0 and rows[(100, "grad_norm")] > 0, leaf
+        assert rows[(100, "update_ratio")] > 0, leaf
     e, states, _ = engine_for(over, probes=False)
     like = unstack(states, 0)
     ck = Checkpoints(tmp_path / record.CHECKPOINTS)
@@ -283,6 +284,49 @@ def test_a_user_loss_trains(tmp_path):
     (s,) = train(over, tmp_path)
     acc = tables(tmp_path)["scalars.parquet"].query("name == 'test_accuracy'")["value"]
     assert s["status"] == "finished" and acc.iloc[-1] > 0.5
+
+
+@pytest.mark.parametrize("columns", [None, 2], ids=["targets-n", "targets-n-k"])
+def test_a_regression_task_trains_with_mse(tmp_path, columns, record_property):
+    """Float targets from an .npz (y = a linear map of x plus noise): ``loss=mse``
+    compares the model's K outputs to them; the test loss falls well below that of
+    predicting the mean, and no accuracy is recorded."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(700, 8)).astype(np.float32)
+    w = rng.normal(size=(8, columns or 1)).astype(np.float32)
+    y = x @ w + 0.1 * rng.normal(size=(700, columns or 1)).astype(np.float32)
+    y = y if columns else y[:, 0]
+    path = tmp_path / "reg.npz"
+    np.savez(path, x_train=x[:500], y_train=y[:500], x_test=x[500:], y_test=y[500:])
+    quick = [o for o in QUICK if o != "data=digits"]
+    over = [*quick, "data=arrays", f"data.path={path}", "loss=mean_squared_error",
+            "model.features=[32]", "optimizer.lr=0.1", "steps=200", "probe.every=100",
+            "eval_every=200", "batch_size=50"]  # fmt: skip
+    (s,) = train(over, tmp_path / "run")
+    assert s["status"] == "finished"
+    sc = tables(tmp_path / "run")["scalars.parquet"]
+    assert not sc["name"].str.endswith("accuracy").any()
+    test_loss = sc.query("name == 'test_loss'").set_index("step")["value"]
+    mean_loss = float(((y[500:] - y[:500].mean(0)) ** 2).mean())
+    record_property("mse_vs_mean", f"{test_loss[200]:.4f} vs {mean_loss:.4f}")
+    assert test_loss[200] < 0.2 * mean_loss and test_loss[0] > 0.5 * mean_loss
+    from bnlab.analysis import plot
+
+    fig = plot.learning_curves(sc.assign(label="mse"))  # test loss in accuracy's place
+    assert [ax.get_title() for ax in fig.axes] == ["test_loss", "train_loss"]
+
+
+def test_float_targets_with_a_class_loss_are_one_line(tmp_path):
+    from bnlab.errors import UserError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(100, 4)), rng.normal(size=100)
+    path = tmp_path / "reg.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    quick = [o for o in QUICK if o != "data=digits"]
+    with pytest.raises(UserError) as info:
+        train([*quick, "data=arrays", f"data.path={path}"], tmp_path / "run")
+    assert "loss=softmax_cross_entropy needs integer class labels" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -224,8 +224,11 @@ def learning_curves(
     """One panel per metric (default test accuracy and train loss) over training, runs overlaid.
 
     Losses get a log axis. Several seeds of a label: their mean and ``errorbar``
-    band. Axes: one per metric; lines: one per label with that metric.
+    band. Axes: one per metric; lines: one per label with that metric. A task without
+    classes (no accuracy rows) shows ``test_loss`` in place of ``test_accuracy``.
     """
+    if "test_accuracy" in metrics and not scalars["name"].eq("test_accuracy").any():
+        metrics = tuple("test_loss" if m == "test_accuracy" else m for m in metrics)
     df = scalars[scalars["name"].isin(metrics)]
     require(df, f"scalars {list(metrics)}")
     grouped = groups(df, by)
@@ -321,6 +324,7 @@ STAT_NAMES = {
     "weight_norm": "||W|| (weight norm)",
     "bias_rms": "rms of the linear bias b",
     "grad_norm": "||dL/dW|| (gradient norm)",
+    "update_ratio": "||dW|| / ||W|| (update/weight ratio)",
 }
 
 

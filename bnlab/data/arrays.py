@@ -9,7 +9,11 @@ The rules for arrays from outside (an npz, a folder of images, a prepared TFDS d
   uint8 by 255; float pixels are taken as they are (scaling divides them by 1), so
   store floats already on the scale you want, or set ``data.standardize=per_pixel``;
 * labels are integers 0..K-1, one per example; K is the largest label + 1, or the
-  number of class names when the source has them.
+  number of class names when the source has them;
+* or, for a task without classes (regression, ``data=arrays`` only), float targets of
+  shape ``(N,)`` or ``(N, K)`` in both splits: the model has K outputs (1 for ``(N,)``)
+  compared to the targets directly (``loss=mean_squared_error`` or your own), and no
+  accuracy is recorded.
 """
 
 from __future__ import annotations
@@ -60,13 +64,25 @@ def _check_split(x: np.ndarray, y: np.ndarray, split: str, where: str) -> None:
         raise DataError(f"{where}: {xk} is empty: each split needs at least one example")
     if x.dtype != np.uint8 and not np.isfinite(x).all():
         raise DataError(f"{where}: {xk} holds NaN or infinite values: replace them")
+    if np.issubdtype(y.dtype, np.floating):  # regression targets
+        if y.ndim not in (1, 2) or len(y) != len(x):
+            raise DataError(
+                f"{where}: {yk} has shape {y.shape} for the {len(x)} examples of {xk}: "
+                f"give float targets of shape ({len(x)},) or ({len(x)}, K)"
+            )
+        if not np.isfinite(y).all():
+            raise DataError(f"{where}: {yk} holds NaN or infinite targets: replace them")
+        return
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(
             f"{where}: {yk} has shape {y.shape} for the {len(x)} examples of {xk}: "
             f"give one integer label per example, shape ({len(x)},)"
         )
     if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{where}: {yk} holds {y.dtype} labels: store integer class indices 0..K-1")
+        raise DataError(
+            f"{where}: {yk} holds {y.dtype} labels: store integer class indices 0..K-1 "
+            "(or float targets for regression)"
+        )
     if y.min() < 0:
         raise DataError(
             f"{where}: {yk} has negative labels (min {y.min()}): labels are class indices 0..K-1"
@@ -95,6 +111,9 @@ def raw_from_splits(
             f"{where}: x_train is {tx.dtype} but x_test is {vx.dtype}: store both splits "
             "as uint8 or both as float (they are scaled differently)"
         )
+    ty, vy = arrays["y_train"], arrays["y_test"]
+    if np.issubdtype(ty.dtype, np.floating) or np.issubdtype(vy.dtype, np.floating):
+        return _regression(arrays, where, source, class_names)
     top = int(max(arrays["y_train"].max(), arrays["y_test"].max()))
     if class_names is not None:
         class_names = tuple(str(c) for c in class_names)
@@ -125,6 +144,37 @@ def raw_from_splits(
         source=source,
         flat=flat,
     )
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    flat = x.ndim == 2
+    return x.reshape(len(x), 1, 1, x.shape[1]) if flat else x.reshape(*x.shape[:3], -1)
+
+
+def _regression(
+    arrays: dict[str, np.ndarray], where: str, source: str, class_names: Sequence[str] | None
+) -> Raw:
+    """Float targets: both splits float, the same number of columns K; no class names."""
+    ty, vy = arrays["y_train"], arrays["y_test"]
+    if not (np.issubdtype(ty.dtype, np.floating) and np.issubdtype(vy.dtype, np.floating)):
+        raise DataError(
+            f"{where}: y_train is {ty.dtype} but y_test is {vy.dtype}: store both as integer "
+            "class labels or both as float targets"
+        )
+    if ty.shape[1:] != vy.shape[1:]:
+        raise DataError(
+            f"{where}: y_train targets have shape {ty.shape[1:]} but y_test {vy.shape[1:]}: "
+            "both splits need one number of target columns"
+        )
+    if class_names is not None:
+        raise DataError(f"{where}: class_names beside float targets: leave class_names out")
+    k = 1 if ty.ndim == 1 else int(ty.shape[1])
+    tx = arrays["x_train"]
+    return Raw(
+        _nhwc(tx), ty.astype(np.float32), _nhwc(arrays["x_test"]), vy.astype(np.float32),
+        num_classes=k, class_names=tuple(f"y{i}" for i in range(k)),
+        pixel_max=255.0 if tx.dtype == np.uint8 else 1.0, source=source, flat=tx.ndim == 2,
+    )  # fmt: skip
 
 
 def load_npz(path: str) -> Raw:

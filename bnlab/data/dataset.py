@@ -28,7 +28,9 @@ def one_line(text: str) -> str:
 class Dataset:
     """Train/validation/test splits and a fixed probe batch, preprocessed, in host memory.
 
-    Images are float32 NHWC (or flattened to (N, H*W*C)); labels int32. The validation
+    Images are float32 NHWC (or flattened to (N, H*W*C)); labels int32, or float32
+    targets (N,) / (N, K) for a task without classes (``num_classes`` is then K,
+    :attr:`classes` false). The validation
     split holds ``data.validation`` training examples set aside by ``data.validation_seed``
     (removed from ``train_*``; empty arrays of the same dtype and example shape when 0).
     The probe batch is a seeded subset of one split (kept in that split too), so probes
@@ -56,11 +58,17 @@ class Dataset:
     mean: np.ndarray | None = None  # per-pixel (H, W, C) train mean when standardized
     std: np.ndarray | None = None  # per-pixel train std (0 replaced by 1) when standardized
 
+    @property
+    def classes(self) -> bool:
+        """Whether the task has classes (integer labels): else regression targets."""
+        return not np.issubdtype(self.train_y.dtype, np.floating)
+
 
 @dataclass(frozen=True)
 class Raw:
     """Unprocessed splits as a source hands them over: images (N, H, W, C) in
-    [0, pixel_max] (uint8 or float), integer labels 0..num_classes-1. `flat` marks
+    [0, pixel_max] (uint8 or float), integer labels 0..num_classes-1 (or float targets
+    (N,) / (N, num_classes), :mod:`bnlab.data.arrays`). `flat` marks
     feature vectors, stored as (N, 1, 1, D), which always come out as (N, D)."""
 
     train_x: np.ndarray

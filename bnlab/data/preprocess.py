@@ -54,10 +54,12 @@ def preprocess(
         "validation": raw.train_x[held].astype(np.float32),
         "test": raw.test_x.astype(np.float32),
     }
+    # integer class labels as int32; float regression targets as float32
+    label = np.float32 if np.issubdtype(raw.train_y.dtype, np.floating) else np.int32
     ys = {
-        "train": raw.train_y[keep].astype(np.int32),
-        "validation": raw.train_y[held].astype(np.int32),
-        "test": raw.test_y.astype(np.int32),
+        "train": raw.train_y[keep].astype(label),
+        "validation": raw.train_y[held].astype(label),
+        "test": raw.test_y.astype(label),
     }
     steps = []
     if scale:

@@ -143,9 +143,11 @@ class Engine:
         return self._each(self.learner.activations, states, probe_x), self._layers0(states)
 
     def _layers0(self, states: TrainState) -> dict:
-        """Layer statistics with no step taken (gradient norms read as zero)."""
+        """Layer statistics with no step taken (gradient norms and update ratios read as
+        zero)."""
         zeros = jax.tree.map(jnp.zeros_like, states.params)
-        return self._members(self.learner.layer_stats, ("member", "member"))(states, zeros)
+        stats = self._members(self.learner.last_layer_stats, ("member", "member"))
+        return stats(states, (zeros, zeros))
 
     def _evaluate(self, states: TrainState, x: Array, y: Array):
         return self._members(self.learner.evaluate_one, ("member", None, None))(states, x, y)
@@ -186,7 +188,7 @@ class Engine:
         return data["train_x"][idx], data["train_y"][idx]
 
     def _one(self, st: TrainState, t: Array, perms: Array, epoch0: Array, data: dict):
-        """Training step ``t`` of every member: ``(state, loss, acc, grads)``."""
+        """Training step ``t`` of every member: ``(state, loss, acc, (grads, update))``."""
         x, y = self._batch(t, perms, epoch0, data)
         step_all = self._members(self.learner.train_step, ("member", "seed", "seed"))
         st, (loss, acc, grads) = step_all(st, x, y)
@@ -195,11 +197,12 @@ class Engine:
     def _probe(self, st: TrainState, t: Array, grads: Any, perms: Array, epoch0: Array,
                data: dict):  # fmt: skip
         """The measurements after ``t`` steps (the state ``st``, the last step's
-        gradients): everything of a :class:`Metrics` row but the losses. Gradient-ICS is
+        gradients and update): everything of a :class:`Metrics` row but the losses. Gradient-ICS is
         measured on the batch step ``t + 1`` is about to use (``ics_at=before``) or on
         step ``t``'s own (``after``)."""
         res = dict(step=t, lr=self._members(self.learner.lr_at, ("member", None))(st, t))
-        res["layers"] = self._members(self.learner.layer_stats, ("member", "member"))(st, grads)
+        stats = self._members(self.learner.last_layer_stats, ("member", "member"))
+        res["layers"] = stats(st, grads)
         if self.probe_device is not None:  # activations later, on the probe device
             res["snaps"] = st.replace(opt_state=None)
         elif self.probes:
@@ -239,7 +242,7 @@ class Engine:
             return (st, t + 1), (loss, acc)
 
         def interval(carry, _):
-            # the probe reads the last step's gradients: only that step returns them
+            # the probe reads the last step's gradients and update: only that step returns them
             carry, (loss, acc) = lax.scan(quiet, carry, None, length=self.every - 1)
             st, t = carry
             st, loss1, acc1, grads = self._one(st, t, perms, epoch0, data)

@@ -5,8 +5,10 @@ outputs ``(batch, classes)`` and integer labels ``(batch,)``: softmax cross-entr
 (``loss.label_smoothing`` > 0: against ``optax.smooth_labels`` of the one-hot labels),
 sigmoid binary cross-entropy and squared error against the (smoothed) one-hot vector,
 averaged over the classes, or the user's function (``loss=own loss._target_=...``),
-checked once on abstract arrays of the run's shapes. Accuracy is argmax against the
-labels in every case.
+checked once on abstract arrays of the run's shapes. Float targets (a regression task,
+``(batch,)`` or ``(batch, K)``) are compared to the outputs directly by
+``mean_squared_error`` (or the user's loss); the class losses need integer labels.
+Accuracy is argmax against integer labels, and none where the targets are floats.
 """
 
 from __future__ import annotations
@@ -50,15 +52,36 @@ def make_loss(cfg: LossConfig) -> Loss:
     if cfg.name == "sigmoid_binary_cross_entropy":
         return lambda o, y: optax.sigmoid_binary_cross_entropy(
             o.astype(jnp.float32), _targets(o, y, s)).mean(-1)  # fmt: skip
-    return lambda o, y: jnp.mean((o.astype(jnp.float32) - _targets(o, y, s)) ** 2, axis=-1)
+    return lambda o, y: jnp.mean((o.astype(jnp.float32) - _regress(o, y, s)) ** 2, axis=-1)
 
 
-def check_loss(cfg: LossConfig, fn: Loss, batch: int, classes: int) -> None:
-    """A user loss must take ``(outputs, labels)`` and return one loss per example."""
+def _regress(outputs: Array, y: Array, smoothing: float) -> Array:
+    """Float targets as they are (``(batch,)`` as one column); integer labels one-hot."""
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        return y.astype(jnp.float32).reshape(outputs.shape)
+    return _targets(outputs, y, smoothing)
+
+
+def has_classes(y: Array) -> bool:
+    """Whether labels ``y`` are class indices (accuracy applies), not float targets."""
+    return not jnp.issubdtype(y.dtype, jnp.floating)
+
+
+def check_loss(cfg: LossConfig, fn: Loss, batch: int, classes: int,
+               targets: tuple[tuple[int, ...], object] = ((), jnp.int32)) -> None:  # fmt: skip
+    """Float ``targets`` (one example's shape and the dtype) take only
+    ``mean_squared_error`` or a user loss; a user loss must take ``(outputs, labels)``
+    and return one loss per example."""
+    shape, dtype = targets
+    if jnp.issubdtype(dtype, jnp.floating) and cfg.name not in ("mean_squared_error", "own"):
+        raise UserError(
+            f"loss={cfg.name} needs integer class labels but the data's targets are floats "
+            "(regression): use loss=mean_squared_error or loss=own"
+        )
     if cfg.name != "own":
         return
     o = jax.ShapeDtypeStruct((batch, classes), jnp.float32)
-    y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    y = jax.ShapeDtypeStruct((batch, *shape), dtype)
     try:
         out = jax.eval_shape(fn, o, y)
     except Exception as e:

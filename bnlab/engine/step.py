@@ -29,6 +29,7 @@ from jax import lax
 
 from bnlab import measure as probe
 from bnlab.engine.devices import DATA
+from bnlab.engine.loss import has_classes
 from bnlab.engine.optim import peak_lr, with_lr
 from bnlab.models.network import Network
 
@@ -114,7 +115,7 @@ class Learner:
             params, batch_stats, x, train=True, extra=extra, **(rngs or {})
         )
         logits = logits.astype(jnp.float32)
-        loss, acc = self.loss(logits, y).mean(), (jnp.argmax(logits, -1) == y).mean()
+        loss, acc = self.loss(logits, y).mean(), accuracy(logits, y).mean()
         if self.shards > 1:
             # the global batch's loss (its gradient is the device average), and one
             # running-statistics update on every device (flax#877)
@@ -122,8 +123,10 @@ class Learner:
         return loss, (new_stats, new_extra, acc)
 
     def train_step(self, st: TrainState, x: Array, y: Array):
-        """One member's step: ``(state, (loss, accuracy, gradients))``; a member that is
-        not alive, or whose loss goes bad now, keeps its state and is not alive."""
+        """One member's step: ``(state, (loss, accuracy, (gradients, update)))``, the
+        update the one applied (zero where the member is frozen); a member that is not
+        alive, or whose loss goes bad now, keeps its state and is not alive. Only the
+        probe's step reads gradients and update (XLA drops them from the others)."""
         (loss, (bs, extra, acc)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
             st.params, st.batch_stats, x, y, self.rngs(st), st.extra
         )
@@ -136,13 +139,20 @@ class Learner:
             batch_stats=keep(bs, st.batch_stats), opt_state=keep(opt_state, st.opt_state),
             extra=keep(extra, st.extra), alive=ok,
         )  # fmt: skip
-        return new, (loss, acc, grads)
+        applied = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
+        return new, (loss, acc, (grads, applied))
 
     def lr_at(self, st: TrainState, step: Array) -> Array:
         return peak_lr(st.opt_state) * self.unit(step)
 
-    def layer_stats(self, st: TrainState, grads: Any) -> dict:
-        return self.net.layer_stats(st.params, grads, st.batch_stats)
+    def layer_stats(self, st: TrainState, grads: Any, updates: Any = None) -> dict:
+        """Layer statistics of ``st`` after a step of gradients ``grads`` and applied
+        update ``updates`` (``update_ratio`` only with it)."""
+        return self.net.layer_stats(st.params, grads, st.batch_stats, updates)
+
+    def last_layer_stats(self, st: TrainState, last: tuple[Any, Any]) -> dict:
+        """:meth:`layer_stats` of ``last``, a step's ``(gradients, update)``."""
+        return self.layer_stats(st, *last)
 
     def sites(self, st: TrainState, probe_x: Array) -> dict[str, Array]:
         """The raw values of the probed sites on the probe batch (``{site: array}``, BN as
@@ -186,12 +196,13 @@ class Learner:
         return out
 
     def evaluate_one(self, st: TrainState, x: Array, y: Array) -> tuple[Array, Array]:
-        """Loss and accuracy on a whole split, BN in eval mode (padded fixed batches)."""
+        """Loss and accuracy on a whole split, BN in eval mode (padded fixed batches);
+        accuracy NaN where the targets are floats (no classes)."""
         n = x.shape[0]
         b = min(self.eval_batch, n)
         pad = (-n) % b
         x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-        y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+        y = jnp.concatenate([y, jnp.zeros((pad,) + y.shape[1:], y.dtype)])
         mask = jnp.arange(n + pad) < n
         eval_key = noise_key(st.key, st.step, EVAL_RNG_STREAM)  # dropout is off; rng names
 
@@ -202,7 +213,7 @@ class Learner:
                                           extra=st.extra, rng=eval_key)[0]  # fmt: skip
             logits = logits.astype(jnp.float32)
             loss = self.loss(logits, yb)
-            return jnp.sum(loss * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
+            return jnp.sum(loss * mb), jnp.sum(accuracy(logits, yb) * mb)
 
         shape = lambda a: a.reshape((-1, b) + a.shape[1:])  # noqa: E731
         loss, correct = loop_map(one, (shape(x), shape(y), shape(mask)), self.unroll)
@@ -218,6 +229,14 @@ class Learner:
             opt_state=with_lr(self.tx.init(params), lr),
             key=jax.random.fold_in(root, 1), alive=jnp.ones((), bool), extra=extra,
         )  # fmt: skip
+
+
+def accuracy(logits: Array, y: Array) -> Array:
+    """Per example: whether the argmax is the integer label; NaN for float targets (a
+    task without classes records no accuracy)."""
+    if has_classes(y):
+        return (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return jnp.full(logits.shape[:1], jnp.nan, jnp.float32)
 
 
 def loop_map(fn, xs, unroll: bool):

@@ -16,12 +16,25 @@ def _sq(tree) -> Array:
     return sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree))
 
 
+def _norms(w, g, u) -> dict[str, Array]:
+    """``weight_norm``, ``grad_norm`` and, with the step's update ``u``, ``update_ratio``
+    ||u|| / ||w|| (NaN where the weight is zero)."""
+    wn = jnp.sqrt(_sq(w))
+    d = {"weight_norm": wn, "grad_norm": jnp.sqrt(_sq(g))}
+    if u is not None:
+        d["update_ratio"] = jnp.where(wn > 0, jnp.sqrt(_sq(u)) / wn, jnp.nan)
+    return d
+
+
 def layer_stats(
-    params: Mapping, grads: Mapping, batch_stats: Mapping, layers: Sequence[str]
-) -> dict[str, dict[str, Array]]:
+    params: Mapping, grads: Mapping, batch_stats: Mapping, layers: Sequence[str],
+    updates: Mapping | None = None,
+) -> dict[str, dict[str, Array]]:  # fmt: skip
     """Per hidden layer: weight and gradient norms, gamma/beta and running-stat summaries.
 
     Keys: ``weight_norm`` and ``grad_norm`` (of the linear map's kernel),
+    ``update_ratio`` (with ``updates``, the step's applied update: ||delta W|| / ||W||,
+    W the weight after the step),
     ``gamma_mean``, ``gamma_std``, ``beta_mean``, ``beta_std`` where the norm learns
     them, ``bias_mean``/``bias_std`` of the linear map's bias, and
     ``running_mean_mean``, ``running_mean_std``, ``running_var_mean``,
@@ -30,10 +43,8 @@ def layer_stats(
     out: dict[str, dict[str, Array]] = {}
     for layer in layers:
         p, g = params[layer], grads[layer]
-        d = {
-            "weight_norm": jnp.sqrt(_sq(p["linear"]["kernel"])),
-            "grad_norm": jnp.sqrt(_sq(g["linear"]["kernel"])),
-        }
+        u = None if updates is None else updates[layer]["linear"]["kernel"]
+        d = _norms(p["linear"]["kernel"], g["linear"]["kernel"], u)
         if "bias" in p["linear"]:
             d["bias_mean"] = jnp.mean(p["linear"]["bias"])
             d["bias_std"] = jnp.std(p["linear"]["bias"])
@@ -52,29 +63,30 @@ def layer_stats(
 
 
 def module_stats(
-    params: Mapping, grads: Mapping, batch_stats: Mapping
+    params: Mapping, grads: Mapping, batch_stats: Mapping, updates: Mapping | None = None
 ) -> dict[str, dict[str, Array]]:
     """Parameter statistics of any model, per module path (``stage1/block1/conv1``).
 
     The statistics of :func:`layer_stats`, found by leaf name: a module with a
-    ``kernel`` gets ``weight_norm`` and ``grad_norm`` (of the kernel) and, with a
+    ``kernel`` gets ``weight_norm``, ``grad_norm`` and ``update_ratio`` (of the kernel)
+    and, with a
     ``bias``, ``bias_mean``/``bias_std``; a module without a kernel (a norm) gets
     ``gamma_mean``/``gamma_std`` of its ``scale`` and ``beta_mean``/``beta_std`` of its
     ``bias``; a ``mean``/``var`` in ``batch_stats`` gives ``running_mean_mean``...
     ``running_var_std``. Every other leaf, whatever its name (a custom layer's ``w``,
-    an embedding), gets ``weight_norm`` and ``grad_norm`` at its own path
-    (``linear1/w``).
+    an embedding), gets ``weight_norm``, ``grad_norm`` and ``update_ratio`` at its own
+    path (``linear1/w``).
     """
     flat_p, flat_g = flatten_dict(params), flatten_dict(grads)
-    modules: dict[tuple, dict[str, tuple[Array, Array]]] = {}
+    flat_u = {} if updates is None else flatten_dict(updates)
+    modules: dict[tuple, dict[str, tuple[Array, Array, Array | None]]] = {}
     for path, v in flat_p.items():
-        modules.setdefault(path[:-1], {})[path[-1]] = (v, flat_g[path])
+        modules.setdefault(path[:-1], {})[path[-1]] = (v, flat_g[path], flat_u.get(path))
     out: dict[str, dict[str, Array]] = {}
     for mod, leaves in modules.items():
         d: dict[str, Array] = {}
         if "kernel" in leaves:
-            w, g = leaves["kernel"]
-            d["weight_norm"], d["grad_norm"] = jnp.sqrt(_sq(w)), jnp.sqrt(_sq(g))
+            d.update(_norms(*leaves["kernel"]))
             named = {"bias": "bias"}
         else:
             named = {"scale": "gamma", "bias": "beta"}
@@ -85,9 +97,7 @@ def module_stats(
         if d and mod:
             out["/".join(mod)] = d
         for key in sorted(set(leaves) - set(named) - {"kernel"}):
-            w, g = leaves[key]
-            out["/".join((*mod, key))] = {"weight_norm": jnp.sqrt(_sq(w)),
-                                           "grad_norm": jnp.sqrt(_sq(g))}  # fmt: skip
+            out["/".join((*mod, key))] = _norms(*leaves[key])
     for path, v in flatten_dict(batch_stats).items():
         if path[-1] in ("mean", "var") and path[:-1]:
             d = out.setdefault("/".join(path[:-1]), {})

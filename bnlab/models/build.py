@@ -352,7 +352,8 @@ def check_output(cfg: Any, layout: Any, batch: int, num_classes: int) -> None:
     if out.shape != (batch, num_classes):
         raise UserError(
             f"model._target_={target} returns shape {tuple(out.shape)} for a batch of {batch}; "
-            f"the data has {num_classes} classes, so it must be ({batch}, {num_classes}) "
+            f"the data has {num_classes} classes (or target columns), so it must be "
+            f"({batch}, {num_classes}) "
             f"(set the model's number of outputs to {num_classes})"
         )
     if cfg.norm.normalizes and not layout.batch_stats:

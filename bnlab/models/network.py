@@ -175,14 +175,16 @@ class Network:
         names = layer_names(params)
         return bool(names) and "head" in params and all("linear" in params[n] for n in names)
 
-    def layer_stats(self, params: dict, grads: dict, batch_stats: dict) -> dict:
+    def layer_stats(self, params: dict, grads: dict, batch_stats: dict,
+                    updates: dict | None = None) -> dict:  # fmt: skip
         """Per-layer parameter statistics (:func:`bnlab.measure.layer_stats` for the
-        built-ins' layout, else :func:`bnlab.measure.module_stats` by module path)."""
+        built-ins' layout, else :func:`bnlab.measure.module_stats` by module path);
+        ``updates``: the step's applied update (``update_ratio``)."""
         builtin = self.builtin_layers(params)
         if builtin:
-            out = probe.layer_stats(params, grads, batch_stats, layer_names(params))
+            out = probe.layer_stats(params, grads, batch_stats, layer_names(params), updates)
         else:
-            out = probe.module_stats(params, grads, batch_stats)
+            out = probe.module_stats(params, grads, batch_stats, updates)
         # the momentum and epsilon each BN layer ran with (a sweep over them is checkable)
         for path, (momentum, eps) in (self.layout.bn_settings if self.layout else {}).items():
             d = out.setdefault(path.split("/")[0] if builtin else path, {})

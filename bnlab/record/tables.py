@@ -8,7 +8,8 @@ A run directory (Hydra's output dir) holds:
   ``step`` (int64, training steps done), ``name`` (str), ``value`` (float64). Names:
   ``train_loss`` and ``train_accuracy`` (means over the ``probe.every`` steps ending
   at ``step``), ``test_loss`` and ``test_accuracy`` (whole test split, BN in eval
-  mode, every ``eval_every`` steps and at step 0), ``lr`` (learning rate at ``step``).
+  mode, every ``eval_every`` steps and at step 0), ``lr`` (learning rate at ``step``);
+  no ``*_accuracy`` for a task without classes (float targets).
 - ``activations.parquet``, one row per step x layer x site x unit x statistic, columns
   ``step`` (int64), ``layer`` (str, ``layer1``...; a module path such as
   ``stage1/block1/norm1`` for models found by interception), ``site`` (str: ``prenorm``,
@@ -20,8 +21,9 @@ A run directory (Hydra's output dir) holds:
   step 0 and every ``probe.every`` steps.
 - ``layers.parquet``, one row per step x layer x statistic, columns ``step``,
   ``layer``, ``stat``, ``value``: the parameter statistics of
-  :func:`bnlab.measure.layer_stats` (weight and gradient norms, gamma/beta, running
-  mean/var summaries; the built-ins' ``layer{i}``, other models' modules by path,
+  :func:`bnlab.measure.layer_stats` (weight and gradient norms, ``update_ratio`` =
+  ||delta W|| / ||W|| of the last step's applied update, 0 at step 0, gamma/beta,
+  running mean/var summaries; the built-ins' ``layer{i}``, other models' modules by path,
   :func:`bnlab.measure.module_stats`) at the same steps as the activations; per BN
   layer also ``bn_momentum`` and ``bn_epsilon``, the values it ran with (the model's
   own, or ``norm.momentum``/``norm.epsilon`` where set).
@@ -237,7 +239,8 @@ def metrics_rows(rec: RunRecord, m: Any, keep: np.ndarray | None = None) -> None
     rec.layers(steps, map_stats(m.layers, lambda v: v[keep]))
     if m.loss is not None:
         rec.scalars(steps, "train_loss", m.loss.mean(axis=1)[keep])
-        rec.scalars(steps, "train_accuracy", m.acc.mean(axis=1)[keep])
+        if not np.isnan(m.acc).all():  # NaN: a task without classes (float targets)
+            rec.scalars(steps, "train_accuracy", m.acc.mean(axis=1)[keep])
         rec.scalars(steps, "lr", m.lr[keep])
     if m.ics is not None:  # gradient-ICS / landscape probes, where they were due
         due = keep & m.ics_due.astype(bool)
@@ -247,7 +250,8 @@ def metrics_rows(rec: RunRecord, m: Any, keep: np.ndarray | None = None) -> None
 def eval_rows(rec: RunRecord, step: int, split: str, loss: Any, acc: Any) -> None:
     """The rows of an evaluation on ``split`` (``test_loss``, ``test_accuracy``...)."""
     rec.scalars(step, f"{split}_loss", float(loss))
-    rec.scalars(step, f"{split}_accuracy", float(acc))
+    if not np.isnan(acc):  # NaN: a task without classes has no accuracy
+        rec.scalars(step, f"{split}_accuracy", float(acc))
 
 
 def _jsonable(x: Any) -> Any:

@@ -71,7 +71,8 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
     )
     tx, unit = make_optimizer(cfg.optimizer, cfg.steps)
     loss = make_loss(cfg.loss)
-    check_loss(cfg.loss, loss, cfg.batch_size, ds.num_classes)
+    check_loss(cfg.loss, loss, cfg.batch_size, ds.num_classes,
+               (ds.train_y.shape[1:], ds.train_y.dtype))  # fmt: skip
     keys = ["train_x", "train_y", "test_x", "test_y", "probe_x"]
     keys += ["val_x", "val_y"] if len(ds.val_y) else []
     arrays = {k: getattr(ds, k) for k in keys}
