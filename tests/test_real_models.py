@@ -65,7 +65,7 @@ def test_dropout_masks_follow_step_and_seed_and_evaluation_is_deterministic(targ
     np.testing.assert_array_equal(ev(s0, tx, ty), ev(nxt, tx, ty))
 
 
-@pytest.mark.parametrize("target", CNNS[::2], ids=["nnx-stored-rngs", "linen"])
+@pytest.mark.parametrize("target", CNNS, ids=["nnx-stored-rngs", "nnx-call-rngs", "linen"])
 def test_dropout_model_trains_and_resumes_exactly(tmp_path, target, record_property):
     """100 steps of a 2-seed sweep; as if killed after the checkpoint at step 50, the
     resumed run's tables equal the uninterrupted run's (the masks drawn after the
