@@ -65,7 +65,6 @@ def train_and_evaluate(
     check_model(cfg.model, cfg.import_path)
     data.check_settings(**data_settings(cfg))
     loggers.check(cfg)  # loggers (issue 16)
-    session.preload()
     workdir = Path(workdir)
     ms = members.members(cfg, workdir)
     if cfg.resume.enabled:  # read-only: a refused command touches nothing
@@ -78,6 +77,9 @@ def train_and_evaluate(
             say(f"{what}; record: {workdir}")
             session.complete(cfg, workdir, records, previous)  # type: ignore[arg-type]
             return previous  # type: ignore[return-value]
+        # only a run that trains: a process that ends at once while the thread is still
+        # importing orbax can abort at exit ("terminate called without an active exception")
+        session.preload()
         if cfg.resume.enabled:  # no going back: a record further along is refused
             guard.check_steps(cfg, [m.dir for m, p in zip(ms, previous, strict=True)
                                     if not ended(p, cfg.steps)])  # fmt: skip
