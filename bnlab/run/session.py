@@ -9,6 +9,7 @@ it was interrupted, with the one command that continues it.
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 from pathlib import Path
@@ -55,7 +56,11 @@ def preload() -> None:
         except Exception:  # the loop imports them again, and says what is wrong
             pass
 
-    threading.Thread(target=work, name="bnlab-preload", daemon=True).start()
+    thread = threading.Thread(target=work, name="bnlab-preload", daemon=True)
+    thread.start()
+    # a process that ends early (an error found after this point) waits for the imports:
+    # killed mid-import, orbax's C++ threads abort the process at exit
+    atexit.register(thread.join)
 
 
 def complete(cfg: TrainConfig, workdir: Path, records: list[RunRecord], sums: list) -> None:
