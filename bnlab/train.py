@@ -29,6 +29,7 @@ if __name__ == "__main__":  # the command, not an import: signals from the first
         signal.signal(_s, _before_start)
 
 import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     for s in (signal.SIGINT, signal.SIGTERM):  # both stop a run the same way
         signal.signal(s, _interrupt)
+    sys.unraisablehook = _redeliver(sys.unraisablehook)
     try:
         sys.argv[1:] = expand(args)
         app()
@@ -123,8 +125,45 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(signum: int, frame: Any) -> None:
+    if _in_callback(frame):  # an exception there would be printed and lost: again, later
+        import _thread
+
+        _thread.start_new_thread(_thread.interrupt_main, ())
+        return
     raise KeyboardInterrupt
+
+
+def _in_callback(frame: Any) -> bool:
+    """Whether ``frame`` runs inside a garbage-collector callback (JAX has one) or the
+    unraisable hook below, where a KeyboardInterrupt cannot propagate."""
+    import gc
+
+    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        code = frame.f_code
+        if code in codes or (code.co_name == "handle" and code.co_filename == __file__):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver(hook):
+    """A signal whose KeyboardInterrupt landed where Python can only print it (a garbage
+    collector callback: "Exception ignored in ... Traceback") is delivered again to the
+    main thread, not printed and lost."""
+
+    def handle(unraisable):
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            import _thread
+
+            # from another thread, started without waiting on it (a wait here would take
+            # the signal again): the main thread takes it once out of this callback
+            _thread.start_new_thread(_thread.interrupt_main, ())
+            return
+        hook(unraisable)
+
+    return handle
 
 
 config.register()

@@ -228,3 +228,36 @@ def test_labels_beyond_the_examples_are_refused(tmp_path):
     with pytest.raises(UserError, match="a label of 1000000 makes 1000001 classes"):
         train([*SHORT, "data=arrays", f"data.path={path}", "data.probe_size=16",
                "batch_size=16"], tmp_path / "run")  # fmt: skip
+
+
+def test_a_signal_landing_in_a_gc_callback_is_redelivered_not_printed(capsys):
+    """A KeyboardInterrupt raised by bnlab's signal handler inside a garbage-collector
+    callback (JAX has one) cannot propagate: Python would print it ('Exception ignored
+    in ... Traceback') and lose the signal. bnlab's hook delivers it again instead."""
+    import gc
+    import signal as signals
+
+    from bnlab import train as entry
+
+    hits = []
+    old_handler = signals.signal(signals.SIGINT, lambda *a: hits.append(1))
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = entry._redeliver(old_hook)
+
+    def callback(phase, info):
+        if phase == "start":
+            gc.callbacks.remove(callback)
+            raise KeyboardInterrupt
+
+    try:
+        gc.callbacks.append(callback)
+        gc.collect()
+        for _ in range(100):  # delivered again from another thread, at the next check
+            if hits:
+                break
+            time.sleep(0.01)
+    finally:
+        sys.unraisablehook = old_hook
+        signals.signal(signals.SIGINT, old_handler)
+    assert hits == [1]
+    assert "Traceback" not in capsys.readouterr().err
