@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     from bnlab.record.resume import expand
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us, not Hydra's printer
+    import logging
+
+    # a log line that cannot be written (train.log on a full disk) is not a traceback:
+    # the one error line says what failed
+    logging.raiseExceptions = False
     # hydra/launcher=ray_cluster: Ray's workers use this environment (with its extras),
     # not a fresh one Ray would build for a `uv run` driver (configs/hydra/launcher/)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
