@@ -14,6 +14,8 @@ import pytest
 
 # isort: split
 # (ruff would otherwise file this import as third-party)
+from trainer import QUICK, engine_for
+
 from bnlab.engine.batches import batch_indices, epoch_permutation
 
 
@@ -75,3 +77,20 @@ def test_batch_larger_than_data_is_an_error():
 
     with pytest.raises(UserError, match="batch_size=11"):  # a DataError or any UserError
         batch_indices(jax.random.key(0), 0, 10, 11)
+
+
+def test_a_chunk_draws_from_its_own_members_epochs():
+    """The engine computes each epoch's order once and keeps it (``bnlab.engine.epochs``)
+    from the first members' keys; states with other seeds get their own orders (the chunk
+    computes them itself): the same losses as a fresh engine's, whatever came before."""
+    over = [*QUICK, "model.features=[16]", "steps=60", "chunk_steps=60", "probe.every=20",
+            "batch_size=50"]  # fmt: skip
+    e, first, _ = engine_for(over)
+    assert e.steps_per_epoch < 60  # the chunk spans several epochs
+    other = e.init([7], [0.5], e.data["train_x"][:2])
+    e.chunk(first, 0, 60)  # the orders of seed 0's epochs are kept
+    _, after_seed0 = e.chunk(other, 0, 60)
+    fresh, _, _ = engine_for(over)
+    _, alone = fresh.chunk(fresh.init([7], [0.5], fresh.data["train_x"][:2]), 0, 60)
+    np.testing.assert_array_equal(jax.device_get(after_seed0.loss), jax.device_get(alone.loss))
+    assert sorted(fresh.orders.cache) == list(range(fresh._count(60) + 1))  # one ahead

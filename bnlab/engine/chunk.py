@@ -13,7 +13,8 @@ A chunk is ``length`` steps of :meth:`bnlab.engine.step.Learner.train_step`: an 
 ``lax.scan`` over probe intervals, each an inner ``lax.scan`` of ``probe.every``
 steps followed by one probe of the fixed probe batch (:class:`Metrics`). Batches are
 drawn on device from the epoch permutations the chunk spans (:func:`batch_indices`
-is the one rule), so the host only wakes between chunks. The chunk is ``vmap``-ped
+is the one rule; each epoch's order is computed once, ahead of need, by
+:mod:`bnlab.engine.epochs`), so the host only wakes between chunks. The chunk is ``vmap``-ped
 over the members of a device and ``shard_map``-ped over the mesh. With a probe
 device, the chunk returns the state at every probe and a second program computes the
 activation statistics there, beside the next chunk; the numbers are the same.
@@ -37,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from bnlab.engine.batches import _take, batch_indices, epoch_permutation
 from bnlab.engine.devices import DATA, MEMBERS
+from bnlab.engine.epochs import EpochOrders
 from bnlab.engine.grid import grid_map
 from bnlab.engine.host_steps import HostSteps
 from bnlab.engine.metrics import Metrics
@@ -83,18 +85,23 @@ class Engine:
                 self.probe_device,
             )
         pm, ics = P(MEMBERS), bool(self.ics_every)
+        # a device's epoch orders are its seeds': split where seeds are split
+        self.seed_spec = P(MEMBERS) if md > 1 and L % md else P()
         metrics_specs = Metrics(
             step=P(), loss=pm, acc=pm, lr=pm, layers=pm, acts=pm if probes else None,
             ics=pm if ics else None, ics_due=P() if ics else None,
         )  # fmt: skip
-        self._chunk_jit = jax.jit(self._spmd(self._chunk, (pm, metrics_specs, None)),
-                                  static_argnames="length", donate_argnums=0)  # fmt: skip
+        self._chunk_jit = jax.jit(
+            self._spmd(self._chunk, (pm, metrics_specs, None), (pm, P(), P(), pm)),
+            static_argnames="length", donate_argnums=0,
+        )  # fmt: skip
         self._measure_jit = jax.jit(self._spmd(self._measure, (pm, pm)))
         self._layers0_jit = jax.jit(self._spmd(self._layers0, pm))
         self._eval_jit = jax.jit(self._spmd(self._evaluate, (pm, pm)))
         self._snap_acts_jit = jax.jit(self._snapshot_acts)
         self._eval_beside_jit = jax.jit(self._evaluate)
         self._hist_jit: dict[int, Any] = {}  # histograms(), per number of bins
+        self.orders = EpochOrders(self)
         self.host_steps = HostSteps(self, metrics_specs) if host_loop else None
         self.programs = Programs(self)  # the compile set
 
@@ -173,7 +180,18 @@ class Engine:
 
     def _count(self, steps: int) -> int:
         """How many epochs ``steps`` consecutive steps (and the batch after them) can touch."""
-        return steps // self.steps_per_epoch + 2
+        return -(-steps // self.steps_per_epoch) + 1
+
+    def _given_perms(self, states: TrainState, t0: Array, orders: tuple, steps: int):
+        """The permutations of :meth:`_perms` from ``orders`` (:mod:`bnlab.engine.epochs`),
+        or computed here where they are not the members' seeds' (same batches either way)."""
+        L, S = self.local_grid
+        seed_keys = states.key.reshape((L, S) + states.key.shape[1:])[0]
+        perms = jnp.stack([p for p, _ in orders], axis=1)
+        ours = jnp.all(jnp.stack([jnp.all(k == seed_keys) for _, k in orders]))
+        # (`+ perms * 0`: the same type as the given orders on a mesh, varying over members)
+        computed = lambda: self._perms(states, t0, steps)[0] + perms * 0  # noqa: E731
+        return lax.cond(ours, lambda: perms, computed)
 
     def _batch(self, t: Array, perms: Array, epoch0: Array, data: dict):
         """This device's share of batch ``t``, per seed."""
@@ -233,8 +251,8 @@ class Engine:
         )  # fmt: skip
         return metrics, first(out.get("snaps"))
 
-    def _chunk(self, states: TrainState, t0: Array, data: dict, length: int):
-        perms, epoch0 = self._perms(states, t0, length)
+    def _chunk(self, states: TrainState, t0: Array, data: dict, orders: tuple, length: int):
+        perms, epoch0 = self._given_perms(states, t0, orders, length), t0 // self.steps_per_epoch
 
         def quiet(carry, _):
             st, t = carry
@@ -271,7 +289,8 @@ class Engine:
         if self.host_loop:
             return self.host_steps.chunk(states, t0, length)
         t = jnp.asarray(t0, jnp.int32)
-        states, metrics, snaps = self.programs["chunk", length](states, t, self.data)
+        orders = self.orders.get(states, t0 // self.steps_per_epoch, self._count(length))
+        states, metrics, snaps = self.programs["chunk", length](states, t, self.data, orders)
         if snaps is not None:
             snaps = jax.device_put(snaps, self.probe_device)
             acts = self.programs["snaps", length // self.every](snaps, self.remote["probe_x"])

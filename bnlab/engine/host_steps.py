@@ -29,11 +29,8 @@ class HostSteps:
 
     def __init__(self, engine: Any, metrics_specs: Metrics):
         e = self.engine = engine
-        L, _ = e.grid
-        md = e.mesh.shape[MEMBERS] if e.mesh is not None else 1
         pm = P(MEMBERS)
-        # a device's permutations are its seeds': split where seeds are split
-        ps = P(MEMBERS) if md > 1 and L % md else P()
+        ps = e.seed_spec
         res_specs = dict(step=P(), lr=pm, layers=pm)
         res_specs.update({"snaps": pm} if e.probe_device is not None else
                          {"acts": pm} if e.probes else {})  # fmt: skip
@@ -47,7 +44,7 @@ class HostSteps:
         """The loop's programs (and the probe device's activations of one snapshot)."""
         e = self.engine
         t0 = jnp.zeros((), jnp.int32)
-        low = self._perms_jit.lower(states, t0, steps=0)
+        low = self._perms_jit.lower(states, t0, steps=1)
         perms, epoch0 = low.out_info
         step = self._step_jit.lower(states, t0, perms, epoch0, e.data)
         probe = self._probe_jit.lower(states, t0, step.out_info[3], perms, epoch0, e.data)

@@ -85,7 +85,8 @@ class Programs(dict):
             if e.host_loop:
                 e.host_steps.lower(states, jobs)
                 break
-            low = e._chunk_jit.lower(states, t0, e.data, length=n)
+            orders = e.orders.shapes(e._count(n))
+            low = e._chunk_jit.lower(states, t0, e.data, orders, length=n)
             jobs["chunk", n] = low
             if pd is not None:
                 self.lower_snaps(self.on_probe_device(low.out_info[2]), jobs)

@@ -133,12 +133,11 @@ class Learner:
         ok = st.alive & (jnp.abs(loss) <= self.diverge_loss)  # NaN compares false
         updates, opt_state = self.tx.update(grads, st.opt_state, st.params)
         params = optax.apply_updates(st.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        new = st.replace(
-            step=st.step + ok.astype(st.step.dtype), params=keep(params, st.params),
-            batch_stats=keep(bs, st.batch_stats), opt_state=keep(opt_state, st.opt_state),
-            extra=keep(extra, st.extra), alive=ok,
-        )  # fmt: skip
+        stepped = st.replace(step=st.step + 1, params=params, batch_stats=bs,
+                             opt_state=opt_state, extra=extra)  # fmt: skip
+        # a branch, not a select over every array: one member's step (a single run) skips
+        # the elementwise copies (7% of the Fig. 1 step); vmapped it is the select
+        new = lax.cond(ok, lambda: stepped, lambda: st).replace(alive=ok)
         applied = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
         return new, (loss, acc, (grads, applied))
 
