@@ -58,7 +58,9 @@ def main() -> None:
     for probes in (False, True):
         e = build_engine(cfg, ds, 1, 1, probes=probes)
         states = e.init([cfg.seed], [cfg.optimizer.lr], ds.train_x[:2])
-        low = e._chunk_jit.lower(states, jnp.zeros((), jnp.int32), e.data, length=args.steps)
+        orders = e.orders.shapes(e._count(args.steps))
+        low = e._chunk_jit.lower(states, jnp.zeros((), jnp.int32), e.data, orders,
+                                 length=args.steps)  # fmt: skip
         compiled = without_debug_info(low.compile().as_text())
         name = "with probes" if probes else "no probes"
         print(f"| {name} | {digest(low.as_text())} | {digest(compiled)} |")

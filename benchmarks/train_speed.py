@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ import numpy as np
 import optax
 
 from bnlab import config
+from bnlab.config.scale import resolve
 from bnlab.engine import devices
 from bnlab.run.build import build_engine, load_data
 
@@ -50,7 +52,9 @@ def compose(overrides: list[str]) -> config.TrainConfig:
 
     config.register()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return config.typed(hydra_compose("train", overrides=overrides))
+        cfg = config.typed(hydra_compose("train", overrides=overrides))
+    resolve(cfg)  # probe.every=auto, eval_every=auto: as the command resolves them
+    return cfg
 
 
 def bnlab_rate(ds, steps: int, probes: bool, overlap: bool = True, chunk: int = 1000,
@@ -159,10 +163,33 @@ def first_chunk(cache_dir: str, out_dir: str) -> tuple[float, float]:
     return wall, json.loads((Path(out_dir) / "summary.json").read_text())["first_chunk_s"]
 
 
+def startup(pairs: int) -> None:
+    """Issue 24's goal 4: ``python -m bnlab.train`` (data prepared) to the end of its
+    first chunk, with a cold and then a warm compile cache, ``pairs`` times in turns;
+    ``summary.json``'s ``first_chunk_s`` (process start to the first chunk's end) and the
+    command's wall time (with its exit: the final evaluation, tables, checkpoint)."""
+    got: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
+    for _ in range(pairs):
+        with tempfile.TemporaryDirectory() as tmp:
+            got["cold"].append(first_chunk(f"{tmp}/cache", f"{tmp}/a"))
+            got["warm"].append(first_chunk(f"{tmp}/cache", f"{tmp}/b"))
+    print("| compile cache | first_chunk_s (median) | runs | command wall s (median) |")
+    print("|---|---|---|---|")
+    for k, v in got.items():
+        first = statistics.median(f for _, f in v)
+        wall = statistics.median(w for w, _ in v)
+        print(f"| {k} | {first:.1f} | {', '.join(f'{f:.1f}' for _, f in v)} | {wall:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50_000)
+    ap.add_argument("--startup-only", type=int, nargs="?", const=3, metavar="N",
+                    help="only the start-up: N cold/warm compile-cache pairs, in turns")  # fmt: skip
     args = ap.parse_args()
+    if args.startup_only:
+        startup(args.startup_only)
+        return
     devices.request_cpu_devices(2)  # the probe device, as bnlab.train asks for it
     ds = load_data(compose([]))
     ceiling = matmul_rate()
