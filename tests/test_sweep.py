@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -281,3 +282,80 @@ def test_summary_callback_never_fails_the_sweep(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="bnlab"):
         report.SweepSummary().on_multirun_end(config=config)
     assert "no sweep summary" in caplog.text
+
+
+def test_the_objective_rule():
+    """``objective=auto`` ranks the accuracy where the task has classes, else the loss,
+    on the validation split where there is one; an unknown metric, a ``val_*`` without a
+    validation split and an accuracy without classes are one line. ``session.report``
+    returns the metric the summaries name, a loss negated (larger ranks higher)."""
+    from bnlab.config.validate import objective
+    from bnlab.run import session
+
+    assert objective("auto", True, True) == "val_accuracy"
+    assert objective("auto", True, False) == "test_accuracy"
+    assert objective("auto", False, True) == "val_loss"
+    assert objective("auto", False, False) == "test_loss"
+    assert objective("train_loss", False, False) == "train_loss"
+    for name, classes, val, needle in [
+        ("val_acc", True, True, "objective=val_acc is not a metric: use auto or one of"),
+        ("val_loss", True, False, "needs a validation split: set data.validation=N"),
+        ("test_accuracy", False, True, "the task has no classes"),
+    ]:
+        with pytest.raises(UserError, match=needle):
+            objective(name, classes, val)
+    runs = [dict(status="finished", objective="val_loss", final={"val_loss": v})
+            for v in (0.5, 0.2)] + [dict(status="diverged", objective="val_loss", final={})]  # fmt: skip
+    assert session.report(runs, "w") == -0.2
+    assert session.report([{**runs[2], "diverged_at": 3}], "w") == float("-inf")
+
+
+def test_an_unknown_objective_is_one_line(tmp_path):
+    res = cli([*BASE, "objective=val_acc", f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "bnlab: error: objective=val_acc is not a metric: use auto or one of val_accuracy"
+        )
+    )
+
+
+def test_optuna_ranks_a_regression_by_validation_loss_with_optax_adamw(tmp_path):
+    """``hparams_search=lr_optuna`` with ``optimizer._target_=optax.adamw`` on a task
+    without classes (float targets, ``loss=mean_squared_error``): each trial trains adamw
+    at the lr Optuna picked (its weight decay from ``optimizer.args``), and the best trial
+    is the finished one with the lowest final validation loss (``best_value`` = minus
+    that loss; a diverged trial scores -inf)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8)).astype(np.float32)
+    y = x @ rng.normal(size=8).astype(np.float32)
+    path = tmp_path / "reg.npz"
+    np.savez(path, x_train=x[:500], y_train=y[:500], x_test=x[500:], y_test=y[500:])
+    sweep_dir = tmp_path / "optuna"
+    quick = [o for o in QUICK if o != "data=digits"]
+    res = cli(
+        [
+            "hparams_search=lr_optuna", *quick, "data=arrays", f"data.path={path}",
+            "data.validation=100", "loss=mean_squared_error", "model.features=[16]",
+            "optimizer=optax", "optimizer._target_=optax.adamw",
+            "+optimizer.args.weight_decay=1e-3", "steps=50", "chunk_steps=50", "eval_every=50",
+            "batch_size=50", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    runs = load_sweep(sweep_dir).runs.set_index("run")
+    assert len(runs) == 2 and (runs["optimizer._target_"] == "optax.adamw").all()
+    # the seeded sampler's second lr (1.6) diverges: it scores -inf and ranks last
+    assert list(runs["status"]) == ["finished", "diverged"]
+    done = runs[runs["status"] == "finished"]
+    np.testing.assert_allclose(done["final_lr"], done["optimizer.lr"], rtol=1e-6)  # injected
+    assert "final_val_accuracy" not in runs
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    best = done.loc[done["final_val_loss"].idxmin()]
+    assert results.best_params["optimizer.lr"] == best["optimizer.lr"]
+    assert results.best_value == pytest.approx(-best["final_val_loss"])
+    summary = json.loads((sweep_dir / "0" / record.SUMMARY).read_text())
+    assert summary["objective"] == "val_loss"

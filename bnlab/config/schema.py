@@ -247,6 +247,7 @@ class TrainConfig:
     compile_cache: str | None = MISSING
     step_loop: StepLoop = MISSING
     precision: Precision = MISSING
+    objective: str = MISSING  # what hparams_search ranks (bnlab.config.validate.objective)
     import_path: list[str] = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -129,6 +129,7 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
                 f"BN over a batch of {local} example(s) per device is degenerate "
                 "(its output is beta): use batch_size >= 2 per device, or norm=none"
             )
+    objective(cfg.objective, True, cfg.data.validation > 0)  # the name; classes: check_data
     _ranges(cfg)  # after the checks with a more specific message
     return data_dev, mem_dev
 
@@ -146,6 +147,31 @@ def check_data(cfg: TrainConfig, num_train: int, num_probe: int, image_ndim: int
                 f"{num_probe} examples (BN in train mode on it); set data.probe_size to a "
                 "multiple of it, or probe.bn_mode=eval"
             )
+
+
+METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_accuracy",
+           "train_loss")  # fmt: skip
+
+
+def objective(name: str, classes: bool, validation: bool) -> str:
+    """The final metric Hydra's sweepers rank for ``objective=name`` (the one rule):
+    ``auto`` is the accuracy where the task has ``classes``, else the loss, on the
+    validation split where there is one, else the test split. A name that is not a
+    metric, a ``val_*`` without a validation split, an accuracy without classes: one
+    line (:class:`UserError`)."""
+    split = "val" if validation else "test"
+    if name == "auto":
+        return f"{split}_accuracy" if classes else f"{split}_loss"
+    if name not in METRICS:
+        raise UserError(
+            f"objective={name} is not a metric: use auto or one of {', '.join(METRICS)}"
+        )
+    if name.startswith("val_") and not validation:
+        raise UserError(f"objective={name} needs a validation split: set data.validation=N")
+    if name.endswith("_accuracy") and not classes:
+        raise UserError(f"objective={name}: the task has no classes (float targets), so no "
+                        f"accuracy is recorded: use objective={split}_loss or auto")  # fmt: skip
+    return name
 
 
 SEED_MAX = 2**31 - 1  # jax.random.key takes int32 seeds

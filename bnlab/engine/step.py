@@ -11,7 +11,9 @@ random draw of the model (dropout, any linen rng name, NNX ``rngs`` passed at ca
 from ``noise_key(state.key, t, RNG_STREAM)``: ``state.key`` derives from the member's
 seed, so runs are reproducible, a resumed run draws the keys the uninterrupted run
 would, and the members of a sweep with different seeds draw different masks (members
-that differ only by lr share a seed's masks, as their single runs would). NNX RNG
+that differ only by lr share a seed's masks, as their single runs would). Under
+``parallel.data>1`` each data shard folds its index into those keys (noisy BN's noise
+stays the global batch's); one device draws exactly the unfolded keys. NNX RNG
 streams stored in the model are state (``TrainState.extra``), carried and checkpointed.
 Train-mode probes draw from their own streams; evaluation runs with dropout off, probes
 too unless ``probe.dropout=train``.
@@ -93,8 +95,11 @@ class Learner:
         ``rng`` (training's, or the probes' own streams)."""
         noise = PROBE_NOISE_STREAM if probe else NOISE_STREAM
         rng = PROBE_RNG_STREAM if probe else RNG_STREAM
-        return dict(noise_key=noise_key(st.key, st.step, noise) if self.noisy else None,
+        keys = dict(noise_key=noise_key(st.key, st.step, noise) if self.noisy else None,
                     rng=noise_key(st.key, st.step, rng))  # fmt: skip
+        if self.shards > 1 and not probe:  # each data shard draws its own masks
+            keys["shard"] = lax.axis_index(DATA)
+        return keys
 
     def cast(self, params: Any, x: Array) -> tuple[Any, Array]:
         """``precision=bf16``: bfloat16 copies of the float parameters and the input (the

@@ -13,7 +13,7 @@ from bnlab.record.tables import ACTIVATIONS, ICS, LAYERS, SCALARS
 # left out of a run's name and hparams
 UNNAMED = ("progress", "figure", "resume", "compile_cache", "chunk_steps", "checkpoint_every",
            "data.dir", "data.data_dir", "data.download", "parallel", "probe.overlap",
-           "step_loop", "import_path", "logger", "hydra")  # fmt: skip
+           "step_loop", "import_path", "logger", "hydra", "objective")  # fmt: skip
 
 
 def run_overrides(overrides: list[str]) -> dict[str, str]:

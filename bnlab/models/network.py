@@ -4,7 +4,8 @@ The engine never calls a model itself. It calls
 
 - ``init_state(key, x) -> (params, batch_stats, extra)`` and
 - ``apply_state(params, batch_stats, x, *, train, noise_key=None, capture=False,
-  extra=None, rng=None, dropout=None) -> (logits, new_batch_stats, new_extra, sites)``
+  extra=None, rng=None, dropout=None, shard=None) -> (logits, new_batch_stats, new_extra,
+  sites)``
 
 (``init``/``apply``: the same without ``extra``, for models that hold no other state),
 where ``params``, ``batch_stats`` and ``extra`` are plain nested dicts of arrays
@@ -18,7 +19,10 @@ user collections). ``rng`` is the key of this call's random draws (linen: the
 ``dropout`` and ``params`` rngs, which any other rng name falls back to; NNX: the
 ``rngs`` of a ``__call__`` that takes them, and dropout layers without a stream of
 their own); ``dropout`` (default ``train``) turns every dropout layer on or off,
-whatever the model's own flag says.
+whatever the model's own flag says. ``shard`` (under data parallelism, the data
+shard's index; None on one device) is folded into ``rng`` and into the keys of NNX
+streams stored in the model, so each shard draws its own masks; the carried keys stay
+the same on every shard, and ``shard=None`` draws exactly what a single device draws.
 
 A model's ``__call__`` gets ``train=`` when it takes ``train`` (or ``training``); an
 NNX model's BN layers, and a linen model's substituted Flax BN when its ``__call__``
@@ -113,7 +117,7 @@ class Network:
     def apply_state(self, params: dict, batch_stats: dict, x: Array, *, train: bool,
                     noise_key: Array | None = None, capture: bool = False,
                     extra: dict | None = None, rng: Array | None = None,
-                    dropout: bool | None = None):  # fmt: skip
+                    dropout: bool | None = None, shard: Array | None = None):  # fmt: skip
         raise NotImplementedError
 
     def init(self, key: Array, x: Array) -> tuple[dict, dict]:
@@ -274,9 +278,11 @@ class LinenNetwork(Network):
         return logits, new_bs, new_extra, sites
 
     def apply_state(self, params, batch_stats, x, *, train, noise_key=None, capture=False,
-                    extra=None, rng=None, dropout=None):  # fmt: skip
+                    extra=None, rng=None, dropout=None, shard=None):  # fmt: skip
         want = self._capture_set(capture)
         lay = self.layout
+        if shard is not None and rng is not None:
+            rng = jax.random.fold_in(rng, shard)
         sown = bool(want) and lay is not None and lay.sown
         dropout = train if dropout is None else dropout
         rec = None
@@ -368,16 +374,23 @@ class NNXNetwork(Network):
         return logits, new_bs, new_extra, sites
 
     def apply_state(self, params, batch_stats, x, *, train, noise_key=None, capture=False,
-                    extra=None, rng=None, dropout=None):  # fmt: skip
+                    extra=None, rng=None, dropout=None, shard=None):  # fmt: skip
         want = self._capture_set(capture)
         sown = bool(want) and self.layout is not None and self.layout.sown
+        extra = {} if extra is None else extra
+        carried = extra
+        if shard is not None:  # this data shard's own draws (module docstring)
+            rng = jax.random.fold_in(jax.random.key(0) if rng is None else rng, shard)
+            extra = variables.fold_keys(extra, self.templates[2], shard)
         rec = Recorder(train=train, capture=frozenset() if sown else want,
                        dropout=train if dropout is None else dropout,
                        outputs=not sown and self._outputs(want))  # fmt: skip
         logits, new_bs, new_extra, sites = self._apply(
-            params, batch_stats, {} if extra is None else extra, x, train=train,
-            noise_key=noise_key, rng=rng, rec=rec, sown=sown,
+            params, batch_stats, extra, x, train=train, noise_key=noise_key, rng=rng, rec=rec,
+            sown=sown,
         )  # fmt: skip
+        if shard is not None:
+            new_extra = variables.keep_keys(new_extra, carried, self.templates[2])
         if not sown:
             sites = rec.sites
         return logits, new_bs, new_extra, {k: v for k, v in sites.items() if k in want}

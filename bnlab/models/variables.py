@@ -48,3 +48,22 @@ def like(tree: Any, template: Any) -> Any:
     if isinstance(template, dict):
         return {str(k): like(tree[str(k)], v) for k, v in template.items()}
     return tree
+
+
+def fold_keys(tree: Any, template: Any, shard: Any) -> Any:
+    """``tree`` (raw) with every stored PRNG key (a typed key in ``template``) folded
+    with ``shard``: under data parallelism each shard draws its own numbers from a
+    stored stream (its ``RngCount`` still advances as on every other shard)."""
+    if isinstance(template, dict):
+        return {str(k): fold_keys(tree[str(k)], v, shard) for k, v in template.items()}
+    if not is_key(template):
+        return tree
+    return jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(tree), shard))
+
+
+def keep_keys(tree: Any, before: Any, template: Any) -> Any:
+    """``tree`` with the stored PRNG keys of ``before`` (the state carried on is the
+    same on every shard; a call changes only the counts)."""
+    if isinstance(template, dict):
+        return {str(k): keep_keys(tree[str(k)], before[str(k)], v) for k, v in template.items()}
+    return before if is_key(template) else tree

@@ -37,7 +37,7 @@ LOCK = ".lock"
 # settings that do not change a run's results: a run may continue with other values
 FREE = (
     "progress", "figure", "resume", "compile_cache", "chunk_steps", "checkpoint_every",
-    "data.dir", "data.data_dir", "data.download", "probe.overlap", "import_path",
+    "data.dir", "data.data_dir", "data.download", "probe.overlap", "import_path", "objective",
 )  # fmt: skip
 # (tests/test_records.py resumes with each of them changed and compares at rtol 0;
 # parallel.* and step_loop change the float32 rounding, so they must stay as they were)

@@ -29,8 +29,9 @@ import jax
 import numpy as np
 
 from bnlab import config, data, loggers
-from bnlab.config import TrainConfig
+from bnlab.config import TrainConfig, validate
 from bnlab.engine.chunk import Engine
+from bnlab.engine.loss import has_classes
 from bnlab.engine.step import TrainState, unstack
 from bnlab.errors import UserError, say
 from bnlab.models import check_model
@@ -86,6 +87,7 @@ def train_and_evaluate(
         ds = load_data(cfg)
         config.check_data(cfg, len(ds.train_y), len(ds.probe_x), ds.train_x.ndim)
         engine = build_engine(cfg, ds, data_dev, mem_dev)  # the model's errors, before any file
+        ranked = validate.objective(cfg.objective, has_classes(ds.train_y), len(ds.val_y) > 0)
         try:
             if not cfg.resume.enabled:  # starting over: the old record is moved aside
                 guard.set_aside_record(workdir)
@@ -98,7 +100,8 @@ def train_and_evaluate(
         loop = Loop(cfg, engine, ms, records, previous, t0)
         lay = engine.learner.probe_net.layout  # the sites in call order: the figures' order
         sites = [s for s in lay.sites if not lay.selected or s in lay.selected]
-        loop.base.update(devices=data_dev * mem_dev, data_source=ds.source, sites=sites)
+        loop.base.update(devices=data_dev * mem_dev, data_source=ds.source, sites=sites,
+                         objective=ranked)  # fmt: skip
         loop.loggers = loggers.Loggers.create(cfg, ms, workdir, hydra_cfg)
         summaries = loop.run()
         if cfg.is_sweep and (workdir / "summary.csv").exists():

@@ -10,6 +10,7 @@ it was interrupted, with the one command that continues it.
 from __future__ import annotations
 
 import atexit
+import math
 import sys
 import threading
 from pathlib import Path
@@ -91,8 +92,10 @@ def report(
     summaries: list[dict[str, Any]], workdir: str | Path, sweep_dir: str | None = None
 ) -> float:
     """Say how the run ended; exit 130 if interrupted. Returns what Hydra's sweepers
-    rank: the best final validation accuracy (test accuracy without a validation
-    split), 0.0 when no member finished (never None)."""
+    rank (larger is better): the best final value of the run's ``objective`` (the metric
+    its summaries name, :func:`bnlab.config.validate.objective`: by default the
+    validation accuracy, the loss for a task without classes), a loss negated; when no
+    member finished, 0.0 for an accuracy and -inf for a loss (never None)."""
     statuses = [s["status"] for s in summaries]
     if len(summaries) > 1:
         counts = ", ".join(f"{statuses.count(k)} {k}" for k in dict.fromkeys(statuses))
@@ -113,11 +116,12 @@ def report(
         say(f"interrupted at step {step}; continue with: {resume_command(again)}")
         sys.exit(130)
     # chosen on validation where there is a validation split; the test split only reports
-    key = (
+    key = next((s["objective"] for s in summaries if s.get("objective")), None) or (
         "val_accuracy" if any("val_accuracy" in s["final"] for s in summaries) else "test_accuracy"
-    )
-    accs = [s["final"].get(key) for s in summaries if s["status"] == "finished"]
-    return max((a for a in accs if a is not None), default=0.0)
+    )  # a record written before summaries named their objective: the accuracy
+    sign = 1.0 if key.endswith("accuracy") else -1.0
+    vals = [s["final"].get(key) for s in summaries if s["status"] == "finished"]
+    return max((sign * v for v in vals if v is not None), default=0.0 if sign > 0 else -math.inf)
 
 
 def remove_if_untouched(path: str) -> None:
