@@ -235,3 +235,48 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert "cannot write the run record" in res.stderr.strip().splitlines()[-1]
     assert train([*RUN, "steps=2000"], run)[0]["status"] == "finished"
+
+
+def _close_with_a_write_in_flight(policy) -> tuple[list[str], bool]:
+    """A save that fails while another of its writes is in flight, its loop closed
+    (as Orbax does); the write ends 0.2 s later from another thread, as TensorStore's.
+    Returns what that thread hit, and whether the write was seen done."""
+    import threading
+
+    loop = policy.new_event_loop()
+    write, late = loop.create_future(), []
+
+    async def other_write():
+        await write
+
+    async def save():
+        loop.create_task(other_write())  # still in flight when the save fails
+        raise OSError(28, "No space left on device")  # the gather raised at once
+
+    def finish():
+        try:
+            loop.call_soon_threadsafe(write.set_result, None)
+        except RuntimeError as e:
+            late.append(str(e))
+
+    timer = threading.Timer(0.2, finish)
+    timer.start()
+    with pytest.raises(OSError):
+        loop.run_until_complete(save())
+    loop.close()
+    timer.join()
+    return late, write.done()
+
+
+def test_a_failed_save_lets_its_other_writes_end_before_the_loop_closes():
+    """Orbax closes its event loop as soon as one write of a save fails (a full disk),
+    while the others are in flight; each later called the closed loop from a
+    TensorStore thread ('RuntimeError: Event loop is closed' tracebacks after bnlab's
+    error line). The loops of a save wait for those writes before closing."""
+    import asyncio
+
+    from bnlab.record.checkpoint import _DrainingPolicy
+
+    assert _close_with_a_write_in_flight(asyncio.DefaultEventLoopPolicy()) == (
+        ["Event loop is closed"], False)  # fmt: skip
+    assert _close_with_a_write_in_flight(_DrainingPolicy()) == ([], True)

@@ -12,6 +12,7 @@ resume cannot use are moved aside into ``<run dir>/.replaced/``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -20,6 +21,8 @@ import logging
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,59 @@ def _quiet() -> Iterator[None]:
         sys.unraisablehook = hook
 
 
+SETTLE_S = 60.0  # how long a failed save may take to let its other writes end
+
+
+class _DrainingLoop(asyncio.SelectorEventLoop):
+    """An event loop that, closed with tasks still pending, first lets them end.
+
+    Orbax runs each part of a save in a fresh loop (``asyncio.new_event_loop`` then
+    ``run_until_complete`` and ``close``). When one TensorStore write fails (a full
+    disk), ``asyncio.gather`` raises at once and the loop is closed while the other
+    writes are still in flight; each of those, when it ends, calls the closed loop's
+    ``call_soon_threadsafe`` from a TensorStore thread, and TensorStore prints the
+    ``RuntimeError: Event loop is closed`` traceback (even after the process said its
+    error line). Running the loop until those tasks are done, as ``asyncio.run`` does,
+    leaves no write behind that still refers to the loop."""
+
+    def close(self) -> None:
+        if not self.is_running() and not self.is_closed():
+            pending = asyncio.all_tasks(self)
+            if pending:
+                done, _ = self.run_until_complete(asyncio.wait(pending, timeout=SETTLE_S))
+                for t in done:  # their errors are the failed save's, said once by it
+                    if not t.cancelled():
+                        t.exception()
+        super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingLoop()
+
+
+@contextlib.contextmanager
+def _settled() -> Iterator[None]:
+    """Orbax's save, ended completely before this returns or raises: its event loops
+    drain their writes before closing (:class:`_DrainingLoop`), and, when the save
+    fails, the threads started meanwhile (Orbax's, one per commit, outlive the
+    exception) are joined, so none reports a failure or touches a loop after bnlab
+    said its one line. (Only non-daemon threads: the process would wait for them at
+    exit anyway.)"""
+    before, policy = set(threading.enumerate()), asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    except BaseException:
+        deadline = time.monotonic() + SETTLE_S
+        for t in threading.enumerate():
+            if t not in before and not t.daemon and t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        raise
+    finally:
+        asyncio.set_event_loop_policy(policy)
+
+
 class Checkpoints:
     """Keeps the latest two checkpoints of a train state under ``directory``."""
 
@@ -120,11 +176,13 @@ class Checkpoints:
         checksums (with ``tables``: the digests of the tables' rows up to ``step``)."""
         if step in self.steps() and self.verify(step) is None:
             return
-        with _quiet():  # a failed save (a full disk) is one OSError, not Orbax's tracebacks
+        # a failed save (a full disk) is one OSError, not Orbax's tracebacks and late
+        # reports of its writer threads
+        mngr = self._mngr  # made outside: it sets absl's level, and its threads live on
+        with _quiet(), _settled():
             try:
-                args = _ocp().args.StandardSave(serialization.to_state_dict(state))
-                self._mngr.save(step, args=args)
-                self._mngr.wait_until_finished()
+                mngr.save(step, args=_ocp().args.StandardSave(serialization.to_state_dict(state)))
+                mngr.wait_until_finished()
             except OSError:
                 raise
             except Exception as e:  # tensorstore's errors carry the OS error's number
