@@ -245,6 +245,10 @@ def metrics_rows(rec: RunRecord, m: Any, keep: np.ndarray | None = None) -> None
     if m.ics is not None:  # gradient-ICS / landscape probes, where they were due
         due = keep & m.ics_due.astype(bool)
         rec.ics(m.step[due].astype(np.int64), map_stats(m.ics, lambda v: v[due]))
+    if m.sharpness is not None:  # the Hessian's top eigenvalue, where it was due
+        due = keep & m.sharpness_due.astype(bool)
+        rec.scalars(m.step[due].astype(np.int64), "sharpness", m.sharpness[due])
+        rec.scalars(m.step[due].astype(np.int64), "two_over_lr", 2.0 / m.lr[due])
 
 
 def eval_rows(rec: RunRecord, step: int, split: str, loss: Any, acc: Any) -> None:
