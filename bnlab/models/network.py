@@ -157,9 +157,10 @@ class Network:
                         batch_stats=any(found_stats), scale_invariant=tuple(rec.scale_invariant),
                         activation_outputs=() if sown else tuple(rec.linear_inputs))  # fmt: skip
         layout.selected = tuple(layout.sites)
+        if layout.sown:  # named as the built-ins': the activation's output is `post`...
+            layout.activation_outputs = activation_outputs(layout.sites, self.norm_position)
         if layout.sown and self.activation is not None:
             layout.derived = activation_sources(layout.sites, self.activation, self.norm_position)
-            layout.activation_outputs = activation_outputs(layout.sites, self.norm_position)
         self.layout = layout
         return layout
 
