@@ -201,3 +201,14 @@ def test_a_short_sweep_records_the_diagnostics(tmp_path):
         dead = acts[acts["stat"] == "dead_fraction"]
         assert set(dead["site"]) == {"post"} and set(dead["unit"]) == {-1}
         assert len(dead) == 2 * 3 and dead["value"].between(0, 1).all()
+    # read back and drawn as the README says
+    import matplotlib.pyplot as plt
+
+    from bnlab.analysis import plot
+    from bnlab.analysis.runs import load_sweep
+
+    sweep = load_sweep(tmp_path)
+    for fig in (plot.learning_curves(sweep.scalars, metrics=("sharpness", "two_over_lr")),
+                plot.layer_curves(sweep.layers, ["effective_lr"])):  # fmt: skip
+        assert len(fig.axes[0].lines) >= 2  # a line per member
+        plt.close(fig)
