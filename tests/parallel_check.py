@@ -29,9 +29,9 @@ DEVICES, BATCH = 4, 64
 SMALL = [*QUICK, "steps=100", "chunk_steps=50", "probe.every=25", "eval_every=50",
          "checkpoint_every=50", "model.features=[16,16]", "batch_size=32", "data.probe_size=160",
          "probe.landscape_steps=[0.5,2]"]  # fmt: skip
-# Two BN variants, so that combinations share their single runs: noisy BN with ICS probes,
-# and ghost BN with per-device statistics
-NOISY = ["norm=bn_noisy", "probe.ics_every=50"]
+# Two BN variants, so that combinations share their single runs: noisy BN with ICS and
+# sharpness probes, and ghost BN with per-device statistics
+NOISY = ["norm=bn_noisy", "probe.ics_every=50", "probe.sharpness_every=50"]
 GHOST = ["norm=bn_ghost", "norm.ghost_batch_size=8", "norm.sync=false"]
 # A model of the user's, by _target_: NNX, flax.nnx.BatchNorm hard-coded (bnlab's substituted)
 TARGET = ["model=own", "model._target_=own_models.NNXFlaxBN", "+model.din=64",

@@ -45,7 +45,8 @@ def test_fashion_mnist_short_run_writes_record(tmp_path):
     acts = t["activations.parquet"]
     assert sorted(acts["step"].unique()) == list(range(0, 401, 50))
     assert set(acts["site"]) == {"prenorm", "pre", "post"}
-    assert set(acts["stat"]) == {"mean", "std", "p15", "p50", "p85"}
+    assert set(acts["stat"]) == {"mean", "std", "p15", "p50", "p85", "dead_fraction"}
+    assert set(acts.loc[acts["stat"] == "dead_fraction", "site"]) == {"post"}  # the sigmoid's
     assert set(acts["unit"]) == {-1, 0}
     # BN's output on the probe batch (its own statistics): each feature has mean beta_j
     # and std ~|gamma_j|, so pooled over features mean = mean(beta) and
@@ -199,6 +200,11 @@ OUT_OF_RANGE = [
     (["optimizer.weight_decay=inf"], "optimizer.weight_decay=inf must be a finite number"),
     (["probe.ics_every=400"], "probe.ics_every=400 exceeds steps=200"),  # silently ignored
     (["probe.units=[16]"], "unit 16 is beyond the widest probed site (16 units"),  # ignored
+    (["probe.sharpness_every=400"], "probe.sharpness_every=400 exceeds steps=200"),
+    (["probe.sharpness_every=75"], "probe.sharpness_every=75 must be a multiple of probe.every"),
+    (["probe.sharpness_every=50", "probe.sharpness_batches=26"], "probe.sharpness_batches=26 "
+     "batches of batch_size=60 need 1560 training examples, more than the 1500"),
+    (["probe.sharpness_iters=0"], "probe.sharpness_iters=0 must be a positive integer"),
     (["+misspelled.key=1"], "misspelled.key is not a bnlab setting"),  # accepted
     (["+probe.evry=10"], "probe.evry is not a bnlab setting"),
     (["sweep.lr=[0.1,0.2]", "optimizer.lr=0.3"], "optimizer.lr has no effect beside sweep.lr"),

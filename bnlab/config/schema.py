@@ -162,6 +162,9 @@ class ProbeConfig:
     ics_at: IcsAt = MISSING
     landscape_steps: list[float] = MISSING
     landscape_lengths: list[float] = MISSING
+    sharpness_every: int = MISSING
+    sharpness_batches: int = MISSING
+    sharpness_iters: int = MISSING
     overlap: bool = MISSING
     sites: list[str] = MISSING
     sample: int | None = MISSING

@@ -41,9 +41,12 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
         **({} if auto else {"chunk_steps": cfg.chunk_steps}),
     )  # fmt: skip
     for key, v in (("seed", cfg.seed), ("sweep.seeds", cfg.sweep.seeds),
-                   ("probe.ics_every", p.ics_every), ("parallel.data", cfg.parallel.data)):  # fmt: skip
+                   ("probe.ics_every", p.ics_every), ("parallel.data", cfg.parallel.data),
+                   ("probe.sharpness_every", p.sharpness_every)):  # fmt: skip
         if v < 0:
             raise UserError(f"{key}={v} must be >= 0")
+    _positive(**{"probe.sharpness_batches": p.sharpness_batches,
+                 "probe.sharpness_iters": p.sharpness_iters})  # fmt: skip
     if cfg.steps % p.every:
         raise UserError(f"steps={cfg.steps} must be a multiple of probe.every={p.every}")
     unit = p.every if auto else cfg.chunk_steps
@@ -58,10 +61,9 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
             what = "probe.every" if auto else "chunk_steps"
             say(f"{key}={v} rounded up to {up}, a multiple of {what}={unit}")
             setattr(cfg, key, up)
-    if p.ics_every % p.every:
-        raise UserError(
-            f"probe.ics_every={p.ics_every} must be a multiple of probe.every={p.every}"
-        )
+    for key, v in (("probe.ics_every", p.ics_every), ("probe.sharpness_every", p.sharpness_every)):
+        if v % p.every:
+            raise UserError(f"{key}={v} must be a multiple of probe.every={p.every}")
     if any(not 0 <= q <= 100 for q in p.percentiles):
         raise UserError(f"probe.percentiles={list(p.percentiles)} must lie in [0, 100]")
     if any(u < 0 for u in p.units):
@@ -139,6 +141,13 @@ def check_data(cfg: TrainConfig, num_train: int, num_probe: int, image_ndim: int
     (The model's: :func:`bnlab.models.check_input` and :func:`bnlab.models.build_networks`.)"""
     if cfg.batch_size > num_train:
         raise UserError(f"batch_size={cfg.batch_size} exceeds the {num_train} training examples")
+    sharp = cfg.probe.sharpness_batches * cfg.batch_size
+    if cfg.probe.sharpness_every and sharp > num_train:
+        raise UserError(
+            f"probe.sharpness_batches={cfg.probe.sharpness_batches} batches of batch_size="
+            f"{cfg.batch_size} need {sharp} training examples, more than the {num_train}: "
+            "use fewer batches"
+        )
     n = cfg.norm
     if n.normalizes and n.ghost_batch_size and cfg.probe.bn_mode == "batch":
         if num_probe % n.ghost_batch_size:
@@ -213,6 +222,11 @@ def _ranges(cfg: TrainConfig) -> None:
         raise UserError(
             f"probe.ics_every={p.ics_every} exceeds steps={cfg.steps}: no gradient-ICS probe "
             "would run; use a value <= steps, or 0 for none"
+        )
+    if p.sharpness_every > cfg.steps:
+        raise UserError(
+            f"probe.sharpness_every={p.sharpness_every} exceeds steps={cfg.steps}: no sharpness "
+            "probe would run; use a value <= steps, or 0 for none"
         )
     if p.ics_every and not (p.landscape_steps and p.landscape_lengths):
         raise UserError("probe.landscape_steps and probe.landscape_lengths need at least one "

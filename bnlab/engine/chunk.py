@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from bnlab.engine.batches import _take, batch_indices, epoch_permutation
 from bnlab.engine.devices import DATA, MEMBERS
+from bnlab.engine.diagnostics import sharpness_probe
 from bnlab.engine.epochs import EpochOrders
 from bnlab.engine.grid import grid_map
 from bnlab.engine.host_steps import HostSteps
@@ -63,8 +64,9 @@ class Engine:
     def __init__(self, learner: Learner, arrays: dict[str, np.ndarray], *,
                  grid: tuple[int, int], batch_size: int, every: int,
                  ics_every: int, ics_at: str = "before", mesh=None, probe_device=None,
-                 probes: bool = True, host_loop: bool = False):  # fmt: skip
+                 probes: bool = True, host_loop: bool = False, sharpness=None):  # fmt: skip
         self.learner, self.grid, self.mesh = learner, grid, mesh
+        self.sharpness = sharpness if probes else None  # diagnostics.Sharpness, or None: off
         self.host_loop = host_loop
         L, S = grid
         md = mesh.shape[MEMBERS] if mesh is not None else 1
@@ -90,6 +92,7 @@ class Engine:
         metrics_specs = Metrics(
             step=P(), loss=pm, acc=pm, lr=pm, layers=pm, acts=pm if probes else None,
             ics=pm if ics else None, ics_due=P() if ics else None,
+            **(dict(sharpness=pm, sharpness_due=P()) if self.sharpness else {}),
         )  # fmt: skip
         self._chunk_jit = jax.jit(
             self._spmd(self._chunk, (pm, metrics_specs, None), (pm, P(), P(), pm)),
@@ -236,6 +239,8 @@ class Engine:
                 lambda: jax.tree.map(lambda s: zero.astype(s.dtype), shapes),
             )  # fmt: skip
             res["ics_due"] = due
+        if self.sharpness is not None:
+            res.update(sharpness_probe(self, st, t, data))
         return res
 
     @staticmethod
@@ -248,6 +253,7 @@ class Engine:
             acc=jnp.moveaxis(out["acc"], 2, 0), lr=first(out["lr"]),
             layers=first(out["layers"]), acts=first(out.get("acts")),
             ics=first(out.get("ics")), ics_due=out.get("ics_due"),
+            sharpness=first(out.get("sharpness")), sharpness_due=out.get("sharpness_due"),
         )  # fmt: skip
         return metrics, first(out.get("snaps"))
 

@@ -35,6 +35,8 @@ class HostSteps:
         res_specs.update({"snaps": pm} if e.probe_device is not None else
                          {"acts": pm} if e.probes else {})  # fmt: skip
         res_specs.update(dict(ics=pm, ics_due=P()) if metrics_specs.ics is not None else {})
+        if metrics_specs.sharpness is not None:
+            res_specs.update(sharpness=pm, sharpness_due=P())
         self._perms_jit = jax.jit(e._spmd(e._perms, (ps, P())), static_argnames="steps")
         self._step_jit = jax.jit(e._spmd(e._one, (pm, pm, pm, pm), (pm, P(), ps, P(), P())),
                                  donate_argnums=0)  # fmt: skip

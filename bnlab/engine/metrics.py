@@ -18,7 +18,8 @@ class Metrics:
     the probe; ``layers``, ``acts`` and ``ics`` are ``{name: {stat: (M, P)}}`` (per
     layer parameter statistics; activation statistics per site, None when probes are
     computed elsewhere and not yet attached; gradient-ICS and landscape measures,
-    None when off, valid where ``ics_due``).
+    None when off, valid where ``ics_due``); ``sharpness`` (M, P) the top Hessian
+    eigenvalue (None when off, valid where ``sharpness_due``).
     """
 
     step: Array
@@ -29,6 +30,8 @@ class Metrics:
     acts: dict | None = None
     ics: dict | None = None
     ics_due: Array | None = None
+    sharpness: Array | None = None
+    sharpness_due: Array | None = None
 
     def member(self, m: int) -> Metrics:
         """Member ``m``'s measurements (host arrays), the member axis dropped."""
@@ -37,4 +40,6 @@ class Metrics:
             step=np.asarray(self.step), loss=pick(self.loss), acc=pick(self.acc),
             lr=pick(self.lr), layers=pick(self.layers), acts=pick(self.acts),
             ics=pick(self.ics), ics_due=None if self.ics_due is None else np.asarray(self.ics_due),
+            sharpness=pick(self.sharpness),
+            sharpness_due=None if self.sharpness_due is None else np.asarray(self.sharpness_due),
         )  # fmt: skip

@@ -31,6 +31,7 @@ from jax import lax
 
 from bnlab import measure as probe
 from bnlab.engine.devices import DATA
+from bnlab.engine.diagnostics import scale_invariant_layers
 from bnlab.engine.loss import has_classes
 from bnlab.engine.optim import peak_lr, with_lr
 from bnlab.models.network import Network
@@ -151,8 +152,11 @@ class Learner:
 
     def layer_stats(self, st: TrainState, grads: Any, updates: Any = None) -> dict:
         """Layer statistics of ``st`` after a step of gradients ``grads`` and applied
-        update ``updates`` (``update_ratio`` only with it)."""
-        return self.net.layer_stats(st.params, grads, st.batch_stats, updates)
+        update ``updates`` (``update_ratio`` only with it), and the scale-invariant
+        layers' ``effective_lr`` at the state's step."""
+        stats = self.net.layer_stats(st.params, grads, st.batch_stats, updates)
+        lr, layers = self.lr_at(st, st.step), scale_invariant_layers(self.net, st.params)
+        return probe.effective_lr(stats, layers, lr)
 
     def last_layer_stats(self, st: TrainState, last: tuple[Any, Any]) -> dict:
         """:meth:`layer_stats` of ``last``, a step's ``(gradients, update)``."""
@@ -179,9 +183,10 @@ class Learner:
         """Activation statistics of the probed sites on the probe batch (running stats
         kept)."""
         sites = self.sites(st, probe_x)
-        derived = self.probe_net.layout.derived if self.probe_net.layout else {}
+        lay = self.probe_net.layout
+        derived, dead = (lay.derived, lay.activation_outputs) if lay else ({}, ())
         return probe.activation_stats(sites, self.qs, self.units, derived, self.sample,
-                                      self.sample_seed)  # fmt: skip
+                                      self.sample_seed, dead)  # fmt: skip
 
     def ics(self, st: TrainState, x: Array, y: Array) -> dict:
         """Gradient-ICS per layer and the landscape (layer ``all``) on one batch: the

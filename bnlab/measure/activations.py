@@ -6,7 +6,7 @@ Percentiles come from :mod:`bnlab.measure.percentiles` (exact, equal to
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ def activation_stats(
     derived: Mapping[str, str] | None = None,
     sample: int | None = None,
     seed: int = 0,
+    dead: Collection[str] = (),
 ) -> dict[str, dict[str, Array]]:
     """Statistics of every activation site, pooled and for tracked units.
 
@@ -57,6 +58,9 @@ def activation_stats(
     deviations stay exact over every value; percentiles, pooled and per unit, are
     exact over the values at ``sample`` fixed positions (:func:`sample_positions`):
     ``sample`` x channels values pooled, ``sample`` per unit.
+
+    Sites in ``dead`` (an activation's output) also get ``dead_fraction``
+    (:func:`dead_fraction`, over every value).
     """
     derived = derived or {}
     out: dict[str, dict[str, Array]] = {name: {} for name in sites}
@@ -80,6 +84,8 @@ def activation_stats(
         hs = sampled(name)
         p = percentiles(hs, qs) if src is None else percentiles_through(sampled(src), hs, qs)
         put(name, "", jnp.mean(h), jnp.std(h), p)
+        if name in dead:
+            out[name]["dead_fraction"] = dead_fraction(h)
     # tracked units: small ones (a dense unit over the batch, a sampled conv unit) sorted
     # together in one op, large ones (a whole conv feature map) selected one by one
     small: dict[tuple[int, int], list[tuple[str, int, Array, Array]]] = {}
@@ -103,6 +109,14 @@ def activation_stats(
         for i, (name, j, _, _) in enumerate(groups):
             put(name, f"u{j}/", mean[i], std[i], p[i])
     return out
+
+
+def dead_fraction(h: Array) -> Array:
+    """The fraction of ``h``'s units (its last axis: features, or a conv site's feature
+    maps) that are exactly zero for every example (and position) of the batch: the dead
+    units of a ReLU's output. 0 where no unit is zero throughout."""
+    h = h.reshape((-1, h.shape[-1])) if h.ndim > 1 else h.reshape((-1, 1))
+    return jnp.mean(jnp.all(h == 0, axis=0).astype(jnp.float32))
 
 
 def histogram(x: Array, bins: int) -> dict[str, Array]:

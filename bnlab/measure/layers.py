@@ -106,6 +106,24 @@ def module_stats(
     return out
 
 
+def effective_lr(
+    stats: Mapping[str, Mapping[str, Array]], layers: Sequence[str], lr: Array | float
+) -> dict[str, dict[str, Array]]:
+    """``stats`` with ``effective_lr`` = lr / ||W||^2 added for each of ``layers``: the
+    layers whose weight is scale-invariant (a dense/conv layer whose output goes straight
+    into a normalizer). For such a weight, grad L(W) = grad L(W/||W||) / ||W||, so a
+    plain SGD step moves the direction W/||W|| as a step of lr / ||W||^2 on the unit
+    sphere would (van Laarhoven 2017; Hoffer et al. 2018): the learning rate the layer
+    actually trains at. ``||W||`` is its ``weight_norm`` (the whole kernel's Frobenius
+    norm); NaN where it is 0."""
+    out = {k: dict(v) for k, v in stats.items()}
+    for layer in layers:
+        if layer in out and "weight_norm" in out[layer]:
+            wn = out[layer]["weight_norm"]
+            out[layer]["effective_lr"] = jnp.where(wn > 0, lr / jnp.square(wn), jnp.nan)
+    return out
+
+
 def layer_weight(tree: Mapping) -> Array:
     """A layer's weight matrix in its parameter subtree: ``kernel`` or ``linear/kernel``."""
     if "kernel" in tree:

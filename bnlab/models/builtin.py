@@ -162,6 +162,19 @@ def layer_names(params: dict) -> list[str]:
     return sorted(names, key=lambda k: int(k[len("layer") :]))
 
 
+def activation_outputs(site_names: Iterable[str], norm_position: str) -> tuple[str, ...]:
+    """The sites the activation produces, whatever it is: ``post`` (``before``), or
+    ``prenorm`` where a norm follows it (``after``), else ``post``."""
+    names = list(site_names)
+    out = []
+    for name in names:
+        layer, site = name.rsplit("/", 1)
+        if site == "pre":
+            after_norm = norm_position == "after" and f"{layer}/prenorm" in names
+            out.append(f"{layer}/prenorm" if after_norm else f"{layer}/post")
+    return tuple(n for n in out if n in names)
+
+
 def activation_sources(
     site_names: Iterable[str], activation: str | Callable, norm_position: str
 ) -> dict[str, str]:

@@ -44,7 +44,7 @@ from flax import nnx
 
 from bnlab import measure as probe
 from bnlab.models import variables
-from bnlab.models.builtin import activation_sources, flatten_sites, layer_names
+from bnlab.models.builtin import activation_outputs, activation_sources, flatten_sites, layer_names
 from bnlab.models.sites import ALL, Norm, Recorder, intercept_linen, intercept_nnx
 
 Array = jax.Array
@@ -67,6 +67,8 @@ class Layout:
     derived: dict[str, str] = field(default_factory=dict)  # monotone shortcut (built-ins)
     output: Any = None  # the forward pass's output (shapes)
     batch_stats: bool = False  # the model holds batch statistics (a BatchNorm layer)
+    scale_invariant: tuple[str, ...] = ()  # linear layers feeding a normalizer directly
+    activation_outputs: tuple[str, ...] = ()  # sites an activation produces (dead units)
 
 
 def _has_conv(jaxpr: Any) -> bool:
@@ -156,8 +158,11 @@ class Network:
                         flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr),
                         dropouts=dict(rec.dropouts), bn_settings=dict(rec.bn_settings),
                         outputs={} if sown else dict(rec.module_outputs), output=output,
-                        batch_stats=any(found_stats))  # fmt: skip
+                        batch_stats=any(found_stats), scale_invariant=tuple(rec.scale_invariant),
+                        activation_outputs=() if sown else tuple(rec.linear_inputs))  # fmt: skip
         layout.selected = tuple(layout.sites)
+        if layout.sown:  # named as the built-ins': the activation's output is `post`...
+            layout.activation_outputs = activation_outputs(layout.sites, self.norm_position)
         if layout.sown and self.activation is not None:
             layout.derived = activation_sources(layout.sites, self.activation, self.norm_position)
         self.layout = layout

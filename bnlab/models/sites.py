@@ -134,10 +134,13 @@ class Recorder:
         self.sites: dict[str, Any] = {}
         self.seen: set[str] = set()
         self.linear: list[str] = []
+        self.linear_inputs: list[str] = []  # the sites <linear>/in: activations' outputs
+        self.scale_invariant: list[str] = []  # linear layers feeding a normalizer directly
+        self._last_linear: tuple[str, Any] | None = None  # (path, its output)
         self.flax_bn = False
         self.active: set[int] = set()
 
-    def _put(self, name: str, value: Any, found: dict | None = None) -> None:
+    def _put(self, name: str, value: Any, found: dict | None = None) -> str:
         k, base = 0, name
         while name in self.seen:
             k += 1
@@ -148,13 +151,17 @@ class Recorder:
             found[name] = shaped
         if (found is None) if self.capture is ALL else (name in self.capture):
             self.sites[name] = shaped
+        return name
 
     def handle(self, module: Any, path: str, kind: str, call: Callable, args: tuple,
                kwargs: dict) -> Any:  # fmt: skip
         """Run ``call(*args, **kwargs)`` (the layer) and record its sites."""
         x = args[0] if args else next(iter(kwargs.values()))
         if kind == DROPOUT:
-            return self._dropout(module, path, call, args, kwargs)
+            y = self._dropout(module, path, call, args, kwargs)
+            if self._last_linear is not None and x is self._last_linear[1]:
+                self._last_linear = (self._last_linear[0], y)  # dropout keeps scale
+            return y
         if kind == OUTPUT:
             y = call(*args, **kwargs)
             if hasattr(y, "shape") and hasattr(y, "dtype"):
@@ -162,9 +169,10 @@ class Recorder:
             return y
         if kind == LINEAR:
             if self.linear:  # the first layer's input is the data
-                self._put(f"{path}/in", x)
+                self.linear_inputs.append(self._put(f"{path}/in", x))
             self.linear.append(path)
             y = call(*args, **kwargs)
+            self._last_linear = (path, y)
             if self.outputs:
                 self._put(f"{path}/out", y, self.module_outputs)
             return y
@@ -173,6 +181,7 @@ class Recorder:
         )
         if normalizes:
             self._put(f"{path}/in", x)
+            self._note_scale_invariant(module, kind, x)
         if kind == FLAX_BN and normalizes:
             sub = self.norm.settings(module) if self.norm is not None else None
             self.bn_settings.setdefault(path, sub or (module.momentum, module.epsilon))
@@ -191,6 +200,16 @@ class Recorder:
             y = call(*args, **kwargs)
         self._put(f"{path}/out", y)
         return y
+
+    def _note_scale_invariant(self, module: Any, kind: str, x: Any) -> None:
+        """The linear layer whose output ``x`` is (dropout aside) is scale-invariant when
+        this norm divides by a statistic of its input (not mean-only BN)."""
+        last = self._last_linear
+        center_only = self.norm.center_only if kind == FLAX_BN and self.norm else getattr(
+            module, "center_only", False)  # fmt: skip
+        if last is not None and x is last[1] and not center_only:
+            if last[0] not in self.scale_invariant:
+                self.scale_invariant.append(last[0])
 
     def _dropout(self, m: Any, path: str, call: Callable, args: tuple, kwargs: dict) -> Any:
         self.dropouts.setdefault(path, m.rate)

@@ -9,7 +9,12 @@ A run directory (Hydra's output dir) holds:
   ``train_loss`` and ``train_accuracy`` (means over the ``probe.every`` steps ending
   at ``step``), ``test_loss`` and ``test_accuracy`` (whole test split, BN in eval
   mode, every ``eval_every`` steps and at step 0), ``lr`` (learning rate at ``step``);
-  no ``*_accuracy`` for a task without classes (float targets).
+  no ``*_accuracy`` for a task without classes (float targets). With
+  ``probe.sharpness_every`` > 0, every that many steps: ``sharpness`` (the top
+  eigenvalue of the training loss's Hessian at the parameters after ``step`` steps, on
+  ``probe.sharpness_batches`` fixed training batches, BN in train mode over each:
+  :mod:`bnlab.engine.diagnostics`) and ``two_over_lr`` (2 / ``lr``, the edge of
+  stability of plain gradient descent, Cohen et al. 2021).
 - ``activations.parquet``, one row per step x layer x site x unit x statistic, columns
   ``step`` (int64), ``layer`` (str, ``layer1``...; a module path such as
   ``stage1/block1/norm1`` for models found by interception), ``site`` (str: ``prenorm``,
@@ -17,7 +22,9 @@ A run directory (Hydra's output dir) holds:
   :mod:`bnlab.models`; a site name ``a/b/c`` is layer ``a/b``, site ``c``), ``unit`` (int64: -1 = pooled over
   every unit and example of the probe batch; j >= 0 = unit/feature map j alone),
   ``stat`` (str: ``mean``, ``std``, ``p15``, ``p50``, ``p85``... per
-  ``probe.percentiles``), ``value`` (float64). Measured on the fixed probe batch at
+  ``probe.percentiles``; ``dead_fraction``, unit -1, at the sites an activation
+  produces: the fraction of units exactly 0 for every example and position of the
+  probe batch), ``value`` (float64). Measured on the fixed probe batch at
   step 0 and every ``probe.every`` steps.
 - ``layers.parquet``, one row per step x layer x statistic, columns ``step``,
   ``layer``, ``stat``, ``value``: the parameter statistics of
@@ -26,7 +33,9 @@ A run directory (Hydra's output dir) holds:
   running mean/var summaries; the built-ins' ``layer{i}``, other models' modules by path,
   :func:`bnlab.measure.module_stats`) at the same steps as the activations; per BN
   layer also ``bn_momentum`` and ``bn_epsilon``, the values it ran with (the model's
-  own, or ``norm.momentum``/``norm.epsilon`` where set).
+  own, or ``norm.momentum``/``norm.epsilon`` where set); per scale-invariant layer (its
+  output goes straight into a normalizer) ``effective_lr`` = ``lr`` / ``weight_norm``^2
+  (:func:`bnlab.measure.effective_lr`).
 - ``ics.parquet``, one row per step x layer x statistic, columns ``step``, ``layer``,
   ``stat``, ``value``: the gradient-ICS and landscape probes of Santurkar et al. 2018
   (:func:`bnlab.measure.gradient_ics`, :func:`bnlab.measure.landscape`), every
@@ -245,6 +254,10 @@ def metrics_rows(rec: RunRecord, m: Any, keep: np.ndarray | None = None) -> None
     if m.ics is not None:  # gradient-ICS / landscape probes, where they were due
         due = keep & m.ics_due.astype(bool)
         rec.ics(m.step[due].astype(np.int64), map_stats(m.ics, lambda v: v[due]))
+    if m.sharpness is not None:  # the Hessian's top eigenvalue, where it was due
+        due = keep & m.sharpness_due.astype(bool)
+        rec.scalars(m.step[due].astype(np.int64), "sharpness", m.sharpness[due])
+        rec.scalars(m.step[due].astype(np.int64), "two_over_lr", 2.0 / m.lr[due])
 
 
 def eval_rows(rec: RunRecord, step: int, split: str, loss: Any, acc: Any) -> None:

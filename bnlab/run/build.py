@@ -21,6 +21,7 @@ from bnlab.config import TrainConfig
 from bnlab.data.preprocess import auto_probe_size
 from bnlab.engine import devices
 from bnlab.engine.chunk import Engine
+from bnlab.engine.diagnostics import Sharpness
 from bnlab.engine.loss import check_loss, make_loss
 from bnlab.engine.optim import make_optimizer
 from bnlab.engine.step import Learner
@@ -85,7 +86,7 @@ def build_engine(cfg: TrainConfig, ds: data.Dataset, data_dev: int, mem_dev: int
         learner, arrays, grid=(len(cfg.lrs), len(cfg.seeds)), batch_size=cfg.batch_size,
         every=cfg.probe.every, ics_every=cfg.probe.ics_every, ics_at=str(cfg.probe.ics_at),
         mesh=mesh, probe_device=devices.probe_device(cfg.probe.overlap, mesh), probes=probes,
-        host_loop=host_loop,
+        host_loop=host_loop, sharpness=Sharpness.of(cfg.probe),
     )  # fmt: skip
 
 
