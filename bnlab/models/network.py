@@ -42,6 +42,7 @@ from bnlab import measure as probe
 from bnlab.models import variables
 from bnlab.models.builtin import activation_sources, flatten_sites, layer_names
 from bnlab.models.sites import ALL, Norm, Recorder, intercept_linen, intercept_nnx
+from bnlab.norm.variants import standardize_weights
 
 Array = jax.Array
 TRAIN_KWARGS = ("train", "training")
@@ -63,6 +64,7 @@ class Layout:
     derived: dict[str, str] = field(default_factory=dict)  # monotone shortcut (built-ins)
     output: Any = None  # the forward pass's output (shapes)
     batch_stats: bool = False  # the model holds batch statistics (a BatchNorm layer)
+    bnlab_norm: bool = False  # a bnlab normalizer runs in it (injected or substituted)
 
 
 def _has_conv(jaxpr: Any) -> bool:
@@ -102,6 +104,7 @@ class Network:
 
     kind = ""
     layout: Layout | None = None
+    weight_std = False  # Weight Standardization of every conv kernel (norm.weight_standardization)
 
     def __init__(self, norm: Norm | None, activation: Any = None, norm_position: str = "before"):
         self.norm, self.activation, self.norm_position = norm, activation, norm_position
@@ -141,7 +144,7 @@ class Network:
         def f(x):
             params, bs, extra = self._init(key, x, init_rec)
             found_stats.append(bool(jax.tree.leaves(bs)))
-            out = self._apply(params, bs, extra, x, train=True, noise_key=key, rng=key,
+            out = self._apply(self._ws(params), bs, extra, x, train=True, noise_key=key, rng=key,
                               rec=rec, sown=True)  # fmt: skip
             sown.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out[3].items()})
             return out[0]
@@ -152,7 +155,8 @@ class Network:
                         flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr),
                         dropouts=dict(rec.dropouts), bn_settings=dict(rec.bn_settings),
                         outputs={} if sown else dict(rec.module_outputs), output=output,
-                        batch_stats=any(found_stats))  # fmt: skip
+                        batch_stats=any(found_stats),
+                        bnlab_norm=rec.bnlab_norm or init_rec.bnlab_norm)  # fmt: skip
         layout.selected = tuple(layout.sites)
         if layout.sown and self.activation is not None:
             layout.derived = activation_sources(layout.sites, self.activation, self.norm_position)
@@ -216,6 +220,9 @@ class Network:
     def _outputs(self, want: Any) -> bool:
         """Whether the sites ``want`` hold a module output (every call is then intercepted)."""
         return self.layout is not None and any(n in self.layout.outputs for n in want)
+
+    def _ws(self, params: dict) -> dict:
+        return standardize_weights(params) if self.weight_std else params
 
     def _init(self, key, x, rec):
         raise NotImplementedError
@@ -283,7 +290,7 @@ class LinenNetwork(Network):
         if self._intercepts() or (want and not sown):
             rec = self._rec(train, frozenset() if sown else want, dropout)
         logits, new_bs, new_extra, sites = self._apply(
-            params, batch_stats, {} if extra is None else extra, x, train=train,
+            self._ws(params), batch_stats, {} if extra is None else extra, x, train=train,
             noise_key=noise_key, rng=rng, rec=rec, sown=sown,
         )  # fmt: skip
         if not sown and rec is not None:
@@ -375,7 +382,7 @@ class NNXNetwork(Network):
                        dropout=train if dropout is None else dropout,
                        outputs=not sown and self._outputs(want))  # fmt: skip
         logits, new_bs, new_extra, sites = self._apply(
-            params, batch_stats, {} if extra is None else extra, x, train=train,
+            self._ws(params), batch_stats, {} if extra is None else extra, x, train=train,
             noise_key=noise_key, rng=rng, rec=rec, sown=sown,
         )  # fmt: skip
         if not sown:
