@@ -15,6 +15,9 @@ verdicts from the committed ``per_seed.csv``. Definitions (also written into the
 - ``grad_ics``: gradient-ICS (Santurkar et al. 2018), the median over layers and probes
   of ``grad_diff_rel``, ||G - G'|| / ||G||, G' the layer's gradient after the earlier
   layers' update;
+- ``loss_range``, ``grad_predictiveness``, ``beta_smoothness``: Santurkar et al.'s
+  loss-landscape measures along the gradient (bnlab's ``probe.ics_every`` probes), the
+  median over probes; reported, not judged;
 - ``lr_width``: per seed, log10 of the widest lr range (lo, hi of the grid) whose
   accuracy is within ``TOLERANCE`` of the normalizer's best mean accuracy (decades).
 
@@ -53,6 +56,7 @@ CLAIMS = {
                          "Ioffe & Szegedy 2015, Fig. 1(b,c)"),
     "less gradient-ICS": ("grad_ics", -1, "has lower gradient-ICS", "tested by Santurkar et al. 2018"),
 }  # fmt: skip
+SMOOTHNESS = ("loss_range", "grad_predictiveness", "beta_smoothness")
 PER_LR = ("steps_to_target", "val_accuracy", "drift", "grad_ics")
 
 
@@ -101,6 +105,10 @@ def per_seed(sweep, target: float) -> pd.DataFrame:
     ics = sweep.ics
     ics = ics[(ics["stat"] == "grad_diff_rel") & (ics["layer"] != "all") & (ics["step"] > 0)]
     out["grad_ics"] = out["run"].map(ics.groupby("run")["value"].median())
+    land = sweep.ics[(sweep.ics["layer"] == "all") & (sweep.ics["step"] > 0)]
+    for stat in SMOOTHNESS:  # Santurkar et al.'s landscape measures, reported beside
+        rows = land[land["stat"] == stat]
+        out[stat] = out["run"].map(rows.groupby("run")["value"].median())
     out = out.drop(columns="run").sort_values(KEYS).reset_index(drop=True)
     out.attrs["target"] = target
     return out
@@ -144,7 +152,14 @@ def summary(ps: pd.DataFrame) -> pd.DataFrame:
         ok = m[m >= m.max() - TOLERANCE].index
         row = dict(model=model, norm=norm, best_lr=g["lr"].iloc[0],
                    lr_range=f"{ok.min():g}-{ok.max():g}" if len(ok) else "n/a")  # fmt: skip
-        for col in ("val_accuracy", "steps_to_target", "lr_width", "drift", "grad_ics"):
+        for col in (
+            "val_accuracy",
+            "steps_to_target",
+            "lr_width",
+            "drift",
+            "grad_ics",
+            *SMOOTHNESS,
+        ):
             row[col] = format_interval(aggregate(g, col).iloc[0])
         out.append(row)
     return pd.DataFrame(out)
