@@ -296,7 +296,9 @@ def write(ps: pd.DataFrame, out: Path, *, title: str, setup: str) -> dict[str, P
     paths = {n: out / n for n in ("per_seed.csv", "summary.csv", "verdicts.csv", "report.md",
                                   "report.html")}  # fmt: skip
     paths["figure"] = out / "figures" / "atlas.png"
+    target = ps.attrs.get("target", "n/a")
     ps.to_csv(paths["per_seed.csv"], index=False, float_format="%.6g")
+    ps = pd.read_csv(paths["per_seed.csv"])  # everything below from the table as written
     summ, eff = summary(ps), verdicts(ps)
     summ.to_csv(paths["summary.csv"], index=False)
     eff.to_csv(paths["verdicts.csv"], index=False, float_format="%.6g")
@@ -306,7 +308,7 @@ def write(ps: pd.DataFrame, out: Path, *, title: str, setup: str) -> dict[str, P
                        for c, (_, _, w, src) in CLAIMS.items())  # fmt: skip
     doc = (__doc__ or "").split("\n\n", 1)[1]
     vt = _verdict_table(eff)
-    md = [f"# {title}\n", setup + "\n", f"Target accuracy: {ps.attrs.get('target', 'n/a')}; "
+    md = [f"# {title}\n", setup + "\n", f"Target accuracy: {target}; "
           f"lr tolerance: within {TOLERANCE} of the best mean accuracy.\n", "## Claims\n",
           claims + "\n", "![overview](figures/atlas.png)\n", "## Per architecture and normalizer "
           "(at the best lr on validation)\n", _md_table(summ) + "\n",
