@@ -1,6 +1,6 @@
 """The normalization atlas end to end at its tiny scale (2 models x 3 normalizers x
-2 lrs x 2 seeds, 200 steps, hydra/launcher=parallel), and its verdicts recomputed from
-the per-seed table it wrote."""
+2 lrs x 2 seeds, 200 steps) through hydra/launcher=parallel and through a real local
+Ray head with 2 workers, and its verdicts recomputed from the per-seed table it wrote."""
 
 from __future__ import annotations
 
@@ -9,25 +9,32 @@ import sys
 
 import pandas as pd
 import pytest
+import test_launchers
 from trainer import COMPILE_CACHE, ROOT
 
 sys.path.insert(0, str(ROOT / "experiments" / "atlas"))
 import report  # noqa: E402
 
+ray_head = test_launchers.ray_head  # the local Ray head fixture (tests/test_launchers.py)
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("atlas")
+
+def _atlas(out, *args, env=None):
+    """The tiny atlas into ``out``; returns its report folder."""
     res = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "atlas" / "run.py"), "--scale", "tiny",
-         "--out", str(out), "--compile-cache", str(COMPILE_CACHE), "--fast-compile"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+         "--out", str(out), "--compile-cache", str(COMPILE_CACHE), "--fast-compile", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return out / "report" / "tiny"
 
 
-def test_tiny_atlas_through_parallel_writes_the_report(tiny):
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _atlas(tmp_path_factory.mktemp("atlas"))
+
+
+def check_report(tiny):
     ps = pd.read_csv(tiny / "per_seed.csv")
     assert len(ps) == 2 * 3 * 2 * 2
     assert set(ps["model"]) == {"relu_mlp", "cnn"} and set(ps["norm"]) == {
@@ -46,6 +53,22 @@ def test_tiny_atlas_through_parallel_writes_the_report(tiny):
     assert (tiny / "figures" / "atlas.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_tiny_atlas_through_parallel_writes_the_report(tiny):
+    check_report(tiny)
+
+
+@pytest.mark.slow
+def test_tiny_atlas_through_a_ray_head(tmp_path, request, tiny):
+    """The same atlas through ``--launcher ray_cluster`` on a running local Ray head
+    (2 worker CPUs, token authentication): the same records, the same report."""
+    out = _atlas(tmp_path, "--launcher", "ray_cluster", env=request.getfixturevalue("ray_head"))
+    check_report(out)
+    a, b = (pd.read_csv(d / "per_seed.csv") for d in (out, tiny))
+    assert list(a["status"]) == list(b["status"])
+
+
+@pytest.mark.slow
 def test_verdicts_recompute_from_the_per_seed_table(tiny):
     ps = pd.read_csv(tiny / "per_seed.csv")
     again = report.verdicts(ps)
