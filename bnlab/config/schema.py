@@ -31,6 +31,8 @@ ProbeSplit = Choice("ProbeSplit", {n: n for n in ("test", "train", "validation")
 NormPosition = Choice("NormPosition", {n: n for n in ("before", "after")})
 OptimizerName = Choice("OptimizerName", {n: n for n in ("sgd", "momentum", "adam", "optax")})
 Schedule = Choice("Schedule", {n: n for n in ("constant", "cosine", "step")})
+NormKind = Choice("NormKind", {n: n for n in ("batch", "layer", "rms", "group", "batch_renorm",
+                                                "none")})  # fmt: skip
 BnMode = Choice("BnMode", {n: n for n in ("batch", "eval")})
 IcsAt = Choice("IcsAt", {n: n for n in ("before", "after")})
 DropoutMode = Choice("DropoutMode", {n: n for n in ("eval", "train")})
@@ -113,10 +115,23 @@ class NormConfig:
     center_only: bool = MISSING
     noise_mean: float = MISSING
     noise_std: float = MISSING
+    kind: NormKind = MISSING  # which normalizer: batch (BN and its variants), layer, ...
+    groups: int = MISSING  # GroupNorm's number of channel groups
+    r_max: float = MISSING  # Batch Renorm's limits and warm-up (steps)
+    d_max: float = MISSING
+    renorm_warmup: int = MISSING
+    r_max_steps: int = MISSING
+    d_max_steps: int = MISSING
+    weight_standardization: bool = MISSING  # standardize every conv kernel (Qiao et al.)
 
     @property
     def normalizes(self) -> bool:
-        return self.name != "none"
+        return self.name != "none" and self.kind != "none"
+
+    @property
+    def batch_kind(self) -> bool:
+        """BN itself (the switches ghost, noise, stats_grad, center_only apply)."""
+        return self.kind == "batch"
 
     @property
     def noisy(self) -> bool:

@@ -81,6 +81,7 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
         raise UserError(f"norm.epsilon={n.epsilon} must be >= 0")
     if n.noise_mean < 0 or n.noise_std < 0:
         raise UserError("norm.noise_mean and norm.noise_std must be >= 0")
+    _check_variant(n)
     # optimizer
     for i, lr in enumerate(cfg.lrs):
         _finite_positive("optimizer.lr" if not cfg.sweep.lr else f"sweep.lr[{i}]", lr)
@@ -119,7 +120,7 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
             f"(or, with one learning rate, the {n_seed} seeds of sweep.seeds)"
         )
     local = cfg.batch_size // data_dev
-    if n.normalizes:
+    if n.normalizes and n.kind in ("batch", "batch_renorm"):
         ghost = n.ghost_batch_size
         if ghost is not None and (ghost < 2 or local % ghost):
             raise UserError(
@@ -134,6 +135,27 @@ def check(cfg: TrainConfig, local_devices: int) -> tuple[int, int]:
     objective(cfg.objective, True, cfg.data.validation > 0)  # the name; classes: check_data
     _ranges(cfg)  # after the checks with a more specific message
     return data_dev, mem_dev
+
+
+def _check_variant(n: Any) -> None:
+    """The settings of the normalizers beside BN (``norm.kind``)."""
+    if n.normalizes and n.kind != "batch":
+        bn_only = {"ghost_batch_size": n.ghost_batch_size is not None, "center_only": n.center_only,
+                   "stats_grad": not n.stats_grad, "noise_mean": bool(n.noise_mean),
+                   "noise_std": bool(n.noise_std)}  # fmt: skip
+        for key, set_ in bn_only.items():
+            if set_:
+                raise UserError(f"norm.{key} applies to BN only (norm.kind=batch), not to "
+                                f"norm.kind={n.kind}: drop it or choose norm=bn")  # fmt: skip
+    if n.groups < 1:
+        raise UserError(f"norm.groups={n.groups} must be >= 1")
+    if not (n.r_max >= 1 and n.d_max >= 0):
+        raise UserError(f"norm.r_max={n.r_max} must be >= 1 and norm.d_max={n.d_max} >= 0")
+    if not 0 <= n.renorm_warmup <= min(n.r_max_steps, n.d_max_steps):
+        raise UserError(
+            f"norm.renorm_warmup={n.renorm_warmup} must lie in [0, min(norm.r_max_steps, "
+            f"norm.d_max_steps)] ({n.r_max_steps}, {n.d_max_steps})"
+        )
 
 
 def check_data(cfg: TrainConfig, num_train: int, num_probe: int, image_ndim: int) -> None:

@@ -40,8 +40,10 @@ from bnlab.errors import UserError, say
 from bnlab.models import activations
 from bnlab.models.network import LinenNetwork, Network, NNXNetwork
 from bnlab.models.resnet import SHORTCUTS, blocks_per_stage
-from bnlab.models.sites import Norm, substitute_nnx
-from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm
+from bnlab.models.sites import Norm
+from bnlab.models.substitute import substitute_nnx
+from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm, variants_linen, variants_nnx
+from bnlab.norm.variants import NormFitError
 
 PRESETS = {
     "bnlab.models.MLP": "mlp",
@@ -64,11 +66,28 @@ def _norm_kwargs(cfg: Any, axis_name: str | None, noise_axis: str | None) -> dic
     return kw
 
 
+def _variant_kwargs(cfg: Any, axis_name: str | None) -> dict[str, Any]:
+    """The settings of a normalizer other than BN (``norm.kind``) from the norm config."""
+    kw: dict[str, Any] = dict(use_scale=cfg.use_scale, use_bias=cfg.use_bias)
+    if cfg.epsilon is not None:
+        kw["epsilon"] = cfg.epsilon
+    if cfg.kind == "group":
+        kw["groups"] = cfg.groups
+    if cfg.kind == "batch_renorm":
+        kw |= dict(r_max=cfg.r_max, d_max=cfg.d_max, warmup=cfg.renorm_warmup,
+                   r_max_steps=cfg.r_max_steps, d_max_steps=cfg.d_max_steps, axis_name=axis_name)  # fmt: skip
+        if cfg.momentum is not None:
+            kw["momentum"] = cfg.momentum
+    return kw
+
+
 def make_norm(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None):
     """The linen norm factory a model plugs into every hidden layer (``axis_name``:
     sync BN; ``noise_axis``: the axis a batch is split over, for noisy BN's global noise)."""
     if not cfg.normalizes:
         return NoNorm
+    if cfg.kind != "batch":
+        return partial(variants_linen.VARIANTS[cfg.kind], **_variant_kwargs(cfg, axis_name))
     return partial(BatchNorm, **_norm_kwargs(cfg, axis_name, noise_axis))
 
 
@@ -76,13 +95,19 @@ def make_nnx_norm(cfg: Any, axis_name: str | None = None, noise_axis: str | None
     """The NNX norm factory: ``norm(num_features, rngs=rngs)``."""
     if not cfg.normalizes:
         return NNXNoNorm
+    if cfg.kind != "batch":
+        return partial(variants_nnx.VARIANTS[cfg.kind], **_variant_kwargs(cfg, axis_name))
     return partial(NNXBatchNorm, **_norm_kwargs(cfg, axis_name, noise_axis))
 
 
 def substitution(cfg: Any, axis_name: str | None = None, noise_axis: str | None = None) -> Norm:
     """What replaces a hard-coded Flax BatchNorm under the ``norm`` config ``cfg``."""
     # momentum and epsilon: the layer keeps its own unless the config sets them
-    return Norm(normalizes=cfg.normalizes, **_norm_kwargs(cfg, axis_name, noise_axis))
+    variant = () if cfg.kind == "batch" else tuple(
+        (k, v) for k, v in _variant_kwargs(cfg, axis_name).items()
+        if k not in ("use_scale", "use_bias"))  # fmt: skip
+    return Norm(normalizes=cfg.normalizes, kind=str(cfg.kind), variant=variant,
+                **_norm_kwargs(cfg, axis_name, noise_axis))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- checks
@@ -313,8 +338,11 @@ def build_networks(cfg: Any, num_classes: int, x: jax.ShapeDtypeStruct, data_dev
     sync = split if cfg.norm.sync and cfg.norm.ghost_batch_size is None else None
     net = build_network(cfg.model, cfg.norm, num_classes, sync, split)
     probe_net = build_network(cfg.model, cfg.norm, num_classes) if split else net
+    net.weight_std = probe_net.weight_std = cfg.norm.weight_standardization
     try:
         layout = probe_net.discover(x)
+    except NormFitError as e:
+        raise UserError(str(e)) from None
     except Exception as e:  # the user's model failed on the data's shape
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(
@@ -356,6 +384,6 @@ def check_output(cfg: Any, layout: Any, batch: int, num_classes: int) -> None:
             f"({batch}, {num_classes}) "
             f"(set the model's number of outputs to {num_classes})"
         )
-    if cfg.norm.normalizes and not layout.batch_stats:
+    if cfg.norm.normalizes and not (layout.batch_stats or layout.bnlab_norm):
         say(f"warning: model._target_={target} has no BatchNorm layer, so norm={cfg.norm.name} "
             f"changes nothing in it (norm=none records what runs)")  # fmt: skip

@@ -46,9 +46,10 @@ from bnlab import measure as probe
 from bnlab.models import variables
 from bnlab.models.builtin import activation_outputs, activation_sources, flatten_sites, layer_names
 from bnlab.models.sites import ALL, Norm, Recorder, intercept_linen, intercept_nnx
+from bnlab.models.tracing import call_kwarg, has_conv, restore, stringify, train_kwarg
+from bnlab.norm.variants import standardize_weights
 
 Array = jax.Array
-TRAIN_KWARGS = ("train", "training")
 
 
 @dataclass
@@ -69,33 +70,7 @@ class Layout:
     batch_stats: bool = False  # the model holds batch statistics (a BatchNorm layer)
     scale_invariant: tuple[str, ...] = ()  # linear layers feeding a normalizer directly
     activation_outputs: tuple[str, ...] = ()  # sites an activation produces (dead units)
-
-
-def _has_conv(jaxpr: Any) -> bool:
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            return True
-        for p in eqn.params.values():
-            for sub in p if isinstance(p, (list, tuple)) else (p,):
-                inner = getattr(sub, "jaxpr", None)
-                if inner is not None and _has_conv(getattr(inner, "jaxpr", inner)):
-                    return True
-    return False
-
-
-def _kwarg(fn: Callable, names: tuple[str, ...]) -> str | None:
-    """The first of ``names`` that ``fn`` takes as an argument, else None."""
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return None
-    return next((k for k in names if k in params), None)
-
-
-def _train_kwarg(fn: Callable) -> str | None:
-    return _kwarg(fn, TRAIN_KWARGS)
+    bnlab_norm: bool = False  # a bnlab normalizer runs in it (injected or substituted)
 
 
 class Network:
@@ -108,6 +83,7 @@ class Network:
 
     kind = ""
     layout: Layout | None = None
+    weight_std = False  # Weight Standardization of every conv kernel (norm.weight_standardization)
 
     def __init__(self, norm: Norm | None, activation: Any = None, norm_position: str = "before"):
         self.norm, self.activation, self.norm_position = norm, activation, norm_position
@@ -147,7 +123,7 @@ class Network:
         def f(x):
             params, bs, extra = self._init(key, x, init_rec)
             found_stats.append(bool(jax.tree.leaves(bs)))
-            out = self._apply(params, bs, extra, x, train=True, noise_key=key, rng=key,
+            out = self._apply(self._ws(params), bs, extra, x, train=True, noise_key=key, rng=key,
                               rec=rec, sown=True)  # fmt: skip
             sown.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out[3].items()})
             return out[0]
@@ -155,11 +131,12 @@ class Network:
         jaxpr, output = jax.make_jaxpr(f, return_shape=True)(x)
         sites = sown if sown else rec.sites
         layout = Layout(sites=dict(sites), sown=bool(sown), linear=rec.linear,
-                        flax_bn=rec.flax_bn or init_rec.flax_bn, convs=_has_conv(jaxpr.jaxpr),
+                        flax_bn=rec.flax_bn or init_rec.flax_bn, convs=has_conv(jaxpr.jaxpr),
                         dropouts=dict(rec.dropouts), bn_settings=dict(rec.bn_settings),
                         outputs={} if sown else dict(rec.module_outputs), output=output,
                         batch_stats=any(found_stats), scale_invariant=tuple(rec.scale_invariant),
-                        activation_outputs=() if sown else tuple(rec.linear_inputs))  # fmt: skip
+                        activation_outputs=() if sown else tuple(rec.linear_inputs),
+                        bnlab_norm=rec.bnlab_norm or init_rec.bnlab_norm)  # fmt: skip
         layout.selected = tuple(layout.sites)
         if layout.sown:  # named as the built-ins': the activation's output is `post`...
             layout.activation_outputs = activation_outputs(layout.sites, self.norm_position)
@@ -226,6 +203,9 @@ class Network:
         """Whether the sites ``want`` hold a module output (every call is then intercepted)."""
         return self.layout is not None and any(n in self.layout.outputs for n in want)
 
+    def _ws(self, params: dict) -> dict:
+        return standardize_weights(params) if self.weight_std else params
+
     def _init(self, key, x, rec):
         raise NotImplementedError
 
@@ -241,7 +221,7 @@ class LinenNetwork(Network):
     def __init__(self, module: nn.Module, norm: Norm | None, **kw: Any):
         super().__init__(norm, **kw)
         self.module = module
-        self.train_kw = _train_kwarg(type(module).__call__)
+        self.train_kw = train_kwarg(type(module).__call__)
 
     def _kw(self, train: bool) -> dict:
         return {self.train_kw: train} if self.train_kw else {}
@@ -294,24 +274,12 @@ class LinenNetwork(Network):
         if self._intercepts() or (want and not sown):
             rec = self._rec(train, frozenset() if sown else want, dropout)
         logits, new_bs, new_extra, sites = self._apply(
-            params, batch_stats, {} if extra is None else extra, x, train=train,
+            self._ws(params), batch_stats, {} if extra is None else extra, x, train=train,
             noise_key=noise_key, rng=rng, rec=rec, sown=sown,
         )  # fmt: skip
         if not sown and rec is not None:
             sites = rec.sites
         return logits, new_bs, new_extra, {k: v for k, v in sites.items() if k in want}
-
-
-def _stringify(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {str(k): _stringify(v) for k, v in tree.items()}
-    return tree
-
-
-def _restore(tree: Any, template: Any) -> Any:
-    if isinstance(template, dict):
-        return {k: _restore(tree[str(k)], v) for k, v in template.items()}
-    return tree
 
 
 # sown values are per-call outputs; everything else but Param and BatchStat is state
@@ -341,8 +309,8 @@ class NNXNetwork(Network):
                 )
         self.templates = tuple(nnx.to_pure_dict(s) for s in (params, bs, rest))
         call = type(abstract).__call__
-        self.train_kw = _train_kwarg(call)
-        self.rngs_kw = _kwarg(call, ("rngs",))
+        self.train_kw = train_kwarg(call)
+        self.rngs_kw = call_kwarg(call, ("rngs",))
 
     def _init(self, key, x, rec):
         model = self.construct(nnx.Rngs(key))
@@ -354,7 +322,7 @@ class NNXNetwork(Network):
 
     def _apply(self, params, bs, extra, x, *, train, noise_key, rng, rec, sown):
         tp, tb, te = self.templates
-        model = nnx.merge(self.graphdef, _restore(params, tp), _restore(bs, tb),
+        model = nnx.merge(self.graphdef, restore(params, tp), restore(bs, tb),
                           variables.typed(extra, te))  # fmt: skip
         if rec is None:
             rec = Recorder(train=train, capture=frozenset())
@@ -370,7 +338,7 @@ class NNXNetwork(Network):
                 return model(x, **kw)
 
         logits, inter = nnx.capture(forward, nnx.Intermediate)(model, x)
-        new_bs = _stringify(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+        new_bs = stringify(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
         new_extra = variables.like(variables.raw(nnx.to_pure_dict(nnx.state(model, EXTRA))), te)
         sites = {}
         if sown:
@@ -391,8 +359,8 @@ class NNXNetwork(Network):
                        dropout=train if dropout is None else dropout,
                        outputs=not sown and self._outputs(want))  # fmt: skip
         logits, new_bs, new_extra, sites = self._apply(
-            params, batch_stats, extra, x, train=train, noise_key=noise_key, rng=rng, rec=rec,
-            sown=sown,
+            self._ws(params), batch_stats, extra, x, train=train, noise_key=noise_key, rng=rng,
+            rec=rec, sown=sown,
         )  # fmt: skip
         if shard is not None:
             new_extra = variables.keep_keys(new_extra, carried, self.templates[2])

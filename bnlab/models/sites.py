@@ -20,7 +20,7 @@ names and are not intercepted for probes.
 **Substitution.** A linen model that hard-codes ``flax.linen.BatchNorm`` runs bnlab's
 BN in its place (:func:`bnlab.norm.linen.forward`, the same variables); an NNX model's
 ``flax.nnx.BatchNorm`` layers are replaced by :class:`bnlab.norm.NNXBatchNorm` when it is
-built (:func:`substitute_nnx`), their state kept. The layer keeps its own settings
+built (:func:`bnlab.models.substitute.substitute_nnx`), their state kept. The layer keeps its own settings
 (axis, momentum, epsilon, dtypes, initializers, fast variance) and takes the run's
 study switches (``norm.stats_grad``, ghost batches, ``center_only``, noise; no scale
 or bias where the norm config turns them off), the run's sync axis (its own
@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
-from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm
+from bnlab.norm import BatchNorm, NNXBatchNorm, NNXNoNorm, NoNorm, variants_linen, variants_nnx
 from bnlab.norm.linen import forward as linen_bn_forward
 
 LINEAR, NORM, PASS, FLAX_BN, DROPOUT = "linear", "norm", "pass", "flax_bn", "dropout"
@@ -48,9 +48,17 @@ OUTPUT = "output"  # any other module: its output, a site only where probe.sites
 ALL = None  # capture every site
 
 LINEN_LINEAR = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Einsum)
-LINEN_NORMS = (BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+LINEN_NORMS = (BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, variants_linen._Norm)
 NNX_LINEAR = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum)
-NNX_NORMS = (NNXBatchNorm, nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
+NNX_NORMS = (
+    NNXBatchNorm,
+    nnx.BatchNorm,
+    nnx.LayerNorm,
+    nnx.GroupNorm,
+    nnx.RMSNorm,
+    variants_nnx._Norm,
+)
+BNLAB_NORMS = (BatchNorm, NNXBatchNorm, variants_linen._Norm, variants_nnx._Norm)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class Norm:
     noise_axis: str | None = None
     momentum: float | None = None  # None: the layer's own
     epsilon: float | None = None
+    kind: str = "batch"  # another normalizer (bnlab.norm.variants_linen.VARIANTS) in its place
+    variant: tuple = ()  # that normalizer's settings, as (key, value) pairs
 
     def settings(self, m: Any) -> tuple[float, float]:
         """The momentum and epsilon a substituted layer ``m`` runs with."""
@@ -138,6 +148,7 @@ class Recorder:
         self.scale_invariant: list[str] = []  # linear layers feeding a normalizer directly
         self._last_linear: tuple[str, Any] | None = None  # (path, its output)
         self.flax_bn = False
+        self.bnlab_norm = False  # met a bnlab norm layer (injected or substituted)
         self.active: set[int] = set()
 
     def _put(self, name: str, value: Any, found: dict | None = None) -> str:
@@ -187,11 +198,12 @@ class Recorder:
             self.bn_settings.setdefault(path, sub or (module.momentum, module.epsilon))
         elif isinstance(module, (BatchNorm, NNXBatchNorm, nnx.BatchNorm)):
             self.bn_settings.setdefault(path, (module.momentum, module.epsilon))
+        self.bnlab_norm |= normalizes and (kind == FLAX_BN or isinstance(module, BNLAB_NORMS))
         if kind == FLAX_BN:
             self.flax_bn = True
             y = x if self.norm is not None and not self.norm.normalizes else self._flax_bn(
                 module, call, args, kwargs)  # fmt: skip
-        elif isinstance(module, NNXBatchNorm):
+        elif isinstance(module, (NNXBatchNorm, variants_nnx.BatchRenorm)):
             kwargs = dict(kwargs, use_running_average=not self.train)
             if module.noisy and self.train:
                 kwargs["noise_key"] = self.noise_rngs
@@ -236,6 +248,8 @@ class Recorder:
         use_ra = (not self.train) if self.force_mode else nn.merge_param(
             "use_running_average", m.use_running_average, ra)  # fmt: skip
         n = self.norm
+        if n.kind != "batch":
+            return _linen_variant(n, m, args[0], use_ra)
         s = BatchNorm(
             None, m.axis, *n.settings(m), m.dtype, m.param_dtype,
             m.use_bias and n.use_bias, m.use_scale and n.use_scale, m.bias_init, m.scale_init,
@@ -243,6 +257,17 @@ class Recorder:
             parent=None, **n.switches(),
         )  # fmt: skip
         return linen_bn_forward(s, m, args[0], use_ra, kwargs.get("mask"))
+
+
+def _linen_variant(n: Norm, m: nn.BatchNorm, x: Any, use_ra: bool) -> Any:
+    """Another normalizer in place of a hard-coded ``flax.linen.BatchNorm`` ``m``, with its
+    variables (``scale``/``bias``; Batch Renorm: ``mean``/``var`` and ``steps``)."""
+    kw = dict(n.variant, dtype=m.dtype, param_dtype=m.param_dtype, bias_init=m.bias_init,
+              scale_init=m.scale_init, use_bias=m.use_bias and n.use_bias,
+              use_scale=m.use_scale and n.use_scale, parent=None)  # fmt: skip
+    if n.kind == "batch_renorm":
+        kw |= dict(axis=m.axis, momentum=n.settings(m)[0], epsilon=n.settings(m)[1])
+    return variants_linen.forward(variants_linen.VARIANTS[n.kind](**kw), m, x, use_ra)
 
 
 # --------------------------------------------------------------------------- linen
@@ -333,41 +358,3 @@ def intercept_nnx(model: nnx.Module, rec: Recorder):
         with _lock:
             for cls in classes:
                 _unpatch(cls)
-
-
-def substitute_nnx(model: nnx.Module, norm: Norm) -> int:
-    """Replace every ``flax.nnx.BatchNorm`` in ``model`` by bnlab's (its settings and
-    state kept, ``norm``'s switches taken), or by NoNorm under ``norm=none``; returns
-    how many were replaced."""
-    found = [(p, m) for p, m in nnx.iter_modules(model) if type(m) is nnx.BatchNorm]
-    parents = dict(nnx.iter_modules(model))
-    done: dict[int, Any] = {}
-    for path, m in found:
-        new = done.get(id(m))
-        if new is None:
-            new = done[id(m)] = _nnx_replacement(m, norm)
-        parent, key = parents[path[:-1]], path[-1]
-        if isinstance(key, int) or hasattr(parent, "__setitem__"):
-            parent[key] = new
-        else:
-            setattr(parent, key, new)
-    return len(found)
-
-
-def _nnx_replacement(m: nnx.BatchNorm, norm: Norm) -> nnx.Module:
-    if not norm.normalizes:
-        return NNXNoNorm()
-    new = NNXBatchNorm(
-        m.num_features, use_running_average=m.use_running_average, axis=m.axis,
-        momentum=norm.settings(m)[0], epsilon=norm.settings(m)[1], dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        use_bias=False, use_scale=False, axis_name=norm.axis_name,
-        axis_index_groups=m.axis_index_groups, use_fast_variance=m.use_fast_variance,
-        promote_dtype=m.promote_dtype, rngs=nnx.Rngs(0), **norm.switches(),
-    )  # fmt: skip
-    new.mean, new.var = m.mean, m.var
-    if m.use_scale and norm.use_scale:
-        new.scale, new.use_scale = m.scale, True
-    if m.use_bias and norm.use_bias:
-        new.bias, new.use_bias = m.bias, True
-    return new

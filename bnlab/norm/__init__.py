@@ -1,5 +1,9 @@
 """Batch normalization as a pure function, and the Flax modules (linen and NNX) that wrap it.
 
+The normalizers beside BN (LayerNorm, RMSNorm, GroupNorm, Batch Renorm, Weight
+Standardization) are in :mod:`bnlab.norm.variants` (pure) and
+:mod:`bnlab.norm.variants_linen` / :mod:`bnlab.norm.variants_nnx` (modules).
+
 Layout: :mod:`bnlab.norm.core` (the pure functions), :mod:`bnlab.norm.linen`
 (``BatchNorm``, a drop-in for ``flax.linen.BatchNorm``, and ``NoNorm``) and
 :mod:`bnlab.norm.nnx` (``BatchNorm``, a drop-in for ``flax.nnx.BatchNorm``, and
@@ -64,7 +68,7 @@ Conventions (the one place they are written down):
   key), so no key lives in the model and a step is a function of explicit keys.
 """
 
-from bnlab.norm import core, linen, nnx
+from bnlab.norm import core, linen, nnx, variants, variants_linen, variants_nnx
 from bnlab.norm.core import (
     batch_norm,
     batch_stats,
@@ -99,4 +103,7 @@ __all__ = [
     "torch_momentum",
     "unbiased_var",
     "values_per_feature",
+    "variants",
+    "variants_linen",
+    "variants_nnx",
 ]

@@ -1,0 +1,126 @@
+"""The normalization atlas: models x normalizers x lrs x seeds, one command, one report.
+
+    uv run python experiments/atlas/run.py                 # scale=cpu, hydra/launcher=parallel
+    uv run python experiments/atlas/run.py --scale tiny    # the test's: 2 x 3 x 2 lrs x 2 seeds
+    uv run python experiments/atlas/run.py --scale full --launcher slurm \\
+        hydra.launcher.partition=cpu                       # a cluster (or --launcher ray_cluster)
+
+One Hydra multirun over ``+atlas_model=<models> norm=<normalizers>`` (the model
+presets of ``conf/atlas_model/``): one job per (model, normalizer), each a vectorized
+run of every lr x seed (``sweep.lr``, ``sweep.seeds``: one compiled program), under
+the launcher given (``parallel``: joblib on this machine, one job per core). Then
+:mod:`report` turns the records into ``per_seed.csv``, ``summary.csv``,
+``verdicts.csv``, ``figures/atlas.png``, ``report.md`` and ``report.html``. Extra
+arguments after the options are Hydra overrides for every job. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import report  # noqa: E402
+
+MODELS = ["sigmoid_mlp", "relu_mlp", "cnn", "vgg", "resnet20"]
+NORMS = ["none", "bn", "bn_noaffine", "bn_nostatgrad", "layer_norm", "group_norm", "rms_norm",
+         "batch_renorm"]  # fmt: skip
+# what each scale runs; "cuts" says what the cpu scale leaves out of the full one
+SCALES = {
+    "tiny": dict(models=["relu_mlp", "cnn"], norms=["none", "bn", "layer_norm"], lrs=[0.1, 1.0],
+                 seeds=2, data="digits", steps=200, validation=300, target=0.8, probes=20),
+    "cpu": dict(models=MODELS, norms=NORMS, lrs=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0], seeds=5,
+                data="digits", steps=300, validation=300, target=0.8),
+    "full": dict(models=[*MODELS[:2], *(f"{m}_full" for m in MODELS[2:])], norms=NORMS, lrs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
+                 seeds=5, data="fashion_mnist", steps=10000, validation=5000, target=0.85),
+}  # fmt: skip
+# --fast-compile: as experiments/common.py's smoke runs (XLA's CPU backend compiles in
+# about 60% of the time without LLVM's optimizations)
+FAST_XLA_FLAGS = ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+# the conv nets of conf/atlas_model/ are narrower than the presets; <model>_full are the
+# presets' widths (the full scale)
+CUTS = ("scale=cpu cuts from full: data=digits (8x8 images, 1,500 train, 300 held out for "
+        "validation) instead of Fashion-MNIST, 300 SGD steps instead of 10,000, 6 lrs "
+        "(0.01-3) instead of 8, and narrower conv nets (CNN 16/32 channels and 64 units, "
+        "VGG 16/32/32-32, ResNet-20 of width 8); every model, normalizer and 5 seeds stay.")  # fmt: skip
+
+
+def overrides(s: dict, scale: str) -> list[str]:
+    steps = s["steps"]
+    every = max(1, steps // s.get("probes", 50))  # probes; evaluations every 5 probes
+    lrs = ",".join(f"{v:g}" for v in s["lrs"])
+    return [
+        f"+atlas_model={','.join(s['models'])}", f"norm={','.join(s['norms'])}",
+        f"data={s['data']}", f"data.validation={s['validation']}", f"steps={steps}",
+        f"eval_every={every * 5}", f"probe.every={every}", f"probe.ics_every={every * 5}",
+        f"chunk_steps={every * 5}", f"sweep.lr=[{lrs}]", f"sweep.seeds={s['seeds']}",
+        # Batch Renorm: the paper's warm-up (5k, then r_max at 40k, d_max at 25k, of the
+        # 50k steps of Fig. 1) scaled to the run's length
+        f"norm.renorm_warmup={steps // 10}", f"norm.r_max_steps={steps * 4 // 5}",
+        f"norm.d_max_steps={steps // 2}",
+    ]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="experiments/atlas/run.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--scale", choices=list(SCALES), default="cpu")
+    ap.add_argument("--launcher", default="parallel", help="parallel | ray_cluster | slurm")
+    ap.add_argument("--out", type=Path, default=HERE, help="folder for runs/ and the report")
+    ap.add_argument("--compile-cache", default=None)
+    ap.add_argument("--no-train", action="store_true", help="only rewrite the report")
+    ap.add_argument(
+        "--fast-compile",
+        action="store_true",
+        help="compile with less XLA optimization (tests: compiling is most of it)",
+    )
+    args, extra = ap.parse_known_args()
+    s = SCALES[args.scale]
+    out = args.out.resolve()
+    sweep_dir = out / "runs" / args.scale
+    over = overrides(s, args.scale)
+    if args.scale == "cpu":
+        print(CUTS)
+    if not args.no_train:
+        cmd = [sys.executable, "-m", "bnlab.train", "-m", "--config-dir", str(HERE / "conf"),
+               *over, f"hydra/launcher={args.launcher}", f"hydra.sweep.dir={sweep_dir}",
+               "progress=false", "figure=false", *extra]  # fmt: skip
+        if args.compile_cache:
+            cmd.append(f"compile_cache={args.compile_cache}")
+        print("python -m bnlab.train -m " + " ".join(cmd[4:]), flush=True)
+        t0 = time.perf_counter()
+        env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+        if args.fast_compile:
+            env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *FAST_XLA_FLAGS]).strip()
+        res = subprocess.run(cmd, cwd=ROOT, env=env)
+        if res.returncode:
+            raise SystemExit(f"bnlab.train failed (exit {res.returncode})")
+        wall = time.perf_counter() - t0
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "timing.log", "a") as f:
+            f.write(f"{args.scale}\t{args.launcher}\t{wall:.0f} s\t{' '.join(over)}\n")
+        print(f"trained in {wall:.0f} s", flush=True)
+    from bnlab.analysis.runs import load_sweep
+
+    sweep = load_sweep(sweep_dir, warn=False)
+    ps = report.per_seed(sweep, s["target"])
+    setup = (f"scale={args.scale}: {len(s['models'])} models x {len(s['norms'])} normalizers x "
+             f"{len(s['lrs'])} lrs ({', '.join(f'{v:g}' for v in s['lrs'])}) x {s['seeds']} "
+             f"seeds, data={s['data']}, {s['steps']} SGD steps, batch 60, launcher "
+             f"{args.launcher}.")  # fmt: skip
+    paths = report.write(ps, out / "report" / args.scale, title="The normalization atlas",
+                         setup=setup)  # fmt: skip
+    for p in paths.values():
+        print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    main()
