@@ -25,7 +25,7 @@ Every verdict rests on checks that the tables must pass::
     <!--check fig1 first_step_acc_ge_0_8 lr=0.5 | norm=bn < norm=none-->
 
 ``A < B``: A's interval lies entirely below B's; ``A > B`` above; ``A ~ B``: they
-overlap (write ``\\|`` for ``|`` inside a markdown table). A README whose table changed fails ``--check`` (``tests/test_findings.py``),
+overlap; B may be a number (write ``\\|`` for ``|`` inside a markdown table). A README whose table changed fails ``--check`` (``tests/test_findings.py``),
 so no stale number or verdict survives a re-run. Reads only the committed csvs: cheap.
 """
 
@@ -177,7 +177,11 @@ def check(spec: str) -> None:
     base = common.split()
     geo = "@geo" in base
     ia = interval(select(base + m[1].split())[0], base[1], geo)
-    ib = interval(select(base + m[3].split())[0], base[1], geo)
+    try:  # a number: the interval against that value
+        x = float(m[3])
+        ib = {"lo": x, "hi": x, "n": 1}
+    except ValueError:
+        ib = interval(select(base + m[3].split())[0], base[1], geo)
     if min(ia["n"], ib["n"]) == 0 or not all(
         math.isfinite(x) for x in (ia["lo"], ia["hi"], ib["lo"], ib["hi"])
     ):
