@@ -88,14 +88,17 @@ def test_non_finite_values_do_not_count_and_units_average_first():
 
 def test_format_interval():
     row = {"mean": 0.869, "lo": 0.865, "hi": 0.873, "n": 5, "method": "t", "level": 95.0}
-    assert format_interval(row) == "0.869 ± 0.004 (n=5, 95% t)"
+    assert format_interval(row) == "0.8690 ± 0.0040 (n=5, 95% t)"
+    # two significant digits of the half-width: 0.25 is not printed as 0.2 (issue 25)
+    row = {"mean": 0.886, "lo": 0.636, "hi": 1.136, "n": 5, "method": "t", "level": 95.0}
+    assert format_interval(row) == "0.89 ± 0.25 (n=5, 95% t)"
     row = {"mean": 0.86, "lo": 0.85, "hi": 0.87, "n": 3, "method": "min-max", "level": np.nan}
-    assert format_interval(row) == "0.86 [0.85, 0.87] (n=3, min-max)"
+    assert format_interval(row) == "0.860 [0.850, 0.870] (n=3, min-max)"
     row = {"mean": 0.8694, "lo": 0.8694, "hi": 0.8694, "n": 1, "method": "min-max"}
     assert format_interval(row) == "0.869 (n=1)"
     row = {"mean": 1234.0, "lo": 1084.0, "hi": 1384.0, "n": 6, "method": "t", "level": 95}
     assert format_interval(row) == "1234 ± 150 (n=6, 95% t)"
     assert format_interval({"mean": np.nan, "lo": np.nan, "hi": np.nan, "n": 0, "method": "none"})
     out = aggregate(_table({"a": FIVE}), "acc", "config")
-    assert format_interval(out.iloc[0]) == "0.868 ± 0.006 (n=5, 95% t)"
+    assert format_interval(out.iloc[0]) == "0.8684 ± 0.0064 (n=5, 95% t)"
     assert "t interval" in describe(("ci", 95)) and "min-max" in describe(("ci", 95))

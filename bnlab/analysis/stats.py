@@ -21,7 +21,7 @@ The output has the group keys, then ``mean``, ``lo``, ``hi``, ``n`` (finite valu
 the group), ``method`` (``t``, ``min-max``, ``sd``, ``se``, ``pi`` or ``none``) and
 ``level`` (the interval's percent for ``t`` and ``pi``, else NaN).
 :func:`format_interval` writes one row for a README table:
-``0.869 ± 0.004 (n=5, 95% t)`` or ``0.86 [0.85, 0.87] (n=3, min-max)``.
+``0.8690 ± 0.0040 (n=5, 95% t)`` or ``0.860 [0.850, 0.870] (n=3, min-max)``.
 
 Non-finite values (a diverged run's NaN) are left out and do not count in ``n``.
 Pure pandas and scipy; imports nothing of bnlab.
@@ -131,9 +131,9 @@ def aggregate(
 def format_interval(row: Mapping[str, Any] | pd.Series, *, unit: str = "") -> str:
     """One aggregated row (:func:`aggregate`) as text for a table.
 
-    ``0.869 ± 0.004 (n=5, 95% t)`` for a symmetric interval (t, sd, se),
-    ``0.86 [0.85, 0.87] (n=3, min-max)`` otherwise, ``0.869 (n=1)`` for one value.
-    Decimals follow the interval: one significant digit of its half-width.
+    ``0.8690 ± 0.0040 (n=5, 95% t)`` for a symmetric interval (t, sd, se),
+    ``0.860 [0.850, 0.870] (n=3, min-max)`` otherwise, ``0.869 (n=1)`` for one value.
+    Decimals follow the interval: two significant digits of its half-width.
     """
     mean, lo, hi = (float(row[k]) for k in ("mean", "lo", "hi"))
     n, method = int(row["n"]), str(row["method"])
@@ -184,10 +184,11 @@ def _finite(x: Any) -> bool:
 
 
 def _decimals(spread: float, mean: float) -> int:
-    """Decimals that show ``spread`` to one significant digit (3 significant of ``mean``
-    when the spread is 0)."""
+    """Decimals that show ``spread`` to two significant digits (one digit understates
+    some half-widths by up to 25%: 0.25 as 0.2); 3 significant of ``mean`` when the
+    spread is 0."""
     if spread > 0 and math.isfinite(spread):
-        return int(min(10, max(0, -math.floor(math.log10(spread)))))
+        return int(min(10, max(0, 1 - math.floor(math.log10(spread)))))
     if mean == 0:
         return 3
     return int(min(10, max(0, 2 - math.floor(math.log10(abs(mean))))))

@@ -20,7 +20,10 @@ A run directory (Hydra's output dir) holds:
   ``stage1/block1/norm1`` for models found by interception), ``site`` (str: ``prenorm``,
   ``pre``, ``post`` for the built-ins; ``in``, ``out`` for the others; see
   :mod:`bnlab.models`; a site name ``a/b/c`` is layer ``a/b``, site ``c``), ``unit`` (int64: -1 = pooled over
-  every unit and example of the probe batch; j >= 0 = unit/feature map j alone),
+  every unit and example of the probe batch; j >= 0 = unit/feature map j alone; at conv
+  sites the percentiles, pooled and per unit, are over ``probe.sample`` fixed positions,
+  not every value, the means and stds over every value: README, "What a run writes",
+  gives the measured error),
   ``stat`` (str: ``mean``, ``std``, ``p15``, ``p50``, ``p85``... per
   ``probe.percentiles``; ``dead_fraction``, unit -1, at the sites an activation
   produces: the fraction of units exactly 0 for every example and position of the

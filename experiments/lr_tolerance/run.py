@@ -82,11 +82,33 @@ def geo(values: np.ndarray) -> tuple[float, float, float, int]:
 
 
 def geo_text(values) -> str:
-    m, lo, hi, n = geo(values)
+    v = np.asarray(list(values), dtype=float)
+    zeros = int((v == 0).sum())
+    m, lo, hi, n = geo(v)
+    note = f"; {zeros} exactly 0, left out" if zeros else ""
     if n == 0:
-        return "n/a"
+        return f"n/a{note}"
     how = "95% t on logs" if n >= 5 else "min-max"
-    return f"{m:.3g} [{lo:.3g}, {hi:.3g}] (n={n}, {how})"
+    return f"{m:.3g} [{lo:.3g}, {hi:.3g}] (n={n}, {how}{note})"
+
+
+def band_note(stats: list[tuple[float, float, float, int]], rows: int) -> str:
+    """What a depth line's band is, with the n it was computed from: a std of exactly 0
+    (a silent layer) has no logarithm, so it is left out of the geometric mean, and
+    fewer than 5 values give the min-max range instead of the t interval."""
+    ns = [s[3] for s in stats]
+    if min(ns) == max(ns) == rows and rows >= 5:
+        return f"n={rows}, 95% t on logs"
+    return (f"n={min(ns)}-{max(ns)} of {rows}: 95% t on logs where n>=5, else min-max; "
+            "stds of 0 left out")  # fmt: skip
+
+
+def mark_n(ax, x, stats, rows: int, color) -> None:
+    """Write n beside every point computed from fewer than ``rows`` values."""
+    for xi, s in zip(x, stats, strict=True):
+        if s[3] < rows and np.isfinite(s[0]):
+            ax.annotate(f"n={s[3]}", (xi, s[0]), fontsize=5.5, color=color,
+                        xytext=(2, 2), textcoords="offset points")  # fmt: skip
 
 
 def post_std(acts: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +120,8 @@ def post_std(acts: pd.DataFrame) -> pd.DataFrame:
 
 def early_figure(w: pd.DataFrame, total: int, title: str) -> Figure:
     """std of every layer's output vs depth at the first steps: a panel per norm x lr;
-    per step the geometric mean over the seeds still finite, 95% band on the logs."""
+    per step the geometric mean over the seeds still finite (the band and its n in the
+    legend, n beside every point that has fewer)."""
     norms = [n for n in NORMS if n in set(w["norm"])]
     lrs = sorted(w["optimizer.lr"].unique())
     layers = layer_order(c for c in w.columns if str(c).startswith("layer"))
@@ -120,7 +143,8 @@ def early_figure(w: pd.DataFrame, total: int, title: str) -> Figure:
                 stats = [geo(at[:, k]) for k in range(len(layers))]
                 c = cmap(min(t, total) / max(total, 1) * 0.9)
                 ax.plot(x, [s[0] for s in stats], marker="o", ms=3, color=c,
-                        label=f"step {t} (n={len(at)})")  # fmt: skip
+                        label=f"step {t} ({band_note(stats, len(at))})")  # fmt: skip
+                mark_n(ax, x, stats, len(at), c)
                 ax.fill_between(x, [s[1] for s in stats], [s[2] for s in stats], color=c,
                                 alpha=0.15, lw=0)  # fmt: skip
             gone = int((last < total).sum())
@@ -144,7 +168,7 @@ def early_figure(w: pd.DataFrame, total: int, title: str) -> Figure:
 
 def depth_figure(prof: pd.DataFrame, title: str) -> Figure:
     """std vs depth at the last probe of the runs that finished: a panel per norm, a
-    line per lr (geometric mean over seeds, 95% band on the logs)."""
+    line per lr (geometric mean over seeds; the band and its n in the legend)."""
     layers = layer_order(c for c in prof.columns if str(c).startswith("layer"))
     norms = [n for n in NORMS if n in set(prof["norm"])]
     fig = Figure(figsize=(4.2 * len(norms), 3.8), layout="constrained", dpi=plot.DPI)
@@ -161,7 +185,8 @@ def depth_figure(prof: pd.DataFrame, title: str) -> Figure:
             stats = [geo(sub[lay].to_numpy()) for lay in layers]
             c = cmap(lrs.index(lr) / max(len(lrs) - 1, 1))
             ax.plot(x, [s[0] for s in stats], marker="o", ms=3, color=c,
-                    label=f"lr {lr:g} (n={len(sub)})")  # fmt: skip
+                    label=f"lr {lr:g} ({band_note(stats, len(sub))})")  # fmt: skip
+            mark_n(ax, x, stats, len(sub), c)
             ax.fill_between(x, [s[1] for s in stats], [s[2] for s in stats], color=c, alpha=0.15,
                             lw=0)  # fmt: skip
         ax.set_yscale("log")
@@ -195,7 +220,7 @@ def main() -> None:
     prof["finished"] = prof["run"].map(r.set_index("run")["status"].eq("finished"))
     fig = depth_figure(
         prof, f"std of each hidden layer's output at the end, runs that did not diverge; "
-        f"geometric mean over seeds, 95% band ({where})",
+        f"geometric mean over seeds; band: 95% t on logs (min-max where n<5) ({where})",
     )  # fmt: skip
     common.save(fig, args, "depth_std.png")
     layers = layer_order(c for c in prof.columns if str(c).startswith("layer"))
@@ -206,7 +231,7 @@ def main() -> None:
     fig = early_figure(
         ew, n_early, f"the first {n_early} steps at large lr, probed every step: std of each "
         f"hidden layer's output vs depth,\ngeometric mean over the seeds still finite at that "
-        f"step, 95% band (same net and data)",
+        f"step; band: 95% t on logs, min-max where n<5, n in the legend (same net and data)",
     )  # fmt: skip
     common.save(fig, args, "depth_std_early.png")
     last = ew[ew["step"] == ew.groupby("run")["step"].transform("max")].copy()
