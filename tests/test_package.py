@@ -91,7 +91,7 @@ def test_help_lists_the_groups(tmp_path):
     lines = res.stdout.splitlines()
     assert "logger: csv, mlflow, tensorboard, wandb" in lines
     assert "model: cnn, mlp, own, resnet, vgg" in lines  # no preset schemas listed as models
-    assert any(line.startswith("norm: bn, ") for line in lines)
+    assert any(line.startswith("norm: batch_renorm, bn, ") for line in lines)
     assert len(lines) < 30
 
 

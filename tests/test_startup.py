@@ -26,7 +26,7 @@ def test_help_is_hydras_text_without_composing_or_jax():
     )
     assert hydra.returncode == 0, hydra.stderr
     assert fast.stdout.replace("python -c", "bnlab-train") == hydra.stdout
-    assert "norm: bn, bn_ghost" in fast.stdout
+    assert "norm: batch_renorm, bn, bn_ghost" in fast.stdout
 
 
 def test_tab_completion_does_not_import_jax():
