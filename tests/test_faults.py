@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from trainer import QUICK, ROOT, cli, tables, train
+from trainer import QUICK, ROOT, as_if_killed, cli, tables, train
 
 from bnlab.errors import UserError
 from bnlab.record import tables as record
@@ -242,9 +242,7 @@ def test_resume_dir_continues_a_run_started_with_resume_disabled(finished, tmp_p
     run = tmp_path / "run"
     over = [*INTEGRITY, "resume.enabled=false"]
     train(over, run, over)
-    s = json.loads((run / record.SUMMARY).read_text())
-    (run / record.SUMMARY).write_text(json.dumps({**s, "status": "running"}))
-    shutil.rmtree(run / record.CHECKPOINTS / "300")  # killed after its checkpoint at 200
+    as_if_killed(run, drop_checkpoint=300)  # killed after its checkpoint at 200
     args = expand([f"resume={run}"])
     assert args[-1].startswith("hydra.run.dir=") and "resume.enabled=true" in args
     assert "resume.enabled=false" not in args  # the saved start-over is not replayed

@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -25,7 +24,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from trainer import COMPILE_CACHE, QUICK, tables, train
+from trainer import COMPILE_CACHE, QUICK, as_if_killed, tables, train
 
 from bnlab.record import tables as record
 
@@ -49,9 +48,7 @@ def run(tmp_path_factory) -> Path:
     over = [*BASE, "logger=[tensorboard,csv,mlflow,wandb]", "checkpoint_every=100",
             f"logger.mlflow.tracking_uri=sqlite:///{root}/mlflow.db"]  # fmt: skip
     train(over, run)
-    shutil.rmtree(run / record.CHECKPOINTS / "200")  # as if killed after step 100
-    s = json.loads((run / record.SUMMARY).read_text())
-    (run / record.SUMMARY).write_text(json.dumps({**s, "status": "running"}))
+    as_if_killed(run, drop_checkpoint=200)  # as if killed after step 100
     train(over, run)
     return run
 

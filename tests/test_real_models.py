@@ -4,8 +4,6 @@ variable carried and checkpointed, partials and factory functions; one-line erro
 
 from __future__ import annotations
 
-import json
-import shutil
 from functools import partial
 
 import jax
@@ -13,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from trainer import COMPILE_CACHE, QUICK, ROOT, cli, engine_for, tables, train
+from trainer import COMPILE_CACHE, QUICK, ROOT, as_if_killed, cli, engine_for, tables, train
 
 from bnlab.engine.step import unstack
 from bnlab.record import tables as record
@@ -78,9 +76,7 @@ def test_dropout_model_trains_and_resumes_exactly(tmp_path, target, record_prope
     record_property("summary", f"{target}, 100 steps: test accuracy {acc[100]:.3f}")
     assert acc[100] > 0.5
     for i in range(2):
-        shutil.rmtree(tmp_path / str(i) / record.CHECKPOINTS / "100")
-        s = json.loads((tmp_path / str(i) / record.SUMMARY).read_text())
-        (tmp_path / str(i) / record.SUMMARY).write_text(json.dumps({**s, "status": "running"}))
+        as_if_killed(tmp_path / str(i), drop_checkpoint=100)
     train(over, tmp_path)
     for i in range(2):
         again = tables(tmp_path / str(i))

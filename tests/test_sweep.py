@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import jax
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-from trainer import COMPILE_CACHE, CONFIGS, QUICK, cli, tables, train
+from trainer import COMPILE_CACHE, CONFIGS, QUICK, as_if_killed, cli, tables, train
 
 from bnlab.analysis import report
 from bnlab.analysis.runs import load_sweep
@@ -97,9 +96,7 @@ def test_one_axis_sweep_equals_single_runs_and_resumes(tmp_path, single, axis):
 
     # as if killed after the checkpoint at step 100: the last checkpoint is gone
     for i in range(2):
-        shutil.rmtree(tmp_path / str(i) / record.CHECKPOINTS / "200")
-        s = json.loads((tmp_path / str(i) / record.SUMMARY).read_text())
-        (tmp_path / str(i) / record.SUMMARY).write_text(json.dumps({**s, "status": "running"}))
+        as_if_killed(tmp_path / str(i), drop_checkpoint=200)
     train(over, tmp_path)
     for i in range(2):
         again = tables(tmp_path / str(i))

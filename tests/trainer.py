@@ -56,6 +56,20 @@ def tables(run_dir: Path) -> dict[str, pd.DataFrame]:
     }
 
 
+def as_if_killed(run_dir: Path, drop_checkpoint: int | None = None) -> None:
+    """Make a finished record look interrupted: its summary says ``running``, and
+    ``drop_checkpoint`` (a step), if given, is gone, as if killed before writing it."""
+    import json
+    import shutil
+
+    from bnlab.record import tables as record
+
+    if drop_checkpoint is not None:
+        shutil.rmtree(run_dir / record.CHECKPOINTS / str(drop_checkpoint))
+    s = json.loads((run_dir / record.SUMMARY).read_text())
+    (run_dir / record.SUMMARY).write_text(json.dumps({**s, "status": "running"}))
+
+
 def train(overrides: list[str], run_dir: Path, cli_overrides: list[str] | None = None) -> list:
     """Train in this process (``bnlab.run.driver.train_and_evaluate``); one summary per member."""
     from bnlab.run.driver import train_and_evaluate
