@@ -112,6 +112,8 @@ def bare_rate(ds, steps: int, bias: bool = False, chunk: int = 1000) -> float:
 
     def indices(t0: int) -> jax.Array:
         e0 = t0 // spe
+        for e in [e for e in orders if e < e0]:  # done with: let it go
+            del orders[e]
         for e in (e0, e0 + 1):
             if e not in orders:
                 orders[e] = order(e)
