@@ -216,3 +216,15 @@ def test_bad_configuration_is_a_clear_error():
         MLP(norm_position="middle").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="NHWC"):
         CNN().init(jax.random.key(0), jnp.ones((2, 64)))
+
+
+@pytest.mark.parametrize(("init_std", "variance"), [(None, 1.0), ("he", 2.0), (0.1, None)])
+def test_init_std_draws_lecun_he_or_a_fixed_gaussian(init_std, variance):
+    """``init_std``: None is LeCun normal (variance 1/fan-in), ``"he"`` He normal (2/fan-in,
+    for ReLU nets), a number a fixed N(0, std^2), in every layer (the ReLU MLP of the atlas)."""
+    params = _init(MLP(features=(400, 400), init_std=init_std), jnp.ones((2, 784)))["params"]
+    for path, k in jax.tree_util.tree_leaves_with_path(params):
+        if k.ndim != 2:
+            continue
+        want = 0.01 if variance is None else variance / k.shape[0]
+        assert float(jnp.var(k)) == pytest.approx(want, rel=0.05), jax.tree_util.keystr(path)

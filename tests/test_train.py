@@ -205,6 +205,7 @@ OUT_OF_RANGE = [
     (["probe.sharpness_every=50", "probe.sharpness_batches=26"], "probe.sharpness_batches=26 "
      "batches of batch_size=60 need 1560 training examples, more than the 1500"),
     (["probe.sharpness_iters=0"], "probe.sharpness_iters=0 must be a positive integer"),
+    (["model.init_std=kaiming"], "model.init_std=kaiming must be a std > 0, he (He normal)"),
     (["+misspelled.key=1"], "misspelled.key is not a bnlab setting"),  # accepted
     (["+probe.evry=10"], "probe.evry is not a bnlab setting"),
     (["sweep.lr=[0.1,0.2]", "optimizer.lr=0.3"], "optimizer.lr has no effect beside sweep.lr"),

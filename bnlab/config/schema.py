@@ -68,7 +68,7 @@ class MLPConfig:
     features: list[int] = MISSING
     activation: Any = MISSING  # a name (relu, gelu, silu, tanh, sigmoid, linear) or {_target_: fn}
     norm_position: NormPosition = MISSING
-    init_std: float | None = MISSING
+    init_std: Any = MISSING  # a std > 0, he (He normal), or null (LeCun normal)
     use_bias: bool = MISSING
 
 

@@ -228,8 +228,11 @@ def _check_preset(name: str | None, m: dict) -> None:
             if not m["channels"]:
                 raise UserError("model=cnn needs model.channels, e.g. [32,64]")
             _positive_ints("channels", m["channels"])
-        if m["init_std"] is not None and not m["init_std"] > 0:
-            raise UserError(f"model.init_std={m['init_std']} must be > 0 (or null: LeCun)")
+        std = m["init_std"]
+        if std not in (None, "he") and not (isinstance(std, (int, float)) and std > 0):
+            raise UserError(
+                f"model.init_std={std} must be a std > 0, he (He normal) or null (LeCun normal)"
+            )
     elif name == "vgg":
         if not m["stages"] or not all(m["stages"]):
             raise UserError(

@@ -45,9 +45,15 @@ def flat_init(init: Callable) -> Callable:
     return draw
 
 
-def kernel_init(init_std: float | None) -> Callable:
-    """Gaussian N(0, init_std^2) weights, or LeCun normal when ``init_std`` is None."""
-    init = nn.initializers.lecun_normal() if init_std is None else nn.initializers.normal(init_std)
+def kernel_init(init_std: float | str | None) -> Callable:
+    """Gaussian N(0, init_std^2) weights; ``"he"``: He normal (variance 2/fan-in, for ReLU
+    nets); None: LeCun normal (variance 1/fan-in)."""
+    if init_std is None:
+        init = nn.initializers.lecun_normal()
+    elif init_std == "he":
+        init = nn.initializers.he_normal()
+    else:
+        init = nn.initializers.normal(init_std)
     return flat_init(init)
 
 
@@ -105,7 +111,7 @@ class MLP(nn.Module):
     activation: str | Callable = "sigmoid"
     norm: Callable[..., nn.Module] = NoNorm
     norm_position: str = "before"
-    init_std: float | None = None
+    init_std: float | str | None = None
     use_bias: bool = True
 
     @nn.compact
@@ -127,7 +133,7 @@ class CNN(nn.Module):
     activation: str | Callable = "relu"
     norm: Callable[..., nn.Module] = NoNorm
     norm_position: str = "before"
-    init_std: float | None = None
+    init_std: float | str | None = None
     use_bias: bool = True
 
     @nn.compact
