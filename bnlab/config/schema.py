@@ -328,3 +328,16 @@ def model_dict(node: Any) -> dict[str, Any]:
 def to_yaml_dict(cfg: TrainConfig) -> DictConfig:
     """The config as OmegaConf would save it (choices as their names)."""
     return OmegaConf.structured(cfg)
+
+
+def dotted(tree: Any, *, index_lists: bool = False, prefix: str = "") -> dict[str, Any]:
+    """A plain config tree as ``{"a.b.c": leaf}``; with ``index_lists`` a list's items
+    are leaves too (``"a.b[0]"``), else a list is one leaf."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out |= dotted(v, index_lists=index_lists, prefix=f"{prefix}{k}.")
+        return out
+    if index_lists and isinstance(tree, list):
+        return {f"{prefix[:-1]}[{i}]": v for i, v in enumerate(tree)}
+    return {prefix[:-1]: tree}

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from bnlab.config.scale import resolve
-from bnlab.config.schema import TrainConfig
+from bnlab.config.schema import TrainConfig, dotted
 from bnlab.errors import UserError, say
 
 
@@ -208,17 +208,6 @@ def objective(name: str, classes: bool, validation: bool) -> str:
 SEED_MAX = 2**31 - 1  # jax.random.key takes int32 seeds
 
 
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out |= _leaves(v, f"{prefix}{k}.")
-        return out
-    if isinstance(tree, list):
-        return {f"{prefix[:-1]}[{i}]": v for i, v in enumerate(tree)}
-    return {prefix[:-1]: tree}
-
-
 def _ranges(cfg: TrainConfig) -> None:
     """Values checked against what the run will do: every number finite, seeds in
     range, lists that must hold something, intervals that fall within ``steps``."""
@@ -226,7 +215,7 @@ def _ranges(cfg: TrainConfig) -> None:
 
     from bnlab.config.schema import to_yaml_dict
 
-    for key, v in _leaves(OmegaConf.to_container(to_yaml_dict(cfg))).items():
+    for key, v in dotted(OmegaConf.to_container(to_yaml_dict(cfg)), index_lists=True).items():
         if isinstance(v, float) and not math.isfinite(v):
             raise UserError(f"{key}={v} must be a finite number")
     p = cfg.probe
@@ -265,8 +254,8 @@ def check_unknown(composed: Any, typed_cfg: TrainConfig) -> None:
     given = OmegaConf.to_container(composed, resolve=False)
     given.pop("hydra", None)
     given.pop("model", None)  # a model's arguments: checked against its class (check_model)
-    kept = set(_leaves(OmegaConf.to_container(to_yaml_dict(typed_cfg))))
-    for key in _leaves(given):
+    kept = set(dotted(OmegaConf.to_container(to_yaml_dict(typed_cfg)), index_lists=True))
+    for key in dotted(given, index_lists=True):
         base = key.split("[", 1)[0]
         if base not in kept and not any(k.startswith(base + "[") for k in kept):
             raise UserError(

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bnlab.config import TrainConfig, to_yaml_dict
+from bnlab.config import TrainConfig, dotted, to_yaml_dict
 from bnlab.errors import UserError, say
 from bnlab.record.checkpoint import REPLACED, Checkpoints
 from bnlab.record.tables import CHECKPOINTS, COLUMNS, SUMMARY
@@ -100,15 +100,6 @@ def saved_config_path(cfg: TrainConfig, workdir: Path) -> Path:
     return workdir / (HIDDEN_HYDRA if cfg.is_sweep else ".hydra") / "config.yaml"
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out |= _flat(v, f"{prefix}{k}.")
-        return out
-    return {prefix[:-1]: tree}
-
-
 def _free(key: str, cfg: TrainConfig) -> bool:
     if key == "steps":  # more steps continue the same run, unless the schedule spans them
         return cfg.optimizer.schedule != "cosine"
@@ -143,7 +134,7 @@ def check_saved_config(cfg: TrainConfig, workdir: Path) -> None:
             "hydra.run.dir"
         ) from None
     now = OmegaConf.to_container(to_yaml_dict(cfg))
-    a, b = _flat(saved), _flat(now)
+    a, b = dotted(saved), dotted(now)
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not _free(k, cfg)]
     if diff:
         shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
