@@ -18,7 +18,9 @@ not the number of matching rows or the interval is not a t interval). Options:
 rows where COL is VALUE), ``@maxlr=COL>X`` (the largest lr at which every matching row
 has COL > X), ``@bestlr`` (the lr with the highest mean of the column, a diverged run
 counting 0: the lr chosen on validation), ``@max`` (the largest value), ``@absmax`` (the largest |value|), ``@mean`` (the mean alone, 2 significant digits), ``@value`` (one row's
-value, 2 significant digits). In a draft, ``{{spec}}`` is turned into a marked quote by the rewrite.
+value, 2 significant digits), ``@effect`` (one row of a table with ``effect``, ``lo``,
+``hi``: the atlas's verdicts, which ``tests/test_atlas.py`` recomputes from its per-seed
+table), ``@verdict`` (that row's verdict word). In a draft, ``{{spec}}`` is turned into a marked quote by the rewrite.
 
 Every verdict rests on checks that the tables must pass::
 
@@ -57,6 +59,8 @@ TABLES = {
     "lrtol_early": EXP / "lr_tolerance" / "summary_early.csv",
     "depth": EXP / "bjorck2018_depth" / "depth.csv",
     "record": EXP / "sampling" / "sampling.csv",
+    "atlas": EXP / "atlas" / "report" / "cpu" / "per_seed.csv",
+    "atlas_verdicts": EXP / "atlas" / "report" / "cpu" / "verdicts.csv",
 }
 FILES = [ROOT / "README.md", *sorted(EXP.glob("*/README.md"))]
 Q = re.compile(r"<!--q (?P<spec>.*?)-->(?P<text>.*?)<!--/q-->", re.S)
@@ -148,6 +152,13 @@ def quote(spec: str) -> str:
             return f"{pd.to_numeric(df[col], errors='coerce').abs().max():.2g}"
         if o == "@mean":  # the mean alone, 2 significant digits (rounding-level values)
             return f"{pd.to_numeric(df[col], errors='coerce').mean():.2g}"
+        if o in ("@effect", "@verdict"):  # one row of the atlas's verdicts table
+            if len(df) != 1:
+                raise Stale(f"{spec}: {o} needs exactly one row, found {len(df)}")
+            r = df.iloc[0]
+            if o == "@verdict":
+                return str(r["verdict"])
+            return f"{_g(r['effect'])} [{_g(r['lo'])}, {_g(r['hi'])}]"
         if o == "@value":
             v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
             if len(v) != 1:
@@ -228,10 +239,11 @@ def problems(path: Path) -> list[str]:
 
 def unsourced(path: Path) -> list[str]:
     """Intervals (``±`` or ``[lo, hi]`` after a number) outside ``<!--q-->`` markers and
-    code blocks, in an experiment README or the README's Findings section."""
+    code blocks, in an experiment README or the README's Findings and atlas sections."""
     text = path.read_text()
     if path == ROOT / "README.md":
-        text = text.split("## Findings", 1)[1].split("\n## ", 1)[0]
+        text = "\n".join(text.split(f"## {h}", 1)[1].split("\n## ", 1)[0]
+                         for h in ("Findings", "The atlas"))  # fmt: skip
     text = re.sub(r"```.*?```", "", Q.sub("", text), flags=re.S)
     bad = re.compile(r"\d\s*±|\d \[[\d.,\s]+\]")
     return [f"{_name(path)}: unsourced interval in {ln.strip()[:90]!r}"

@@ -80,6 +80,27 @@ def test_verdicts_recompute_from_the_per_seed_table(tiny):
     )  # fmt: skip
 
 
+CPU = ROOT / "experiments" / "atlas" / "report" / "cpu"  # the committed CPU-scale atlas
+
+
+def test_the_committed_cpu_atlas_recomputes_from_its_per_seed_tables():
+    """Every verdict, effect and interval, every summary cell and every per-layer drift
+    cell of the committed CPU-scale report comes out of its committed per-seed tables."""
+    ps = pd.read_csv(CPU / "per_seed.csv")
+    assert len(ps) == 3 * 8 * 6 * 5  # models x normalizers x lrs x seeds
+    again, written = report.verdicts(ps), pd.read_csv(CPU / "verdicts.csv")
+    assert list(again["verdict"]) == list(written["verdict"])
+    pd.testing.assert_frame_equal(
+        again[["effect", "lo", "hi"]].astype(float), written[["effect", "lo", "hi"]],
+        rtol=1e-5, check_exact=False,
+    )  # fmt: skip
+    summ = pd.read_csv(CPU / "summary.csv").astype(str)
+    pd.testing.assert_frame_equal(report.summary(ps).astype(str), summ)
+    md = (CPU / "report.md").read_text()
+    for model, t in report.layer_tables(pd.read_csv(CPU / "per_layer.csv"), ps).items():
+        assert report._md_table(t) in md, model
+
+
 def _table(values: dict[tuple[str, float], list[float]], col: str) -> pd.DataFrame:
     """A per-seed table of one model where only ``col`` differs between norms and lrs."""
     rows = []
@@ -87,7 +108,8 @@ def _table(values: dict[tuple[str, float], list[float]], col: str) -> pd.DataFra
         for seed, v in enumerate(vs):
             rows.append(dict(model="m", norm=norm, lr=lr, seed=seed, status="finished",
                              val_accuracy=0.9, test_accuracy=0.9, steps_to_target=100.0,
-                             drift=1.0, grad_ics=1.0) | {col: v})  # fmt: skip
+                             drift=1.0, grad_ics=1.0, loss_range=1.0, grad_predictiveness=1.0,
+                             beta_smoothness=1.0, sharpness=1.0) | {col: v})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -107,3 +129,16 @@ def test_verdict_rules_on_a_hand_made_table(values, verdict):
     eff = report.verdicts(_table(values, "drift"))
     row = eff[eff["claim"] == "less input drift"].iloc[0]
     assert row["verdict"] == verdict and row["n"] == 5 and row["method"] == "t"
+
+
+def test_landscape_claims_compare_both_at_nones_best_lr():
+    """Sharpness scales with the lr: the claim compares BN and none at none's best lr
+    (0.1 here), not BN at its own best lr (1.0), where its sharpness is higher."""
+    t = _table({("none", 0.1): [5.0, 5.1, 5.2, 5.0, 5.1], ("bn", 0.1): [1.0, 1.1, 1.0, 1.2, 1.1],
+                ("none", 1.0): [5.0, 5.1, 5.2, 5.0, 5.1], ("bn", 1.0): [9.0, 9.1, 9.0, 9.2, 9.1]},
+               "sharpness")  # fmt: skip
+    t.loc[(t["norm"] == "none") & (t["lr"] == 1.0), "val_accuracy"] = 0.5  # none's best: 0.1
+    t.loc[(t["norm"] == "bn") & (t["lr"] == 0.1), "val_accuracy"] = 0.8  # bn's best: 1.0
+    row = report.verdicts(t).set_index("claim").loc["lower sharpness"]
+    assert row["at"] == "same" and row["effect"] == pytest.approx(-4.0, abs=0.01)
+    assert row["verdict"] == "depends on lr"  # lower at 0.1, higher at 1.0

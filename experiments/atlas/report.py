@@ -16,14 +16,27 @@ verdicts from the committed ``per_seed.csv``. Definitions (also written into the
   of ``grad_diff_rel``, ||G - G'|| / ||G||, G' the layer's gradient after the earlier
   layers' update;
 - ``loss_range``, ``grad_predictiveness``, ``beta_smoothness``: Santurkar et al.'s
-  loss-landscape measures along the gradient (bnlab's ``probe.ics_every`` probes), the
-  median over probes; reported, not judged;
+  three loss-landscape measures along the gradient (Fig. 4: the loss's variation, the
+  gradient's l2 change, the effective beta-smoothness; bnlab's ``probe.ics_every``
+  probes at ``probe.landscape_steps`` multiples of the lr-scaled step), the median over
+  probes;
+- ``sharpness``: the top eigenvalue of the training loss's Hessian at the last step
+  (``probe.sharpness_every``); ``sharpness_x_lr`` = sharpness x lr / 2, i.e. sharpness
+  over 2/lr (1 = the edge of stability of gradient descent, Cohen et al. 2021);
+- ``effective_lr``: lr / ||W||^2 of the scale-invariant layers (a weight followed by a
+  normalizer: Arora et al. 2019), the median over those layers at the last probe (NaN
+  for ``none``, which has none); ``dead_fraction``: the mean over the activation sites
+  of the fraction of units that are 0 on the whole probe batch at the last probe;
+  reported, not judged;
 - ``lr_width``: per seed, log10 of the widest lr range (lo, hi of the grid) whose
   accuracy is within ``TOLERANCE`` of the normalizer's best mean accuracy (decades).
 
 Each claim is an effect of a normalizer against ``none`` on the same architecture:
-the paired (same seed) difference at each side's best lr (on validation), with the
-95% interval of :func:`bnlab.analysis.stats.aggregate` (t for n >= 5, min-max below).
+the paired (same seed) difference, with the 95% interval of
+:func:`bnlab.analysis.stats.aggregate` (t for n >= 5, min-max below). Claims about
+training (``at best``) compare each side at its own best lr (on validation); claims
+about the landscape (``at none's lr``), whose measures scale with the lr, compare both
+at none's best lr, as Santurkar et al. compared networks at one lr.
 Verdict: ``holds`` when that interval lies on the claimed side of 0; ``depends on lr``
 when, over the lrs both share, the per-lr intervals exclude 0 on both sides; else
 ``differs`` (``n/a`` where no seed of both has a value, e.g. every run diverged).
@@ -44,7 +57,8 @@ from bnlab.analysis.stats import aggregate, format_interval
 
 TOLERANCE = 0.02  # accuracy within this of the best mean counts as reaching it
 KEYS = ["model", "norm", "lr", "seed"]
-# claim -> (per-seed column, claimed sign of normalizer - none, words, source)
+# claim -> (per-seed column, claimed sign of normalizer - none, words, source, where:
+# "best" = each side at its own best lr, "same" = both at none's best lr)
 CLAIMS = {
     "faster": ("steps_to_target", -1, "reaches the target accuracy in fewer steps",
                "Ioffe & Szegedy 2015, Fig. 1(a)"),
@@ -55,15 +69,27 @@ CLAIMS = {
     "less input drift": ("drift", -1, "lets its layers' inputs drift less (scale-free)",
                          "Ioffe & Szegedy 2015, Fig. 1(b,c)"),
     "less gradient-ICS": ("grad_ics", -1, "has lower gradient-ICS", "tested by Santurkar et al. 2018"),
+    "smoother loss": ("loss_range", -1, "has a smaller loss variation along the gradient (Lipschitzness)",
+                      "Santurkar et al. 2018, Fig. 4a", "same"),
+    "more predictive gradient": ("grad_predictiveness", -1, "has a gradient that changes less along the gradient",
+                                 "Santurkar et al. 2018, Fig. 4b", "same"),
+    "smaller beta-smoothness": ("beta_smoothness", -1, "has a smaller effective beta-smoothness",
+                                "Santurkar et al. 2018, Fig. 4c", "same"),
+    "lower sharpness": ("sharpness", -1, "has a smaller top Hessian eigenvalue at the end",
+                        "Lyu et al. 2022; Cohen et al. 2021", "same"),
 }  # fmt: skip
+CLAIMS = {c: (*v, "best") if len(v) == 4 else v for c, v in CLAIMS.items()}
 SMOOTHNESS = ("loss_range", "grad_predictiveness", "beta_smoothness")
-PER_LR = ("steps_to_target", "val_accuracy", "drift", "grad_ics")
+DIAGNOSTICS = ("sharpness", "sharpness_x_lr", "effective_lr", "dead_fraction")
+PER_LR = ("steps_to_target", "val_accuracy", "drift", "grad_ics", *SMOOTHNESS, "sharpness")
 
 
 # --------------------------------------------------------------------------- per seed
 
 
-def _drift(acts: pd.DataFrame) -> pd.Series:
+def _site_drift(acts: pd.DataFrame) -> pd.Series:
+    """Per (run, layer, site): |median shift| from step 0 to the last probe over the
+    p15-p85 width at the last probe, at the nonlinearities' inputs."""
     a = acts[acts["unit"] == -1]
     site = a["site"].astype(str)
     path = a["layer"].astype(str) + "/" + site
@@ -75,7 +101,35 @@ def _drift(acts: pd.DataFrame) -> pd.Series:
     g = w.groupby(["run", "layer", "site"])
     first, last = g.first(), g.last()
     per_site = (last["p50"] - first["p50"]).abs() / (last["p85"] - last["p15"])
-    return per_site.replace([np.inf, -np.inf], np.nan).groupby("run").median()
+    return per_site.replace([np.inf, -np.inf], np.nan)
+
+
+def per_layer(sweep) -> pd.DataFrame:
+    """One row per run x site: model, norm, lr, seed, site (``layer/site``) and its
+    scale-free input drift (the per-layer view of ``per_seed``'s ``drift``)."""
+    r = sweep.runs.set_index("run")
+    d = _site_drift(sweep.activations).rename("drift").reset_index()
+    d = d[d["run"].isin(r.index[~r["status"].eq("diverged")])]
+    out = pd.DataFrame({
+        "model": d["run"].map(r["atlas_model"]), "norm": d["run"].map(r["norm"]),
+        "lr": pd.to_numeric(d["run"].map(r["optimizer.lr"])),
+        "seed": d["run"].map(r["seed"]).astype(int), "site": d["layer"] + "/" + d["site"],
+        "drift": d["drift"],
+    })  # fmt: skip
+    return out.sort_values([*KEYS, "site"]).reset_index(drop=True)
+
+
+def _last_median(layers: pd.DataFrame, stat: str) -> pd.Series:
+    """Per run: the median over layers of ``stat`` at the run's last step that has it."""
+    rows = layers[layers["stat"] == stat]
+    last = rows.groupby("run")["step"].transform("max")
+    return rows[rows["step"] == last].groupby("run")["value"].median()
+
+
+def _last_mean(rows: pd.DataFrame) -> pd.Series:
+    """Per run: the mean of ``value`` over the rows at the run's last step."""
+    last = rows.groupby("run")["step"].transform("max")
+    return rows[rows["step"] == last].groupby("run")["value"].mean()
 
 
 def _steps_to_target(scalars: pd.DataFrame, runs: pd.DataFrame, target: float) -> pd.Series:
@@ -101,7 +155,7 @@ def per_seed(sweep, target: float) -> pd.DataFrame:
     out["val_accuracy"] = pd.to_numeric(r["final_val_accuracy"]).where(~div)
     out["test_accuracy"] = pd.to_numeric(r["final_test_accuracy"]).where(~div)
     out["steps_to_target"] = out["run"].map(_steps_to_target(sweep.scalars, r, target))
-    out["drift"] = out["run"].map(_drift(sweep.activations))
+    out["drift"] = out["run"].map(_site_drift(sweep.activations).groupby("run").median())
     ics = sweep.ics
     ics = ics[(ics["stat"] == "grad_diff_rel") & (ics["layer"] != "all") & (ics["step"] > 0)]
     out["grad_ics"] = out["run"].map(ics.groupby("run")["value"].median())
@@ -109,6 +163,14 @@ def per_seed(sweep, target: float) -> pd.DataFrame:
     for stat in SMOOTHNESS:  # Santurkar et al.'s landscape measures, reported beside
         rows = land[land["stat"] == stat]
         out[stat] = out["run"].map(rows.groupby("run")["value"].median())
+    sc = sweep.scalars
+    sharp = sc[sc["name"] == "sharpness"].sort_values("step").groupby("run")["value"].last()
+    out["sharpness"] = out["run"].map(sharp).where(~div)
+    out["sharpness_x_lr"] = out["sharpness"] * out["lr"] / 2
+    out["effective_lr"] = out["run"].map(_last_median(sweep.layers, "effective_lr")).where(~div)
+    acts = sweep.activations
+    dead = acts[(acts["stat"] == "dead_fraction") & (acts["unit"] == -1)]
+    out["dead_fraction"] = out["run"].map(_last_mean(dead)).where(~div)
     out = out.drop(columns="run").sort_values(KEYS).reset_index(drop=True)
     out.attrs["target"] = target
     return out
@@ -159,6 +221,7 @@ def summary(ps: pd.DataFrame) -> pd.DataFrame:
             "drift",
             "grad_ics",
             *SMOOTHNESS,
+            *DIAGNOSTICS,
         ):
             row[col] = format_interval(aggregate(g, col).iloc[0])
         out.append(row)
@@ -184,16 +247,21 @@ def _sign(iv: pd.Series) -> int:
 def effects(ps: pd.DataFrame) -> pd.DataFrame:
     """Per model, normalizer (not none) and claim: the effect against none with its
     interval, the per-lr signs, and the verdict (module docstring)."""
-    best = at_best(ps)
+    best, lrs = at_best(ps), best_lr(ps)
     out = []
     for model in dict.fromkeys(ps["model"]):
         base = best[(best["model"] == model) & (best["norm"] == "none")]
         if not len(base):
             continue
+        at_none = ps[(ps["model"] == model) & (ps["lr"] == lrs[(model, "none")])]
         for norm in [n for n in dict.fromkeys(ps["norm"]) if n != "none"]:
             mine = best[(best["model"] == model) & (best["norm"] == norm)]
-            for claim, (col, sign, _, _) in CLAIMS.items():
-                iv = _interval(_paired(mine, base, col))
+            for claim, (col, sign, _, _, where) in CLAIMS.items():
+                if where == "same":
+                    a, b = at_none[at_none["norm"] == norm], at_none[at_none["norm"] == "none"]
+                else:
+                    a, b = mine, base
+                iv = _interval(_paired(a, b, col))
                 lr_signs = set()
                 if col in PER_LR:
                     for lr in sorted(set(ps["lr"])):
@@ -212,8 +280,9 @@ def effects(ps: pd.DataFrame) -> pd.DataFrame:
                     verdict = "holds"
                 else:
                     verdict = "differs"
-                out.append(dict(model=model, norm=norm, claim=claim, effect=iv["mean"],
-                                lo=iv["lo"], hi=iv["hi"], n=int(iv["n"]), method=iv["method"],
+                out.append(dict(model=model, norm=norm, claim=claim, column=col, at=where,
+                                effect=iv["mean"], lo=iv["lo"], hi=iv["hi"], n=int(iv["n"]),
+                                method=iv["method"],
                                 lr_signs=",".join(str(s) for s in sorted(lr_signs)),
                                 verdict=verdict))  # fmt: skip
     return pd.DataFrame(out)
@@ -226,19 +295,23 @@ def verdicts(ps: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- figure and pages
 
+_AT = {"best": "each at its best lr", "same": "both at none's best lr"}
 COLORS = {"holds": "#2a9d55", "differs": "#c0392b", "depends on lr": "#e08e0b", "n/a": "0.7"}
 
 
 def figure(eff: pd.DataFrame):
     """The overview: a grid of architectures x normalizers; in each cell every claim's
-    effect against none with its interval, scaled per claim to the largest |bound|
-    over the grid, coloured by verdict."""
+    effect against none with its interval, scaled per claim (80th percentile of |bound|
+    over the grid, clipped beyond), coloured by verdict."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     models, norms = list(dict.fromkeys(eff["model"])), list(dict.fromkeys(eff["norm"]))
     claims = list(CLAIMS)
-    scale = {c: max(eff.loc[eff["claim"] == c, ["lo", "hi"]].abs().max().max(), 1e-12)
+    # per claim, the 80th percentile of |bound| over the grid: one runaway cell (a
+    # normalizer that blew up) would otherwise flatten every other cell; beyond it, clipped
+    scale = {c: max(np.nanquantile(eff.loc[eff["claim"] == c, ["lo", "hi"]].abs().to_numpy(),
+                                   0.8), 1e-12) if (eff["claim"] == c).any() else 1.0
              for c in claims}  # fmt: skip
     fig = Figure(figsize=(2.0 * len(norms) + 1.6, 1.5 * len(models) + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
@@ -253,8 +326,13 @@ def figure(eff: pd.DataFrame):
                     continue
                 r, s = r.iloc[0], scale[c]
                 col = COLORS[r["verdict"]]
-                ax.plot([r["lo"] / s, r["hi"] / s], [k, k], color=col, lw=2)
-                ax.plot(r["effect"] / s, k, "o", color=col, ms=4)
+                lo, hi, mid = (
+                    float(np.clip(r[v] / s, -1.05, 1.05)) for v in ("lo", "hi", "effect")
+                )
+                ax.plot([lo, hi], [k, k], color=col, lw=2)
+                ax.plot(
+                    mid, k, ">" if mid >= 1.05 else "<" if mid <= -1.05 else "o", color=col, ms=4
+                )
             ax.set_xlim(-1.1, 1.1)
             ax.tick_params(labelsize=6, labelleft=j == 0)
             if i == 0:
@@ -264,8 +342,9 @@ def figure(eff: pd.DataFrame):
                 ax.set_ylabel(model, fontsize=8)
     axes[0, 0].set_yticks(range(len(claims)), claims, fontsize=7)
     axes[0, 0].set_ylim(len(claims) - 0.5, -0.5)
-    fig.suptitle("effect against none (scaled per claim; green holds, red differs, "
-                 "orange depends on lr)", fontsize=8)  # fmt: skip
+    fig.suptitle("effect against none (scaled per claim to the 80th percentile of its "
+                 "|bounds|, clipped beyond: triangles; green holds, red differs, orange "
+                 "depends on lr)", fontsize=8)  # fmt: skip
     return fig
 
 
@@ -289,8 +368,47 @@ def _verdict_table(eff: pd.DataFrame) -> pd.DataFrame:
     return t[[c for c in CLAIMS if c in t.columns]].reset_index()
 
 
-def write(ps: pd.DataFrame, out: Path, *, title: str, setup: str) -> dict[str, Path]:
-    """per_seed.csv, summary.csv, verdicts.csv, figures/atlas.png, report.md, report.html."""
+def where_it_holds(eff: pd.DataFrame) -> pd.DataFrame:
+    """Claims (rows) x architectures (columns): how many normalizers the claim holds for,
+    and which (the verdicts of :func:`effects`, read across the grid)."""
+    models = list(dict.fromkeys(eff["model"]))
+    rows = []
+    for claim in [c for c in CLAIMS if c in set(eff["claim"])]:
+        row = {"claim": claim}
+        for model in models:
+            e = eff[(eff["claim"] == claim) & (eff["model"] == model)]
+            ok = list(e.loc[e["verdict"] == "holds", "norm"])
+            row[model] = f"{len(ok)}/{len(e)}" + (f": {', '.join(ok)}" if ok else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def layer_tables(pl: pd.DataFrame, ps: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per model: each site's input drift (rows, in the network's order) under each
+    normalizer (columns) at that normalizer's best lr, mean with its 95% interval."""
+    b = best_lr(ps)
+    pl = pl[
+        pl["lr"] == [b.get((m, n), np.nan) for m, n in zip(pl["model"], pl["norm"], strict=True)]
+    ]
+    out = {}
+    for model, g in pl.groupby("model", sort=False):
+        agg = aggregate(g, "drift", ["site", "norm"])
+        agg["text"] = [_short(r) for _, r in agg.iterrows()]
+        t = agg.pivot(index="site", columns="norm", values="text")
+        norms = [n for n in dict.fromkeys(ps["norm"]) if n in t.columns]
+        out[model] = t.loc[list(dict.fromkeys(g["site"])), norms].reset_index()
+    return out
+
+
+def _short(r: pd.Series) -> str:
+    """``mean ± half-width`` without the (n, method) tail (the section says it once)."""
+    return format_interval(r).split(" (")[0]
+
+
+def write(ps: pd.DataFrame, out: Path, *, title: str, setup: str,
+          layers: pd.DataFrame | None = None) -> dict[str, Path]:  # fmt: skip
+    """per_seed.csv, per_layer.csv (with ``layers``), summary.csv, verdicts.csv,
+    figures/atlas.png, report.md, report.html."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     paths = {n: out / n for n in ("per_seed.csv", "summary.csv", "verdicts.csv", "report.md",
@@ -299,21 +417,33 @@ def write(ps: pd.DataFrame, out: Path, *, title: str, setup: str) -> dict[str, P
     target = ps.attrs.get("target", "n/a")
     ps.to_csv(paths["per_seed.csv"], index=False, float_format="%.6g")
     ps = pd.read_csv(paths["per_seed.csv"])  # everything below from the table as written
+    by_layer = {}
+    if layers is not None:
+        paths["per_layer.csv"] = out / "per_layer.csv"
+        layers.to_csv(paths["per_layer.csv"], index=False, float_format="%.6g")
+        by_layer = layer_tables(pd.read_csv(paths["per_layer.csv"]), ps)
+    drift_md = "".join(f"\n### {m}\n\n{_md_table(t)}\n" for m, t in by_layer.items())
+    drift_html = "".join(f"<h3>{html.escape(m)}</h3>" + t.to_html(index=False)
+                         for m, t in by_layer.items())  # fmt: skip
+    drift_head = ("## Input drift per layer (scale-free, at each normalizer's best lr; "
+                  "mean ± 95% t half-width over the seeds that did not diverge)\n")  # fmt: skip
     summ, eff = summary(ps), verdicts(ps)
     summ.to_csv(paths["summary.csv"], index=False)
     eff.to_csv(paths["verdicts.csv"], index=False, float_format="%.6g")
     fig = figure(eff)
     fig.savefig(paths["figure"], dpi=110)
-    claims = "\n".join(f"- **{c}**: the normalizer {w} than none ({src})"
-                       for c, (_, _, w, src) in CLAIMS.items())  # fmt: skip
+    claims = "\n".join(f"- **{c}**: the normalizer {w} than none ({src}; {_AT[at]})"
+                       for c, (_, _, w, src, at) in CLAIMS.items())  # fmt: skip
     doc = (__doc__ or "").split("\n\n", 1)[1]
     vt = _verdict_table(eff)
     md = [f"# {title}\n", setup + "\n", f"Target accuracy: {target}; "
           f"lr tolerance: within {TOLERANCE} of the best mean accuracy.\n", "## Claims\n",
           claims + "\n", "![overview](figures/atlas.png)\n", "## Per architecture and normalizer "
           "(at the best lr on validation)\n", _md_table(summ) + "\n",
+          "## Where each claim holds (normalizers for which the verdict is holds)\n",
+          _md_table(where_it_holds(eff)) + "\n",
           "## Verdicts (effect = normalizer - none, paired by seed)\n", _md_table(vt) + "\n",
-          "## Definitions\n", doc]  # fmt: skip
+          *([drift_head, drift_md] if by_layer else []), "## Definitions\n", doc]  # fmt: skip
     paths["report.md"].write_text("\n".join(md))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -324,10 +454,12 @@ def write(ps: pd.DataFrame, out: Path, *, title: str, setup: str) -> dict[str, P
             "padding:3px}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>{html.escape(setup)}</p><h2>Claims</h2><ul>"
             + "".join(f"<li><b>{html.escape(c)}</b>: the normalizer {html.escape(w)} than none "
-                      f"({html.escape(s)})</li>" for c, (_, _, w, s) in CLAIMS.items())
+                      f"({html.escape(s)}; {_AT[at]})</li>" for c, (_, _, w, s, at) in CLAIMS.items())
             + f"</ul><img alt='overview' src='data:image/png;base64,{img}'>"
             "<h2>Per architecture and normalizer</h2>" + summ.to_html(index=False)
+            + "<h2>Where each claim holds</h2>" + where_it_holds(eff).to_html(index=False)
             + "<h2>Verdicts</h2>" + vt.to_html(index=False)
+            + (f"<h2>{html.escape(drift_head[3:].strip())}</h2>" + drift_html if by_layer else "")
             + f"<h2>Definitions</h2><pre>{html.escape(doc)}</pre></body></html>")  # fmt: skip
     paths["report.html"].write_text(page)
     return paths
