@@ -17,6 +17,7 @@ See README.md.
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -92,15 +93,23 @@ def geo_text(values) -> str:
     return f"{m:.3g} [{lo:.3g}, {hi:.3g}] (n={n}, {how}{note})"
 
 
+# what every depth figure's band is, written once under the panels (BAND_NOTE) and, per
+# line, the n it was computed from (band_note)
+BAND_NOTE = ("Line: geometric mean over the seeds of each layer's std; band: 95% t interval "
+             "on the logs where n >= 5, the min-max range where n < 5 (*); a std of exactly 0 "
+             "(a silent layer) has no logarithm and is left out; n is written beside every "
+             "point computed from fewer values than the line's runs.")  # fmt: skip
+
+
 def band_note(stats: list[tuple[float, float, float, int]], rows: int) -> str:
-    """What a depth line's band is, with the n it was computed from: a std of exactly 0
-    (a silent layer) has no logarithm, so it is left out of the geometric mean, and
-    fewer than 5 values give the min-max range instead of the t interval."""
+    """The n a depth line's band was computed from: ``n=5``, or ``n=lo-hi of rows*`` where
+    some points have fewer values (stds of 0 left out; min-max below 5)."""
     ns = [s[3] for s in stats]
     if min(ns) == max(ns) == rows and rows >= 5:
-        return f"n={rows}, 95% t on logs"
-    return (f"n={min(ns)}-{max(ns)} of {rows}: 95% t on logs where n>=5, else min-max; "
-            "stds of 0 left out")  # fmt: skip
+        return f"n={rows}"
+    if min(ns) == max(ns):
+        return f"n={rows}*"
+    return f"n={min(ns)}-{max(ns)} of {rows}*"
 
 
 def mark_n(ax, x, stats, rows: int, color) -> None:
@@ -157,12 +166,14 @@ def early_figure(w: pd.DataFrame, total: int, title: str) -> Figure:
             ax.set_title(f"{norm}, lr {lr:g}\n({note})", fontsize=9)
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
+            below = -0.32 if i == len(norms) - 1 else -0.2  # under the x label on the last row
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, below), ncols=2)
             if i == len(norms) - 1:
                 ax.set_xlabel("hidden layer (depth)")
             if j == 0:
                 ax.set_ylabel("std of the layer's output")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 40 * len(lrs)), fontsize=9)
+    fig.supxlabel(textwrap.fill(BAND_NOTE, 45 * len(lrs)), fontsize=7)
     return fig
 
 
@@ -193,9 +204,10 @@ def depth_figure(prof: pd.DataFrame, title: str) -> Figure:
         ax.set_title(norm, fontsize=10)
         ax.set_xlabel("hidden layer (depth)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, ncols=2)
+        ax.legend(fontsize=6.5, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.24))
     axes[0].set_ylabel("std of the layer's output (probe batch)")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 150), fontsize=9)
+    fig.supxlabel(textwrap.fill(BAND_NOTE, 170), fontsize=7)
     return fig
 
 
