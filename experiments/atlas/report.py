@@ -104,32 +104,19 @@ def _site_drift(acts: pd.DataFrame) -> pd.Series:
     return per_site.replace([np.inf, -np.inf], np.nan)
 
 
-def per_layer(sweep) -> pd.DataFrame:
-    """One row per run x site: model, norm, lr, seed, site (``layer/site``) and its
-    scale-free input drift (the per-layer view of ``per_seed``'s ``drift``)."""
-    r = sweep.runs.set_index("run")
-    d = _site_drift(sweep.activations).rename("drift").reset_index()
-    d = d[d["run"].isin(r.index[~r["status"].eq("diverged")])]
-    out = pd.DataFrame({
-        "model": d["run"].map(r["atlas_model"]), "norm": d["run"].map(r["norm"]),
-        "lr": pd.to_numeric(d["run"].map(r["optimizer.lr"])),
-        "seed": d["run"].map(r["seed"]).astype(int), "site": d["layer"] + "/" + d["site"],
-        "drift": d["drift"],
+def _keys(runs: pd.DataFrame, run: pd.Series) -> pd.DataFrame:
+    """model, norm, lr, seed of each run id in ``run`` (``runs``: the sweep's runs by id)."""
+    return pd.DataFrame({
+        "model": run.map(runs["atlas_model"]), "norm": run.map(runs["norm"]),
+        "lr": pd.to_numeric(run.map(runs["optimizer.lr"])),
+        "seed": run.map(runs["seed"]).astype(int),
     })  # fmt: skip
-    return out.sort_values([*KEYS, "site"]).reset_index(drop=True)
 
 
-def _last_median(layers: pd.DataFrame, stat: str) -> pd.Series:
-    """Per run: the median over layers of ``stat`` at the run's last step that has it."""
-    rows = layers[layers["stat"] == stat]
+def _at_last_step(rows: pd.DataFrame, how: str) -> pd.Series:
+    """Per run: ``how`` (median, mean) of ``value`` over the rows at the run's last step."""
     last = rows.groupby("run")["step"].transform("max")
-    return rows[rows["step"] == last].groupby("run")["value"].median()
-
-
-def _last_mean(rows: pd.DataFrame) -> pd.Series:
-    """Per run: the mean of ``value`` over the rows at the run's last step."""
-    last = rows.groupby("run")["step"].transform("max")
-    return rows[rows["step"] == last].groupby("run")["value"].mean()
+    return rows[rows["step"] == last].groupby("run")["value"].agg(how)
 
 
 def _steps_to_target(scalars: pd.DataFrame, runs: pd.DataFrame, target: float) -> pd.Series:
@@ -143,34 +130,52 @@ def _steps_to_target(scalars: pd.DataFrame, runs: pd.DataFrame, target: float) -
     return out.fillna(steps + every)
 
 
-def per_seed(sweep, target: float) -> pd.DataFrame:
+def tables(sweep, target: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The report's two tables of a sweep: :func:`per_seed` and :func:`per_layer`, with
+    the per-site drift (one pivot of every activation row) computed once for both."""
+    sites = _site_drift(sweep.activations)
+    return per_seed(sweep, target, sites), per_layer(sweep, sites)
+
+
+def per_layer(sweep, sites: pd.Series | None = None) -> pd.DataFrame:
+    """One row per run x site: model, norm, lr, seed, site (``layer/site``) and its
+    scale-free input drift (the per-layer view of ``per_seed``'s ``drift``)."""
+    r = sweep.runs.set_index("run")
+    sites = _site_drift(sweep.activations) if sites is None else sites
+    d = sites.rename("drift").reset_index()
+    d = d[d["run"].isin(r.index[~r["status"].eq("diverged")])]
+    out = _keys(r, d["run"]).assign(site=d["layer"] + "/" + d["site"], drift=d["drift"])
+    return out.sort_values([*KEYS, "site"]).reset_index(drop=True)
+
+
+def per_seed(sweep, target: float, sites: pd.Series | None = None) -> pd.DataFrame:
     """One row per run: model, norm, lr, seed, status and the per-run measures."""
     r = sweep.runs.copy()
-    out = pd.DataFrame({
-        "run": r["run"], "model": r["atlas_model"], "norm": r["norm"],
-        "lr": pd.to_numeric(r["optimizer.lr"]), "seed": r["seed"].astype(int),
-        "status": r["status"],
-    })  # fmt: skip
+    out = pd.concat([r[["run"]], _keys(r.set_index("run"), r["run"]),
+                     r[["status"]]], axis=1)  # fmt: skip
     div = r["status"].eq("diverged")
     out["val_accuracy"] = pd.to_numeric(r["final_val_accuracy"]).where(~div)
     out["test_accuracy"] = pd.to_numeric(r["final_test_accuracy"]).where(~div)
     out["steps_to_target"] = out["run"].map(_steps_to_target(sweep.scalars, r, target))
-    out["drift"] = out["run"].map(_site_drift(sweep.activations).groupby("run").median())
+    sites = _site_drift(sweep.activations) if sites is None else sites
+    out["drift"] = out["run"].map(sites.groupby("run").median())
     ics = sweep.ics
     ics = ics[(ics["stat"] == "grad_diff_rel") & (ics["layer"] != "all") & (ics["step"] > 0)]
     out["grad_ics"] = out["run"].map(ics.groupby("run")["value"].median())
     land = sweep.ics[(sweep.ics["layer"] == "all") & (sweep.ics["step"] > 0)]
-    for stat in SMOOTHNESS:  # Santurkar et al.'s landscape measures, reported beside
+    for stat in SMOOTHNESS:  # Santurkar et al.'s landscape measures
         rows = land[land["stat"] == stat]
         out[stat] = out["run"].map(rows.groupby("run")["value"].median())
     sc = sweep.scalars
     sharp = sc[sc["name"] == "sharpness"].sort_values("step").groupby("run")["value"].last()
     out["sharpness"] = out["run"].map(sharp).where(~div)
     out["sharpness_x_lr"] = out["sharpness"] * out["lr"] / 2
-    out["effective_lr"] = out["run"].map(_last_median(sweep.layers, "effective_lr")).where(~div)
+    lay = sweep.layers
+    eff = _at_last_step(lay[lay["stat"] == "effective_lr"], "median")
+    out["effective_lr"] = out["run"].map(eff).where(~div)
     acts = sweep.activations
-    dead = acts[(acts["stat"] == "dead_fraction") & (acts["unit"] == -1)]
-    out["dead_fraction"] = out["run"].map(_last_mean(dead)).where(~div)
+    dead = _at_last_step(acts[(acts["stat"] == "dead_fraction") & (acts["unit"] == -1)], "mean")
+    out["dead_fraction"] = out["run"].map(dead).where(~div)
     out = out.drop(columns="run").sort_values(KEYS).reset_index(drop=True)
     out.attrs["target"] = target
     return out

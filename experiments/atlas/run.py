@@ -138,13 +138,13 @@ def main() -> None:
     from bnlab.analysis.runs import load_sweep
 
     sweep = load_sweep(sweep_dir, warn=False)
-    ps = report.per_seed(sweep, s["target"])
+    ps, pl = report.tables(sweep, s["target"])
     setup = (f"scale={args.scale}: {len(s['models'])} models x {len(s['norms'])} normalizers x "
              f"{len(s['lrs'])} lrs ({', '.join(f'{v:g}' for v in s['lrs'])}) x {s['seeds']} "
              f"seeds, data={s['data']}, {s['steps']} SGD steps, batch 60, launcher "
              f"{args.launcher}.")  # fmt: skip
     paths = report.write(ps, out / "report" / args.scale, title="The normalization atlas",
-                         setup=setup, layers=report.per_layer(sweep))  # fmt: skip
+                         setup=setup, layers=pl)  # fmt: skip
     for p in paths.values():
         print(f"wrote {p}")
 
