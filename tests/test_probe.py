@@ -40,6 +40,18 @@ def test_order_statistics_exact():
     np.testing.assert_array_equal(got, np.sort(x)[ranks])
 
 
+def test_order_statistics_exact_with_ties_and_shared_bins():
+    """Many targets in one 16-bit bin and on one value (integers, signed zeros, a run of
+    ReLU zeros), every rank of a grid: equal to NumPy's sorted values."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.round(rng.normal(0, 2, 30_000)), np.zeros(20_000), -np.zeros(5_000),
+                        rng.normal(1, 1e-4, 5_000)]).astype(np.float32)  # fmt: skip
+    rng.shuffle(x)
+    ranks = np.unique(np.r_[0, 1, np.linspace(0, x.size - 1, 40).astype(int), x.size - 1])
+    got = np.asarray(jax.jit(order_statistics)(jnp.asarray(x), jnp.asarray(ranks)))
+    np.testing.assert_array_equal(got, np.sort(x)[ranks])
+
+
 @pytest.mark.parametrize("act", sorted(MONOTONE))
 @pytest.mark.parametrize("n", [1, 500, 100_000])  # sorted and radix-selected sizes
 def test_percentiles_through_a_monotone_activation(act, n):

@@ -14,6 +14,7 @@ import numpy as np
 
 from bnlab.measure.percentiles import (
     _SORT_MAX,
+    brackets,
     lerp,
     percentile_ranks,
     percentiles,
@@ -77,12 +78,22 @@ def activation_stats(
         idx = picks[name]
         return h if idx is None else h[jnp.asarray(idx)]
 
+    found: dict[str, tuple[Array, Array]] = {}
+
+    def bracket(name: str) -> tuple[Array, Array]:  # a site's order statistics, searched once
+        if name not in found:
+            found[name] = brackets(sampled(name).ravel(), qs)
+        return found[name]
+
     # pooled: site by site (vmapped over sites, the histogram scatters are slower on CPU)
     for name, h in sites.items():
         h = h.astype(jnp.float32)
         src = derived.get(name)
         hs = sampled(name)
-        p = percentiles(hs, qs) if src is None else percentiles_through(sampled(src), hs, qs)
+        if src is None:
+            p = percentiles(hs, qs, bracket(name))
+        else:
+            p = percentiles_through(sampled(src), hs, qs, bracket(src))
         put(name, "", jnp.mean(h), jnp.std(h), p)
         if name in dead:
             out[name]["dead_fraction"] = dead_fraction(h)

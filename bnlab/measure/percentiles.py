@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -38,20 +39,43 @@ _BITS = 16  # two radix passes of 16 bits
 _BLOCK = 256  # cumulative counts are searched per block of 256 bins, then inside one
 
 
-def _find_bin(hist: Array, rank: Array) -> tuple[Array, Array]:
-    """Per row of ``hist`` (T, 2**16): the first bin whose cumulative count exceeds
-    ``rank``, and the rank inside that bin. Two small cumulative sums instead of one
-    over 65,536 bins (slow on CPU)."""
-    t = jnp.arange(hist.shape[0])
-    blocks = hist.reshape(hist.shape[0], _BLOCK, -1)
+def _cumsum(x: Array) -> Array:
+    """Cumulative sums along the last axis (length 256) in two levels of 16: XLA:CPU
+    runs a cumulative sum as a reduce-window, quadratic in the axis' length."""
+    parts = x.reshape(x.shape[:-1] + (16, 16))
+    inner = jnp.cumsum(parts, axis=-1)
+    before = jnp.cumsum(inner[..., -1], axis=-1) - inner[..., -1]
+    return (inner + before[..., None]).reshape(x.shape)
+
+
+def _search(hist: Array, ranks: Array) -> tuple[Array, Array]:
+    """Per rank: the first bin of ``hist`` (2**16,) whose cumulative count exceeds it,
+    and the rank inside that bin. Block sums first (one cumulative sum of 256 for
+    every rank), then one block's 256 bins per rank: a cumulative sum over 65,536 bins
+    is slow on CPU."""
+    blocks = hist.reshape(_BLOCK, -1)
     sums = blocks.sum(-1)
-    csum = jnp.cumsum(sums, axis=1)
-    blk = jnp.sum(csum <= rank[:, None], axis=1)
-    rank = rank - (csum[t, blk] - sums[t, blk])
-    inner = jnp.cumsum(blocks[t, blk], axis=1)
-    j = jnp.sum(inner <= rank[:, None], axis=1)
-    rank = rank - (inner[t, j] - blocks[t, blk, j])
-    return blk * blocks.shape[-1] + j, rank
+    csum = _cumsum(sums)
+    blk = jnp.sum(csum[None, :] <= ranks[:, None], axis=1)
+    return _inside(blocks[blk], blk, ranks - (csum[blk] - sums[blk]))
+
+
+def _inside(rows: Array, blk: Array, ranks: Array) -> tuple[Array, Array]:
+    """The bin within each rank's block ``rows`` (T, 256) and the rank left in it."""
+    t = jnp.arange(rows.shape[0])
+    inner = _cumsum(rows)
+    j = jnp.sum(inner <= ranks[:, None], axis=1)
+    return blk * rows.shape[1] + j, ranks - (inner[t, j] - rows[t, j])
+
+
+def _search_rows(hists: Array, ranks: Array) -> tuple[Array, Array]:
+    """:func:`_search` with a histogram per rank (``hists``: (T, 2**16))."""
+    t = jnp.arange(hists.shape[0])
+    blocks = hists.reshape(hists.shape[0], _BLOCK, -1)
+    sums = blocks.sum(-1)
+    csum = _cumsum(sums)
+    blk = jnp.sum(csum <= ranks[:, None], axis=1)
+    return _inside(blocks[t, blk], blk, ranks - (csum[t, blk] - sums[t, blk]))
 
 
 def order_statistics(x: Array, ranks: Array) -> Array:
@@ -59,21 +83,22 @@ def order_statistics(x: Array, ranks: Array) -> Array:
 
     Radix select in two passes over 16-bit digits of the order-preserving key: a
     histogram of the high digits picks each target's bin, then one histogram of the
-    low digits of the elements in those bins (one scatter for all targets).
+    low digits of the elements in those bins (one scatter for all targets: each
+    element counts for the first target whose bin holds it, found by a chain of
+    selects, not a variadic argmax, which is a slow reduction on CPU).
     """
     u = _ordered_key(x.ravel())
     ranks = jnp.asarray(ranks, jnp.int32)
     n_t, bins = ranks.shape[0], 1 << _BITS
     hi = (u >> _BITS).astype(jnp.int32)
     lo = (u & (bins - 1)).astype(jnp.int32)
-    h1 = jnp.zeros(bins, jnp.int32).at[hi].add(1)
-    b, r = _find_bin(jnp.broadcast_to(h1, (n_t, bins)), ranks)
-    match = hi[None, :] == b[:, None]  # (T, n)
-    owner = jnp.argmax(match, axis=0)  # the first target whose bin holds the element
-    hit = jnp.any(match, axis=0).astype(jnp.int32)
-    flat = jnp.zeros(n_t * bins, jnp.int32).at[owner * bins + lo].add(hit)
+    b, r = _search(jnp.zeros(bins, jnp.int32).at[hi].add(1), ranks)
+    owner = jnp.full(hi.shape, n_t, jnp.int32)  # n_t: in no target's bin (a spare row)
+    for t in reversed(range(n_t)):
+        owner = jnp.where(hi == b[t], t, owner)
+    flat = jnp.zeros((n_t + 1) * bins, jnp.int32).at[owner * bins + lo].add(1)
     first = jnp.argmax(b[None, :] == b[:, None], axis=1)  # targets sharing a bin share its row
-    b2, _ = _find_bin(flat.reshape(n_t, bins)[first], r)
+    b2, _ = _search_rows(flat[: n_t * bins].reshape(n_t, bins)[first], r)
     return _from_key((b.astype(jnp.uint32) << _BITS) | b2.astype(jnp.uint32))
 
 
@@ -87,20 +112,19 @@ def percentile_ranks(n: int, qs: Sequence[float]) -> tuple[list[int], Array]:
     return k, jnp.asarray([p - i for p, i in zip(pos, k, strict=True)], jnp.float32)
 
 
-def _bracket(v: Array, k: Sequence[int]) -> tuple[Array, Array]:
-    """The ``k``-th and ``k+1``-th smallest values of the flat ``v`` (the last value
-    twice at the top), sorting small inputs and radix-selecting large ones."""
+def brackets(v: Array, qs: Sequence[float]) -> tuple[Array, Array]:
+    """For each percentile in ``qs`` of the flat ``v``: its lower and upper order
+    statistics (ranks k and k+1 of :func:`percentile_ranks`, the last value twice at
+    the top), sorting small inputs and radix-selecting large ones (both ranks as
+    targets of one select)."""
     n = v.size
+    k = np.asarray(percentile_ranks(n, qs)[0])
+    up = np.minimum(k + 1, n - 1)
     if n <= _SORT_MAX:
         s = jnp.sort(v)
-        return s[jnp.asarray(k)], s[jnp.minimum(jnp.asarray(k) + 1, n - 1)]
-    a = order_statistics(v, jnp.asarray(k))
-    # the next order statistic: a itself if it is repeated past rank k, else the
-    # smallest value above it (one compare pass instead of a second radix target)
-    upto = jnp.sum(v[None, :] <= a[:, None], axis=1)
-    above = jnp.min(jnp.where(v[None, :] > a[:, None], v[None, :], jnp.inf), axis=1)
-    b = jnp.where(upto >= jnp.asarray(k) + 2, a, jnp.where(jnp.isinf(above), a, above))
-    return a, b
+        return s[jnp.asarray(k)], s[jnp.asarray(up)]
+    both = order_statistics(v, jnp.asarray(np.concatenate([k, up])))
+    return both[: len(k)], both[len(k) :]
 
 
 def lerp(a: Array, b: Array, frac: Array) -> Array:
@@ -108,21 +132,24 @@ def lerp(a: Array, b: Array, frac: Array) -> Array:
     return jnp.where(frac >= 0.5, b - (b - a) * (1 - frac), a + (b - a) * frac)
 
 
-def percentiles(x: Array, qs: Sequence[float]) -> Array:
-    """``np.percentile(x, qs)`` (linear interpolation) over all elements, exactly."""
+def percentiles(x: Array, qs: Sequence[float], bracket: tuple | None = None) -> Array:
+    """``np.percentile(x, qs)`` (linear interpolation) over all elements, exactly.
+    ``bracket``: ``x``'s :func:`brackets`, where already found."""
     v = x.ravel().astype(jnp.float32)
-    k, frac = percentile_ranks(v.size, qs)
-    return lerp(*_bracket(v, k), frac)
+    a, b = bracket if bracket is not None else brackets(v, qs)
+    return lerp(a, b, percentile_ranks(v.size, qs)[1])
 
 
-def percentiles_through(x: Array, y: Array, qs: Sequence[float]) -> Array:
+def percentiles_through(x: Array, y: Array, qs: Sequence[float],
+                        bracket: tuple | None = None) -> Array:  # fmt: skip
     """``np.percentile(y, qs)`` where ``y = f(x)`` elementwise for a non-decreasing ``f``
     (an activation of its pre-activation): f keeps order, so y's order statistics are
-    the values of ``y`` where ``x`` holds its own, and only ``x`` is searched."""
+    the values of ``y`` where ``x`` holds its own, and only ``x`` is searched (or not at
+    all: ``bracket``, ``x``'s :func:`brackets`, where already found)."""
     v, w = x.ravel().astype(jnp.float32), y.ravel().astype(jnp.float32)
-    k, frac = percentile_ranks(v.size, qs)
-    a, b = _bracket(v, k)
+    a, b = bracket if bracket is not None else brackets(v, qs)
     # y where x equals each order statistic (the same value wherever it does): a masked
     # max, since a variadic argmax is a slow reduction on CPU
-    at = lambda t: jnp.max(jnp.where(v[None, :] == t[:, None], w[None, :], -jnp.inf), axis=1)  # noqa: E731
-    return lerp(at(a), at(b), frac)
+    ab = jnp.concatenate([a, b])
+    at = jnp.max(jnp.where(v[None, :] == ab[:, None], w[None, :], -jnp.inf), axis=1)
+    return lerp(at[: len(qs)], at[len(qs) :], percentile_ranks(v.size, qs)[1])
