@@ -106,6 +106,45 @@ def test_probes_on_a_second_device_equal_inline(tmp_path):
         pd.testing.assert_frame_equal(a[name], b[name])
 
 
+def _schedule(monkeypatch) -> list[tuple]:
+    """The driver's launches of chunks and its reads of their losses, in order."""
+    from bnlab.engine.chunk import Engine
+    from bnlab.run.driver import Loop
+
+    events: list[tuple] = []
+    launch, read = Engine.chunk, Loop._divergence
+
+    def chunk(self, states, t0, length):
+        events.append(("launch", t0, length))
+        return launch(self, states, t0, length)
+
+    def divergence(self, losses, probe_steps, step):
+        events.append(("read", step))
+        return read(self, losses, probe_steps, step)
+
+    monkeypatch.setattr(Engine, "chunk", chunk)
+    monkeypatch.setattr(Loop, "_divergence", divergence)
+    return events
+
+
+def test_the_next_chunk_is_launched_before_the_host_reads_this_one(tmp_path, monkeypatch):
+    """Once the chunk length is known, chunk k+1 is launched before the host waits for
+    chunk k's losses: the device never waits for the host to wake up (benchmarks/
+    RESULTS.md). With ``chunk_steps=auto`` the first two chunks are one probe interval
+    each, one at a time: the length is timed on the second (a program's first run is
+    slower)."""
+    events = _schedule(monkeypatch)
+    train([*QUICK, "steps=400", "chunk_steps=100", "eval_every=200"], tmp_path / "fixed")
+    assert events == [("launch", 0, 100), ("launch", 100, 100), ("read", 0),
+                      ("launch", 200, 100), ("read", 100), ("launch", 300, 100),
+                      ("read", 200), ("read", 300)]  # fmt: skip
+    events.clear()
+    train([*QUICK, "steps=400", "chunk_steps=auto", "eval_every=200", "checkpoint_every=200"],
+          tmp_path / "auto")  # fmt: skip
+    assert events[:4] == [("launch", 0, 50), ("read", 0), ("launch", 50, 50), ("read", 50)]
+    assert events[4][0] == "launch" and events[5][0] == "launch"  # then one ahead
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     """SIGKILL a real run after a checkpoint, resume it: the tables equal an uninterrupted run."""
     args = [*QUICK, "steps=3000", "chunk_steps=100", "eval_every=200", "checkpoint_every=100"]

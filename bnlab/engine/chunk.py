@@ -102,6 +102,7 @@ class Engine:
         self._layers0_jit = jax.jit(self._spmd(self._layers0, pm))
         self._eval_jit = jax.jit(self._spmd(self._evaluate, (pm, pm)))
         self._snap_acts_jit = jax.jit(self._snapshot_acts)
+        self._keep_jit = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
         self._eval_beside_jit = jax.jit(self._evaluate)
         self._hist_jit: dict[int, Any] = {}  # histograms(), per number of bins
         self.orders = EpochOrders(self)
@@ -303,6 +304,12 @@ class Engine:
             metrics = metrics.replace(acts=acts)
         return states, metrics
 
+    def keep(self, states: TrainState) -> TrainState:
+        """A copy of ``states`` that no chunk donates (a future): what the host reads at a
+        chunk's end (evaluation, checkpoints, histograms) while the next chunk, launched
+        before this one is done, runs on the original."""
+        return self._keep_jit(states)
+
     def measure(self, states: TrainState) -> Metrics:
         """The probe of ``states`` (gradient norms read as zero: no step was taken); with
         a probe device, its activations are computed there."""
@@ -321,11 +328,11 @@ class Engine:
     def evaluate(self, states: TrainState) -> dict[str, tuple]:
         """``{split: (loss, accuracy)}`` (each (M,)) on the test split and the validation
         split where there is one, BN in eval mode; on the probe device where there is
-        one (on a copy of ``states``, made now, before the caller donates them to the
-        next chunk)."""
+        one. A future: ``states`` must not be donated to a chunk before it is read (pass
+        a copy, :meth:`keep`); the host does not wait for the probe device's queue."""
         self.compile(states, [])
         if self.probe_device is not None:
-            copy = jax.block_until_ready(jax.device_put(states, self.probe_device))
+            copy = jax.device_put(states, self.probe_device)
             kind, arrays = "eval_beside", self.remote
         else:
             copy, kind, arrays = states, "eval", self.data
@@ -337,10 +344,10 @@ class Engine:
         """For the loggers: ``{site: probe.histogram}`` (each array with a leading member
         axis) of every site's raw values on the probe batch at ``states``; one forward
         pass of the probe batch per member, asked for only at the steps a logger wants
-        them. ``beside``: on the probe device where there is one (a copy of ``states``
-        made now, before the caller donates them to the next chunk). A future."""
+        them. ``beside``: on the probe device where there is one. A future: ``states``
+        must not be donated before it is read (pass a copy, :meth:`keep`)."""
         if beside and self.probe_device is not None:
-            states = jax.block_until_ready(jax.device_put(states, self.probe_device))
+            states = jax.device_put(states, self.probe_device)
             x = self.remote["probe_x"]
         else:
             x = self.data["probe_x"]

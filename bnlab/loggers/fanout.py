@@ -165,22 +165,28 @@ class Loggers:
             self.request(step, engine, states, force=True)
 
     def request(self, step: int, engine: Any, states: Any, force: bool = False) -> None:
-        """Ask the engine for the histograms at ``step`` when they are due (before the
-        caller donates ``states`` to the next chunk)."""
+        """Ask the engine for the histograms at ``step`` when they are due (``states``: a
+        copy no chunk donates, :meth:`bnlab.engine.chunk.Engine.keep`)."""
         if self.wants_histograms() and (force or step % self.every == 0):
             self.pending.append((step, engine.histograms(states, self.bins)))
 
-    def write(self, records: Any, only: int | None = None) -> None:
+    def write(self, records: Any, only: int | None = None, ready_only: bool = False) -> None:
         """Send every open member's new rows (or member ``only``'s) to its sinks, and
-        the histograms asked for, if any (not with ``only``)."""
+        the histograms asked for, if any (not with ``only``; with ``ready_only``, those
+        the probe device has finished, in order: the loop does not wait for them while
+        a chunk runs)."""
         if not self.sinks:
             return
         hists = []
         if self.pending and only is None:
             import jax
 
-            hists = [(step, jax.device_get(future)) for step, future in self.pending]
-            self.pending = []
+            n = len(self.pending)
+            if ready_only:
+                ready = [all(a.is_ready() for a in jax.tree.leaves(f)) for _, f in self.pending]
+                n = ready.index(False) if False in ready else n
+            hists = [(step, jax.device_get(future)) for step, future in self.pending[:n]]
+            self.pending = self.pending[n:]
         for i in range(len(self.sinks)) if only is None else [only]:
             if not self.open[i]:
                 continue
@@ -229,7 +235,10 @@ class Loggers:
         self.open[i] = False
 
     def close_all(self, records: list[RunRecord], summaries: list[dict[str, Any]]) -> None:
-        """Close every member still open (after an interrupt, say)."""
+        """Close every member still open (after an interrupt, say), the histograms
+        asked for sent first."""
+        if self.pending:
+            self.write(records)
         for i in range(len(self.sinks)):
             self.close(i, records[i], summaries[i] or {})
 

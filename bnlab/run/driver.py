@@ -3,10 +3,13 @@
 :func:`train_and_evaluate` checks the config and the run directory (:mod:`bnlab.record.guard`),
 loads the data, builds the engine (:mod:`bnlab.run.build`) and drives its compiled chunks,
 writing one record per member (:mod:`bnlab.record.tables`). Between chunks the host reads
-the losses (per-member divergence), dispatches the next chunk at once, and only then
-records this one's rows and evaluates beside training, so its work overlaps the
-device's. With ``chunk_steps=auto`` the first chunk is one probe interval, timed, and
-the rest are the largest that run in about :data:`~bnlab.run.pacing.CHUNK_SECONDS`.
+the losses (per-member divergence) and records the chunk's rows while the next chunk
+runs: once the chunk length is known, the next chunk is launched before this one is
+done (on its output, which it donates; the host reads a copy), so the device never
+waits for the host. Activation probes and evaluations run beside training on the probe
+device and are read one chunk later. With ``chunk_steps=auto`` the first two chunks are
+one probe interval each, the second timed (a program's first run is slower), and the
+rest are the largest that run in about :data:`~bnlab.run.pacing.CHUNK_SECONDS`.
 
 Commit order: a checkpoint at step s is written only after every row up to s is in
 the tables on disk, its checksums (its files, the tables' rows up to s) after it, and
@@ -133,10 +136,11 @@ class Loop:
             probe_device=None if engine.probe_device is None else str(engine.probe_device),
         )  # fmt: skip
         self.stop_requested = self.committing = self.closing = False
-        self.pending: tuple | None = None  # a chunk's activation probes, maybe still running
+        self.pending: tuple | None = None  # a chunk's probes and evaluation, maybe still running
         self.t_start, self.start = 0.0, 0
         self.compiling = 0.0  # seconds spent compiling after the loop started
         self.chunk = None if cfg.chunk_steps == "auto" else int(cfg.chunk_steps)
+        self.warm = False  # a chunk has run: the next one can be timed
         self.ran = 0  # the longest chunk that ran: the summary's chunk_steps
         self.loggers = loggers.Loggers()  # none unless set
 
@@ -165,7 +169,7 @@ class Loop:
         first = jax.device_get(e.measure(states))
         for i in self.running:
             metrics_rows(self.records[i], first.member(i))
-        self._eval_rows(0, jax.device_get(e.evaluate(states)))
+        self._eval_rows(0, jax.device_get(e.evaluate(states)), self.running)
         return 0, states
 
     # -- the loop --------------------------------------------------------------------
@@ -194,7 +198,7 @@ class Loop:
         cfg, e = self.cfg, self.engine
         self.start, states = self._start()
         step = self.start
-        self.loggers.begin(step, e, states, self.done)  # loggers (issue 16)
+        self.loggers.begin(step, e, e.keep(states), self.done)  # loggers (issue 16)
         for i in self.running:
             self.sums[i] = dict(self.base, step=step)
             self.records[i].write_summary(**self.sums[i])
@@ -203,36 +207,50 @@ class Loop:
         bar = progress_bar(cfg, step)
         self.t_start, ahead, self.saved_at = time.perf_counter(), None, step
         host = jax.device_get(states)  # the state at `step`: what an interrupt checkpoints
+        live = states  # what the next chunk starts from (and donates); the host reads copies
+        due = None  # a commit (state, step) put off by one chunk
         try:
             while step < cfg.steps and self.running and not self.stop_requested:
-                t_chunk = time.perf_counter()
-                states, metrics = ahead or e.chunk(states, step, length)
-                ahead = None
+                if ahead is None:  # nothing in flight: the first chunk, or one while calibrating
+                    ahead = e.chunk(live, step, length), length, time.perf_counter()
+                (live, metrics), length, t_launch = ahead
+                ahead, end = None, step + length
+                states = e.keep(live)  # the state at `end`, for evaluation and checkpoints
+                # asked for now, before the next chunk's probes: the probe device runs in order
+                evaluated = end % cfg.eval_every == 0 or end == cfg.steps
+                evals = e.evaluate(states) if evaluated else None
+                self.loggers.request(end, e, states)  # loggers (issue 16): histograms
+                if self.chunk is not None and end < cfg.steps and not self.stop_requested:
+                    # the next chunk goes now, before this one is done: the device never
+                    # waits for the host to wake up
+                    n = self._next_length(end)
+                    self.compiling += self._compile(live, n, bar)
+                    ahead = e.chunk(live, end, n), n, 0.0
                 got = jax.device_get(metrics.replace(acts=None))  # waits for the chunk
                 if self.base["first_chunk_s"] is None:
                     self.base["first_chunk_s"] = round(time.perf_counter() - self.t0, 3)
-                if self.chunk is None:  # calibrated: one interval, timed
-                    self.chunk = auto_chunk((time.perf_counter() - t_chunk) / length,
+                if self.chunk is None and self.warm:  # calibrated: the second interval, timed
+                    self.chunk = auto_chunk((time.perf_counter() - t_launch) / length,
                                             cfg.probe.every, cfg)  # fmt: skip
+                self.warm = True  # a program's first run is slower (9 ms a step against 0.4)
                 keeps, diverged = self._divergence(got.loss, got.step, step)
-                step += length
+                step = end
                 host = jax.device_get(states)
                 last = step == cfg.steps
-                evals = None
-                if self.running and (step % cfg.eval_every == 0 or last):
-                    evals = e.evaluate(states)
-                self.loggers.request(step, e, states)  # loggers (issue 16): histograms
-                if not last and self.running and not self.stop_requested:
-                    length = self._next_length(step)
-                    self.compiling += self._compile(states, length, bar)
-                    ahead = e.chunk(states, step, length)  # overlaps what follows
-                self._flush()
+                if ahead is None and not last and self.running and not self.stop_requested:
+                    n = self._next_length(step)
+                    self.compiling += self._compile(live, n, bar)
+                    ahead = e.chunk(live, step, n), n, time.perf_counter()  # overlaps what follows
+                self._flush()  # the last chunk's probes: done by now
+                if due is not None:  # every row up to its step is on disk with them
+                    self._commit(*due)
+                    due = None
                 for i, keep in keeps.items():
                     metrics_rows(self.records[i], got.member(i), keep)
-                self.pending = (metrics.step, metrics.acts, keeps)
-                if evals is not None:
-                    self._eval_rows(step, jax.device_get(evals))
-                self.loggers.write(self.records)  # loggers (issue 16): the chunk's rows
+                # read at the next flush: the probe device may still be computing them
+                self.pending = (metrics.step, metrics.acts, keeps, step, evals, list(self.running))
+                # loggers (issue 16): the chunk's rows, and the histograms that are done
+                self.loggers.write(self.records, ready_only=ahead is not None)
                 if diverged:
                     self._flush()
                     for i, at in diverged:
@@ -241,7 +259,10 @@ class Loop:
                 bar.update(length)
                 bar.set_postfix(self._postfix(), refresh=False)
                 if self.running and (step % cfg.checkpoint_every == 0 or last):
-                    self._commit(host, step)
+                    if ahead is None:  # nothing runs beside: now
+                        self._commit(host, step)
+                    else:  # after the next chunk, when this one's probes are done
+                        due = host, step
             self.closing = True  # a second signal now waits for the record
             if self.running and step >= cfg.steps:  # every step done: finished, signal or not
                 self._flush()
@@ -269,8 +290,8 @@ class Loop:
                 ck.close()
         return self.sums
 
-    def _eval_rows(self, step: int, evals: dict) -> None:
-        for i in self.running:
+    def _eval_rows(self, step: int, evals: dict, who: list[int]) -> None:
+        for i in who:
             for split, (loss, acc) in evals.items():
                 eval_rows(self.records[i], step, split, loss[i], acc[i])
 
@@ -295,17 +316,19 @@ class Loop:
         return keeps, diverged
 
     def _flush(self) -> None:
-        """Record the last chunk's activation probes (waits for the probe device)."""
+        """Record the last chunk's activation probes and its evaluation (``who``: the
+        members running when it was asked for); waits for the probe device."""
         if self.pending is None:
             return
-        steps, acts, keeps = self.pending
+        steps, acts, keeps, at, evals, who = self.pending
         self.pending = None
-        if acts is None:
-            return
-        acts, steps = jax.device_get((acts, steps))
-        for i, keep in keeps.items():
-            mine = jax.tree.map(lambda a, i=i: np.asarray(a)[i], acts)
-            activation_rows(self.records[i], np.asarray(steps), mine, keep)
+        if acts is not None:
+            acts, steps = jax.device_get((acts, steps))
+            for i, keep in keeps.items():
+                mine = jax.tree.map(lambda a, i=i: np.asarray(a)[i], acts)
+                activation_rows(self.records[i], np.asarray(steps), mine, keep)
+        if evals is not None:
+            self._eval_rows(at, jax.device_get(evals), who)
 
     def _commit(self, host: TrainState, step: int) -> None:
         """Every row up to ``step`` on disk, then the checkpoints, then the summaries."""
