@@ -102,7 +102,6 @@ class Engine:
         self._layers0_jit = jax.jit(self._spmd(self._layers0, pm))
         self._eval_jit = jax.jit(self._spmd(self._evaluate, (pm, pm)))
         self._snap_acts_jit = jax.jit(self._snapshot_acts)
-        self._keep_jit = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
         self._eval_beside_jit = jax.jit(self._evaluate)
         self._hist_jit: dict[int, Any] = {}  # histograms(), per number of bins
         self.orders = EpochOrders(self)
@@ -307,8 +306,9 @@ class Engine:
     def keep(self, states: TrainState) -> TrainState:
         """A copy of ``states`` that no chunk donates (a future): what the host reads at a
         chunk's end (evaluation, checkpoints, histograms) while the next chunk, launched
-        before this one is done, runs on the original."""
-        return self._keep_jit(states)
+        before this one is done, runs on the original. A copy of the buffers in place
+        (no program to compile at start-up)."""
+        return jax.device_put(states, may_alias=False)
 
     def measure(self, states: TrainState) -> Metrics:
         """The probe of ``states`` (gradient norms read as zero: no step was taken); with
