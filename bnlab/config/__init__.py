@@ -25,6 +25,6 @@ from bnlab.config.validate import check, check_data, check_overrides, check_unkn
 __all__ = [
     "MODEL_SCHEMAS", "Choice", "DataConfig", "LoggerConfig", "LossConfig", "NormConfig",
     "OptimizerConfig", "ParallelConfig", "ProbeConfig", "ResumeConfig", "SweepConfig",
-    "TrainConfig", "check", "check_data", "dotted", "check_overrides", "check_unknown", "model_dict",
+    "TrainConfig", "check", "check_data", "check_overrides", "check_unknown", "dotted", "model_dict",
     "register", "to_yaml_dict", "typed",
 ]  # fmt: skip

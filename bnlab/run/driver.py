@@ -140,7 +140,6 @@ class Loop:
         self.t_start, self.start = 0.0, 0
         self.compiling = 0.0  # seconds spent compiling after the loop started
         self.chunk = None if cfg.chunk_steps == "auto" else int(cfg.chunk_steps)
-        self.warm = False  # a chunk has run: the next one can be timed
         self.ran = 0  # the longest chunk that ran: the summary's chunk_steps
         self.loggers = loggers.Loggers()  # none unless set
 
@@ -194,6 +193,13 @@ class Loop:
             bar.unpause()  # the bar's rate leaves compilation out
         return seconds
 
+    def _launch(self, live: TrainState, step: int, bar: Any) -> tuple:
+        """Launch the next chunk from ``step`` on ``live`` (donated):
+        ``((states, metrics) futures, length, launch time)``."""
+        n = self._next_length(step)
+        self.compiling += self._compile(live, n, bar)
+        return self.engine.chunk(live, step, n), n, time.perf_counter()
+
     def run(self) -> list[dict[str, Any]]:
         cfg, e = self.cfg, self.engine
         self.start, states = self._start()
@@ -203,7 +209,6 @@ class Loop:
             self.sums[i] = dict(self.base, step=step)
             self.records[i].write_summary(**self.sums[i])
         old = [signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)]
-        length = self._next_length(step)
         bar = progress_bar(cfg, step)
         self.t_start, ahead, self.saved_at = time.perf_counter(), None, step
         host = jax.device_get(states)  # the state at `step`: what an interrupt checkpoints
@@ -212,7 +217,7 @@ class Loop:
         try:
             while step < cfg.steps and self.running and not self.stop_requested:
                 if ahead is None:  # nothing in flight: the first chunk, or one while calibrating
-                    ahead = e.chunk(live, step, length), length, time.perf_counter()
+                    ahead = self._launch(live, step, bar)
                 (live, metrics), length, t_launch = ahead
                 ahead, end = None, step + length
                 states = e.keep(live)  # the state at `end`, for evaluation and checkpoints
@@ -223,24 +228,21 @@ class Loop:
                 if self.chunk is not None and end < cfg.steps and not self.stop_requested:
                     # the next chunk goes now, before this one is done: the device never
                     # waits for the host to wake up
-                    n = self._next_length(end)
-                    self.compiling += self._compile(live, n, bar)
-                    ahead = e.chunk(live, end, n), n, 0.0
+                    ahead = self._launch(live, end, bar)
                 got = jax.device_get(metrics.replace(acts=None))  # waits for the chunk
                 if self.base["first_chunk_s"] is None:
                     self.base["first_chunk_s"] = round(time.perf_counter() - self.t0, 3)
-                if self.chunk is None and self.warm:  # calibrated: the second interval, timed
+                # calibrated on the second interval: a program's first run is slower (9 ms
+                # a step against 0.4)
+                if self.chunk is None and step > self.start:
                     self.chunk = auto_chunk((time.perf_counter() - t_launch) / length,
                                             cfg.probe.every, cfg)  # fmt: skip
-                self.warm = True  # a program's first run is slower (9 ms a step against 0.4)
                 keeps, diverged = self._divergence(got.loss, got.step, step)
                 step = end
                 host = jax.device_get(states)
                 last = step == cfg.steps
                 if ahead is None and not last and self.running and not self.stop_requested:
-                    n = self._next_length(step)
-                    self.compiling += self._compile(live, n, bar)
-                    ahead = e.chunk(live, step, n), n, time.perf_counter()  # overlaps what follows
+                    ahead = self._launch(live, step, bar)  # overlaps what follows
                 self._flush()  # the last chunk's probes: done by now
                 if due is not None:  # every row up to its step is on disk with them
                     self._commit(*due)
